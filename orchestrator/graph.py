@@ -1,0 +1,190 @@
+"""The pipeline as a LangGraph ``StateGraph``: understand -> recruit -> ask experts -> aggregate.
+
+Each node is a small async method; the graph only wires them. The recruit step fans out
+with one ``Send`` per chosen expert, so the experts run concurrently and their answers
+are gathered by the state's reducers. When the caller streams, nodes publish events
+through LangGraph's custom stream: the routing decision first, then text deltas (the
+single expert's when k = 1, the aggregator's otherwise).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from langgraph.config import get_stream_writer
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Send
+
+from aggregator.synthesize import CandidateAnswer, Synthesizer
+from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
+from experts.types import Completion, GenerationRequest
+from orchestrator.state import (
+    CallRecord,
+    ExpertAnswer,
+    ExpertTask,
+    FinalAnswer,
+    PipelineRequest,
+    PipelineState,
+    stream_event,
+)
+from router.decision import ExpertScore, RoutingDecision
+from router.recruit import NoExpertAvailable, SkillRouter
+
+
+class AllExpertsFailed(RuntimeError):
+    """Every recruited expert failed; the message lists each failure."""
+
+
+class PipelineNodes:
+    """The steps of one request, bound to a pool, a router and a synthesizer."""
+
+    def __init__(self, pool: ExpertPool, router: SkillRouter, synthesizer: Synthesizer) -> None:
+        self.pool = pool
+        self.router = router
+        self.synthesizer = synthesizer
+
+    async def understand(self, state: PipelineState) -> dict[str, Any]:
+        started = time.perf_counter()
+        estimate = self.router.understand(state["request"].query)
+        return {"estimate": estimate, "timings_ms": {"understand": _ms_since(started)}}
+
+    async def recruit(self, state: PipelineState) -> dict[str, Any]:
+        started = time.perf_counter()
+        request = state["request"]
+        healthy = set(self.pool.healthy_names())
+        if request.experts:
+            decision = self._forced(request.experts, healthy)
+        else:
+            decision = self.router.recruit(state["estimate"], healthy=healthy, k=request.k, started=started)
+        if request.stream:
+            get_stream_writer()(stream_event("decision", decision=decision))
+        return {"decision": decision, "timings_ms": {"recruit": _ms_since(started)}}
+
+    def fan_out(self, state: PipelineState) -> list[Send]:
+        decision = state["decision"]
+        stream_single = state["request"].stream and len(decision.experts) == 1
+        return [
+            Send("ask_expert", ExpertTask(request=state["request"], expert=name, stream=stream_single))
+            for name in decision.experts
+        ]
+
+    async def ask_expert(self, task: ExpertTask) -> dict[str, Any]:
+        started = time.perf_counter()
+        request, name = task["request"], task["expert"]
+        generation = GenerationRequest(
+            messages=list(request.messages),
+            max_tokens=request.max_tokens,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            stop=list(request.stop),
+            seed=request.seed,
+        )
+        try:
+            completion = await self._call(name, generation, task["stream"])
+        except (ExpertCallFailed, ExpertUnavailable) as error:
+            elapsed = time.perf_counter() - started
+            return {
+                "answers": [ExpertAnswer(name, "", "error", str(error))],
+                "calls": [CallRecord.failure(name, "expert", str(error), elapsed)],
+                "timings_ms": {f"expert:{name}": _ms_since(started)},
+            }
+        return {
+            "answers": [ExpertAnswer(name, completion.text, completion.finish_reason, completion.error)],
+            "calls": [CallRecord.of(name, "expert", completion)],
+            "timings_ms": {f"expert:{name}": _ms_since(started)},
+        }
+
+    async def aggregate(self, state: PipelineState) -> dict[str, Any]:
+        started = time.perf_counter()
+        request, decision = state["request"], state["decision"]
+        by_name = {answer.expert: answer for answer in state.get("answers", [])}
+        usable = [by_name[name] for name in decision.experts if name in by_name and by_name[name].error is None]
+        if not usable:
+            failures = "; ".join(f"{a.expert}: {a.error}" for a in by_name.values())
+            raise AllExpertsFailed(f"every recruited expert failed ({failures})")
+        candidates = [CandidateAnswer(answer.expert, answer.text) for answer in usable]
+        streamed_already = request.stream and len(decision.experts) == 1
+        calls: list[CallRecord] = []
+        if self.synthesizer.strategy(candidates) == "passthrough":
+            final = FinalAnswer(usable[0].text, usable[0].finish_reason, "passthrough")
+            if request.stream and not streamed_already:
+                get_stream_writer()(stream_event("delta", text=final.text))
+        else:
+            final, calls = await self._synthesize(request, candidates, usable[0])
+        return {"final": final, "calls": calls, "timings_ms": {"aggregate": _ms_since(started)}}
+
+    async def _synthesize(
+        self, request: PipelineRequest, candidates: list[CandidateAnswer], best: ExpertAnswer
+    ) -> tuple[FinalAnswer, list[CallRecord]]:
+        aggregator = self.synthesizer.aggregator_expert
+        assert aggregator is not None
+        synthesis = self.synthesizer.synthesis_request(
+            request.messages, candidates, request.max_tokens, request.temperature, request.seed
+        )
+        started = time.perf_counter()
+        try:
+            completion = await self._call(aggregator, synthesis, request.stream)
+        except (ExpertCallFailed, ExpertUnavailable) as error:
+            # The experts did answer: fall back to the best-ranked answer rather than failing the request.
+            if request.stream:
+                get_stream_writer()(stream_event("delta", text=best.text))
+            note = f"aggregator failed, best-ranked answer passed through: {error}"
+            record = CallRecord.failure(aggregator, "aggregator", str(error), time.perf_counter() - started)
+            return FinalAnswer(best.text, best.finish_reason, "passthrough", note), [record]
+        record = CallRecord.of(aggregator, "aggregator", completion)
+        return FinalAnswer(completion.text, completion.finish_reason, "synthesize"), [record]
+
+    async def _call(self, name: str, request: GenerationRequest, stream: bool) -> Completion:
+        """Call an expert; when streaming, forward its text deltas to the graph's stream."""
+        if not stream:
+            completion = await self.pool.generate(name, request)
+        else:
+            writer = get_stream_writer()
+            completion = None
+            async for item in self.pool.stream(name, request):
+                if isinstance(item, str):
+                    writer(stream_event("delta", text=item))
+                else:
+                    completion = item
+            if completion is None:
+                raise ExpertCallFailed(f"expert {name!r} ended its stream without a completion")
+        if completion.error is not None:
+            raise ExpertCallFailed(f"expert {name!r} could not answer: {completion.error}")
+        return completion
+
+    def _forced(self, names: list[str], healthy: set[str]) -> RoutingDecision:
+        """A decision for experts the caller named explicitly (``moesaic.experts`` in the request)."""
+        missing = [name for name in names if name not in healthy]
+        if missing:
+            raise NoExpertAvailable(f"requested experts not available: {', '.join(missing)}")
+        scores = [
+            ExpertScore(name=name, score=0.0, chosen=True, rank=rank, reason="chosen: named in the request")
+            for rank, name in enumerate(names, start=1)
+        ]
+        return RoutingDecision(
+            policy="forced",
+            k=len(names),
+            experts=list(names),
+            scores=scores,
+            aggregator=self.synthesizer.aggregator_expert if len(names) > 1 else None,
+        )
+
+
+def build_graph(nodes: PipelineNodes) -> Any:
+    """Wire the nodes; returns the compiled graph."""
+    graph = StateGraph(PipelineState)
+    graph.add_node("understand", nodes.understand)
+    graph.add_node("recruit", nodes.recruit)
+    graph.add_node("ask_expert", nodes.ask_expert)
+    graph.add_node("aggregate", nodes.aggregate)
+    graph.add_edge(START, "understand")
+    graph.add_edge("understand", "recruit")
+    graph.add_conditional_edges("recruit", nodes.fan_out, ["ask_expert"])
+    graph.add_edge("ask_expert", "aggregate")
+    graph.add_edge("aggregate", END)
+    return graph.compile()
+
+
+def _ms_since(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)

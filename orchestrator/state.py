@@ -1,0 +1,130 @@
+"""What flows through the pipeline graph: the request, the routing, the answers, the bill.
+
+Plain dataclasses inside the graph; the HTTP layer converts to and from its pydantic
+schemas at the edge.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass, field
+from typing import Annotated, Any, TypedDict
+
+from experts.types import Completion, Message, Usage
+from router.decision import RoutingDecision
+from router.lexical import SkillEstimate
+
+
+@dataclass
+class PipelineRequest:
+    """A chat request to the whole pipeline (``model: moesaic``)."""
+
+    messages: list[Message]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    k: int | None = None
+    experts: list[str] | None = None  # forced choice, bypasses routing
+    stream: bool = False
+
+    @property
+    def query(self) -> str:
+        """The text routed on: the last user turn."""
+        return next((m.content for m in reversed(self.messages) if m.role == "user"), "")
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    """One model call, for the usage bill and the ``moesaic.calls`` breakdown."""
+
+    expert: str
+    role: str  # "expert" | "aggregator" | "direct"
+    prompt_tokens: int
+    completion_tokens: int
+    cost: float
+    latency_s: float
+    batch_size: int = 1
+    finish_reason: str = "stop"
+    error: str | None = None
+
+    @classmethod
+    def of(cls, expert: str, role: str, completion: Completion) -> CallRecord:
+        usage = completion.usage
+        return cls(
+            expert, role, usage.prompt_tokens, usage.completion_tokens, usage.cost,
+            round(completion.latency_s, 4), completion.batch_size, completion.finish_reason, completion.error,
+        )
+
+    @classmethod
+    def failure(cls, expert: str, role: str, error: str, latency_s: float) -> CallRecord:
+        return cls(expert, role, 0, 0, 0.0, round(latency_s, 4), 0, "error", error)
+
+
+@dataclass(frozen=True)
+class ExpertAnswer:
+    """What one recruited expert said (or why it said nothing)."""
+
+    expert: str
+    text: str
+    finish_reason: str
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class FinalAnswer:
+    text: str
+    finish_reason: str
+    strategy: str
+    note: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    """Everything a caller may show: the answer, the routing, each call and the timings."""
+
+    text: str
+    finish_reason: str
+    strategy: str
+    decision: RoutingDecision
+    answers: list[ExpertAnswer]
+    calls: list[CallRecord]
+    timings_ms: dict[str, float]
+    note: str | None = None
+
+    @property
+    def usage(self) -> Usage:
+        total = Usage()
+        for call in self.calls:
+            total = total + Usage(call.prompt_tokens, call.completion_tokens, call.cost)
+        return total
+
+
+def merge_timings(left: dict[str, float], right: dict[str, float]) -> dict[str, float]:
+    return {**left, **right}
+
+
+class PipelineState(TypedDict, total=False):
+    """The LangGraph state. Lists with ``operator.add`` gather results of parallel expert nodes."""
+
+    request: PipelineRequest
+    estimate: SkillEstimate
+    decision: RoutingDecision
+    answers: Annotated[list[ExpertAnswer], operator.add]
+    calls: Annotated[list[CallRecord], operator.add]
+    timings_ms: Annotated[dict[str, float], merge_timings]
+    final: FinalAnswer
+
+
+class ExpertTask(TypedDict):
+    """The payload ``Send`` hands to one ``ask_expert`` node."""
+
+    request: PipelineRequest
+    expert: str
+    stream: bool
+
+
+def stream_event(kind: str, **data: Any) -> dict[str, Any]:
+    """A custom LangGraph stream event: ``{"kind": "decision"|"delta", ...}``."""
+    return {"kind": kind, **data}
