@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from pathlib import Path
 from typing import Any, AsyncIterator
 
@@ -25,7 +26,11 @@ class ExpertUnavailable(RuntimeError):
 
 
 class ExpertCallFailed(RuntimeError):
-    """The expert's actor raised while answering."""
+    """The expert could not answer; ``code`` says when it was the request's fault."""
+
+    def __init__(self, message: str, code: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 class ExpertPool:
@@ -153,6 +158,10 @@ def _actor_options(expert: ExpertSpec) -> dict[str, Any]:
     }
     if resources.memory_gb:
         options["memory"] = int(resources.memory_gb * 1024**3)
+    # An API key named in the pool file travels with the actor, so it works on any node of a cluster.
+    key_env = expert.options.get("api_key_env")
+    if key_env and os.environ.get(key_env):
+        options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
     return options
 
 

@@ -70,11 +70,12 @@ class Completion:
     latency_s: float = 0.0
     batch_size: int = 1
     error: str | None = None
+    error_code: str | None = None  # e.g. "context_length_exceeded": the caller's mistake, not ours
 
     @classmethod
-    def failed(cls, message: str, model: str = "") -> Completion:
+    def failed(cls, message: str, model: str = "", code: str | None = None) -> Completion:
         """A request the backend could not answer (the rest of its batch still could)."""
-        return cls(text="", finish_reason="error", usage=Usage(), model=model, error=message)
+        return cls(text="", finish_reason="error", usage=Usage(), model=model, error=message, error_code=code)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,11 @@ from router.recruit import NoExpertAvailable, SkillRouter
 
 
 class AllExpertsFailed(RuntimeError):
-    """Every recruited expert failed; the message lists each failure."""
+    """Every recruited expert failed; the message lists each failure, ``codes`` their kinds."""
+
+    def __init__(self, message: str, codes: list[str | None]) -> None:
+        super().__init__(message)
+        self.codes = codes
 
 
 class PipelineNodes:
@@ -85,7 +89,7 @@ class PipelineNodes:
         except (ExpertCallFailed, ExpertUnavailable) as error:
             elapsed = time.perf_counter() - started
             return {
-                "answers": [ExpertAnswer(name, "", "error", str(error))],
+                "answers": [ExpertAnswer(name, "", "error", str(error), getattr(error, "code", None))],
                 "calls": [CallRecord.failure(name, "expert", str(error), elapsed)],
                 "timings_ms": {f"expert:{name}": _ms_since(started)},
             }
@@ -102,7 +106,8 @@ class PipelineNodes:
         usable = [by_name[name] for name in decision.experts if name in by_name and by_name[name].error is None]
         if not usable:
             failures = "; ".join(f"{a.expert}: {a.error}" for a in by_name.values())
-            raise AllExpertsFailed(f"every recruited expert failed ({failures})")
+            codes = [answer.error_code for answer in by_name.values()]
+            raise AllExpertsFailed(f"every recruited expert failed ({failures})", codes)
         candidates = [CandidateAnswer(answer.expert, answer.text) for answer in usable]
         streamed_already = request.stream and len(decision.experts) == 1
         calls: list[CallRecord] = []
@@ -150,7 +155,7 @@ class PipelineNodes:
             if completion is None:
                 raise ExpertCallFailed(f"expert {name!r} ended its stream without a completion")
         if completion.error is not None:
-            raise ExpertCallFailed(f"expert {name!r} could not answer: {completion.error}")
+            raise ExpertCallFailed(f"expert {name!r} could not answer: {completion.error}", completion.error_code)
         return completion
 
     def _forced(self, names: list[str], healthy: set[str]) -> RoutingDecision:

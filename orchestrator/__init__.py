@@ -1,0 +1,1 @@
+"""Orchestrator: the pipeline graph, the HTTP API, the CLI and their settings."""

@@ -1,0 +1,253 @@
+"""``POST /v1/chat/completions``: the pipeline (``model: moesaic``) or one expert (``expert/<name>``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+
+from experts.pool import ExpertCallFailed, ExpertUnavailable
+from experts.types import Completion, GenerationRequest
+from orchestrator.api.errors import APIError, from_validation_error
+from orchestrator.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_body
+from orchestrator.graph import AllExpertsFailed
+from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
+from orchestrator.state import CallRecord, PipelineRequest, PipelineResult
+from router.recruit import NoExpertAvailable
+
+log = logging.getLogger(__name__)
+
+PIPELINE_MODEL = "moesaic"
+EXPERT_PREFIX = "expert/"
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions")
+async def chat_completions(http_request: Request) -> Any:
+    orchestrator: Orchestrator = http_request.app.state.orchestrator
+    body = await _parse(http_request)
+    if body.model == PIPELINE_MODEL:
+        return await _pipeline(orchestrator, body)
+    if body.model.startswith(EXPERT_PREFIX):
+        return await _direct(orchestrator, body, body.model.removeprefix(EXPERT_PREFIX))
+    raise APIError(
+        404,
+        f"model {body.model!r} does not exist; use {PIPELINE_MODEL!r} or expert/<name> (see GET /v1/models)",
+        "not_found_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def _parse(http_request: Request) -> ChatCompletionRequest:
+    raw = await http_request.body()
+    try:
+        data = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+
+
+# -- the pipeline -------------------------------------------------------------------------
+def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -> PipelineRequest:
+    options = body.moesaic
+    if options and options.experts:
+        unknown = [name for name in options.experts if name not in orchestrator.pool.expert_names]
+        if unknown:
+            raise APIError(422, f"moesaic.experts names unknown experts: {', '.join(unknown)}", param="moesaic.experts")
+    return PipelineRequest(
+        messages=[message.to_message() for message in body.messages],
+        max_tokens=body.token_budget,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list,
+        seed=body.seed,
+        k=options.k if options else None,
+        experts=options.experts if options else None,
+    )
+
+
+async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> Any:
+    request = _pipeline_request(body, orchestrator)
+    response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        events = orchestrator.stream(request)
+        try:
+            first = await anext(events)  # routing happens before any byte is sent, so errors get a status
+        except Exception as error:
+            raise _pipeline_error(error) from None
+        assert isinstance(first, DecisionEvent)
+        headers = {"x-moesaic-experts": ",".join(first.decision.experts)}
+        stream = _pipeline_sse(events, body, response_id, created)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    try:
+        result = await orchestrator.run(request)
+    except Exception as error:
+        raise _pipeline_error(error) from None
+    body_json = completion_body(
+        response_id=response_id,
+        created=created,
+        model=body.model,
+        text=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens,
+        metadata=pipeline_metadata(result),
+    )
+    return JSONResponse(body_json, headers={"x-moesaic-experts": ",".join(result.decision.experts)})
+
+
+def pipeline_metadata(result: PipelineResult) -> dict[str, Any]:
+    """The ``moesaic`` field: routing, strategy, every call, timings and total cost."""
+    return {
+        "decision": result.decision.model_dump(),
+        "strategy": result.strategy,
+        "answers": [asdict(answer) for answer in result.answers],
+        "calls": [asdict(call) for call in result.calls],
+        "cost": result.usage.cost,
+        "timings_ms": result.timings_ms,
+        "note": result.note,
+    }
+
+
+def _pipeline_error(error: Exception) -> APIError:
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, NoExpertAvailable):
+        return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
+    if isinstance(error, AllExpertsFailed):
+        if error.codes and all(code == "context_length_exceeded" for code in error.codes):
+            return APIError(400, str(error), param="messages", code="context_length_exceeded")
+        return APIError(502, str(error), "upstream_error", code="experts_failed")
+    log.exception("pipeline failed", exc_info=error)
+    return APIError(500, f"internal error: {type(error).__name__}: {error}", "internal_error")
+
+
+async def _pipeline_sse(
+    events: AsyncIterator[PipelineEvent], body: ChatCompletionRequest, response_id: str, created: int
+) -> AsyncIterator[str]:
+    yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+    try:
+        async for event in events:
+            if isinstance(event, TextEvent):
+                yield _sse(chunk_body(response_id, created, body.model, {"content": event.text}))
+            elif isinstance(event, DoneEvent):
+                result = event.result
+                final = chunk_body(response_id, created, body.model, {}, result.finish_reason)
+                final["moesaic"] = pipeline_metadata(result)
+                yield _sse(final)
+                if body.stream_options and body.stream_options.include_usage:
+                    usage = result.usage
+                    yield _sse(_usage_chunk(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
+    except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
+        yield _sse(_pipeline_error(error).body())
+    yield "data: [DONE]\n\n"
+
+
+# -- one expert, directly -----------------------------------------------------------------
+async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name: str) -> Any:
+    pool = orchestrator.pool
+    if name not in pool.expert_names:
+        raise APIError(404, f"no expert named {name!r}; see GET /v1/models", "not_found_error", "model", "model_not_found")
+    if not pool.is_healthy(name):
+        raise APIError(503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy")
+    request = GenerationRequest(
+        messages=[message.to_message() for message in body.messages],
+        max_tokens=body.token_budget,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list,
+        seed=body.seed,
+    )
+    response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    headers = {"x-moesaic-experts": name}
+    if body.stream:
+        stream = _direct_sse(orchestrator, name, request, body, response_id, created)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    try:
+        completion = await orchestrator.call_expert(name, request)
+    except (ExpertCallFailed, ExpertUnavailable) as error:
+        raise _direct_error(error) from None
+    if completion.error is not None:
+        raise _direct_error(ExpertCallFailed(completion.error, completion.error_code))
+    usage = completion.usage
+    metadata = {"expert": name, "calls": [asdict(CallRecord.of(name, "direct", completion))], "cost": usage.cost}
+    return JSONResponse(
+        completion_body(
+            response_id=response_id,
+            created=created,
+            model=body.model,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            metadata=metadata,
+        ),
+        headers=headers,
+    )
+
+
+def _direct_error(error: Exception) -> APIError:
+    if isinstance(error, ExpertUnavailable):
+        return APIError(503, str(error), "service_unavailable", code="expert_unhealthy")
+    if isinstance(error, ExpertCallFailed) and error.code == "context_length_exceeded":
+        return APIError(400, str(error), param="messages", code="context_length_exceeded")
+    return APIError(502, str(error), "upstream_error", code="expert_failed")
+
+
+async def _direct_sse(
+    orchestrator: Orchestrator,
+    name: str,
+    request: GenerationRequest,
+    body: ChatCompletionRequest,
+    response_id: str,
+    created: int,
+) -> AsyncIterator[str]:
+    yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+    try:
+        completion: Completion | None = None
+        async for item in orchestrator.stream_expert(name, request):
+            if isinstance(item, str):
+                yield _sse(chunk_body(response_id, created, body.model, {"content": item}))
+            else:
+                completion = item
+        if completion is None or completion.error is not None:
+            message = completion.error if completion else "stream ended without a completion"
+            raise ExpertCallFailed(f"expert {name!r} could not answer: {message}", completion.error_code if completion else None)
+        final = chunk_body(response_id, created, body.model, {}, completion.finish_reason)
+        final["moesaic"] = {"expert": name, "calls": [asdict(CallRecord.of(name, "direct", completion))]}
+        yield _sse(final)
+        if body.stream_options and body.stream_options.include_usage:
+            usage = completion.usage
+            yield _sse(_usage_chunk(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
+    except Exception as error:
+        yield _sse(_direct_error(error).body())
+    yield "data: [DONE]\n\n"
+
+
+def _usage_chunk(response_id: str, created: int, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+    return {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [],
+        "usage": usage_body(prompt_tokens, completion_tokens),
+    }
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

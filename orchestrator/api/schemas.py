@@ -1,0 +1,174 @@
+"""OpenAI-compatible request and response shapes, validated at the HTTP edge.
+
+Fields OpenAI defines that we do not act on (``frequency_penalty``, ``logit_bias``...)
+are accepted and ignored, as OpenAI-compatible servers commonly do, so existing clients
+work unchanged. Our extension lives in one optional ``moesaic`` object.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from experts.types import Message
+
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class ChatMessageIn(BaseModel):
+    """A message as clients send it; ``developer`` is OpenAI's newer name for ``system``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+    name: str | None = None
+
+    def to_message(self) -> Message:
+        if isinstance(self.content, list):
+            text = "".join(part.text for part in self.content)
+        else:
+            text = self.content or ""
+        return Message("system" if self.role == "developer" else self.role, text)
+
+
+class StreamOptions(BaseModel):
+    include_usage: bool = False
+
+
+class MoesaicOptions(BaseModel):
+    """Per-request control of the pipeline (``extra_body={"moesaic": {...}}`` in the openai client)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    k: Annotated[int, Field(ge=1, le=16)] | None = Field(None, description="how many experts answer")
+    experts: Annotated[list[str], Field(min_length=1, max_length=16)] | None = Field(
+        None, description="answer with exactly these experts, skipping routing"
+    )
+
+
+class ChatCompletionRequest(BaseModel):
+    """``POST /v1/chat/completions`` body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: Annotated[str, Field(min_length=1)]
+    messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, le=32768)] | None = None
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = None
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    seed: int | None = None
+    user: str | None = None
+    moesaic: MoesaicOptions | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _has_user_turn(cls, messages: list[ChatMessageIn]) -> list[ChatMessageIn]:
+        if not any(message.role == "user" for message in messages):
+            raise ValueError("at least one message must have role 'user'")
+        return messages
+
+    @property
+    def token_budget(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+
+class ModelCard(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "moesaic"
+    description: str = ""
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+def completion_body(
+    *,
+    response_id: str,
+    created: int,
+    model: str,
+    text: str,
+    finish_reason: str,
+    prompt_tokens: int,
+    completion_tokens: int,
+    metadata: dict[str, Any],
+) -> dict[str, Any]:
+    """A ``chat.completion`` object, plus our ``moesaic`` metadata."""
+    return {
+        "id": response_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "finish_reason": openai_finish_reason(finish_reason),
+                "logprobs": None,
+            }
+        ],
+        "usage": usage_body(prompt_tokens, completion_tokens),
+        "moesaic": metadata,
+    }
+
+
+def chunk_body(
+    response_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
+) -> dict[str, Any]:
+    """One ``chat.completion.chunk`` with a single choice."""
+    return {
+        "id": response_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [
+            {
+                "index": 0,
+                "delta": delta,
+                "finish_reason": openai_finish_reason(finish_reason) if finish_reason else None,
+                "logprobs": None,
+            }
+        ],
+    }
+
+
+def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def openai_finish_reason(reason: str) -> str:
+    return "length" if reason == "length" else "stop"

@@ -1,0 +1,167 @@
+"""The ``moesaic`` command: serve the API, ask a question, list experts, prepare models."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from experts.spec import PoolFileError, PoolSpec, load_pool
+
+app = typer.Typer(help="Moesaic: several LLM experts answer together.", no_args_is_help=True)
+console = Console()
+errors = Console(stderr=True)
+
+PoolOption = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools")
+RayOption = typer.Option(None, "--ray-address", help="join this Ray cluster instead of starting a local one")
+
+
+def _load(pool: str) -> PoolSpec:
+    try:
+        return load_pool(pool)
+    except PoolFileError as error:
+        errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def serve(
+    pool: str = PoolOption,
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    ray_address: Optional[str] = RayOption,
+    num_cpus: Optional[int] = typer.Option(None, help="CPUs for a local Ray instance (default: all)"),
+) -> None:
+    """Start the OpenAI-compatible API with the pool's experts in Ray actors."""
+    import uvicorn
+
+    from orchestrator.api.app import create_app
+    from orchestrator.config import ServeSettings
+
+    _load(pool)  # fail now, with the file and field, not inside the server's start-up
+    settings = ServeSettings.from_env(pool=pool, host=host, port=port, ray_address=ray_address, num_cpus=num_cpus)
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+
+
+@app.command()
+def experts(pool: str = PoolOption) -> None:
+    """List the pool's experts, their models, skills and roles."""
+    spec = _load(pool)
+    roles = {name: role for role, name in spec.roles.model_dump().items() if name}
+    table = Table(title=f"pool {spec.name!r}: {spec.description}")
+    for column in ("name", "backend", "model", "skills", "routed", "role"):
+        table.add_column(column)
+    for expert in spec.experts:
+        skills = ", ".join(f"{skill} {score:g}" for skill, score in expert.skills.items()) or "-"
+        table.add_row(
+            expert.name, expert.backend, expert.model, skills, "yes" if expert.routable else "no", roles.get(expert.name, "")
+        )
+    console.print(table)
+
+
+@app.command()
+def prepare(pool: str = PoolOption) -> None:
+    """Dequantise and cache the pool's GGUF models once, so actors start fast."""
+    from experts.embedded import dequantised_dir, prepare_model, resolve_model
+
+    spec = _load(pool)
+    models = sorted({expert.model for expert in spec.experts if expert.backend == "local"})
+    for model in models:
+        source = resolve_model(model)
+        if source.gguf_file is None:
+            console.print(f"{model}: safetensors checkpoint, nothing to prepare")
+            continue
+        if (dequantised_dir(source) / "config.json").exists():
+            console.print(f"{model}: cached at {dequantised_dir(source)}")
+            continue
+        with console.status(f"dequantising {model} (about 20 s, once)..."):
+            directory = prepare_model(source)
+        console.print(f"{model}: prepared at {directory}")
+
+
+@app.command()
+def ask(
+    question: str = typer.Argument(..., help="the question"),
+    pool: str = PoolOption,
+    k: Optional[int] = typer.Option(None, "-k", help="how many experts answer (default: the pool's k)"),
+    max_tokens: Optional[int] = typer.Option(None, help="token budget per model call"),
+    temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
+    explain: bool = typer.Option(False, "--explain", help="show routing, each expert's answer and timings"),
+    as_json: bool = typer.Option(False, "--json", help="print the result as one JSON object"),
+    ray_address: Optional[str] = RayOption,
+) -> None:
+    """Answer one question with the pool (starts the experts, answers, stops them)."""
+    spec = _load(pool)
+    result = asyncio.run(_ask(spec, question, k, max_tokens, temperature, ray_address))
+    if as_json:
+        from orchestrator.api.chat import pipeline_metadata
+
+        print(json.dumps({"answer": result.text, **pipeline_metadata(result)}))
+        return
+    if explain:
+        _explain(result)
+    console.print(Panel(result.text or "(empty answer)", title=f"answer ({result.strategy})", border_style="green"))
+    if explain:
+        usage = result.usage
+        console.print(f"tokens: {usage.prompt_tokens} in, {usage.completion_tokens} out; cost {usage.cost:.6f}")
+
+
+async def _ask(spec: PoolSpec, question: str, k, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
+    from experts.pool import ExpertPool
+    from experts.types import Message
+    from orchestrator.pipeline import Orchestrator
+    from orchestrator.state import PipelineRequest
+
+    pool = ExpertPool(spec, ray_address=ray_address)
+    try:
+        with console.status(f"starting {len(spec.experts)} experts..."):
+            health = await pool.start()
+        failed = {name: h.get("error") for name, h in health.items() if h.get("state") != "ready"}
+        for name, error in failed.items():
+            errors.print(f"[yellow]expert {name} did not start:[/yellow] {error}")
+        request = PipelineRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature, k=k)
+        with console.status("answering..."):
+            return await Orchestrator(pool).run(request)
+    except Exception as error:
+        errors.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from None
+    finally:
+        await pool.shutdown()
+
+
+def _explain(result) -> None:  # type: ignore[no-untyped-def]
+    decision = result.decision
+    needs = ", ".join(f"{skill} {need:.2f}" for skill, need in decision.skills.items()) or "none found"
+    console.print(f"[bold]skills[/bold]: {needs}" + (" (generalist fallback)" if decision.fallback else ""))
+    table = Table(title=f"routing ({decision.policy}, k={decision.k})")
+    for column in ("rank", "expert", "score", "chosen", "why"):
+        table.add_column(column)
+    for score in decision.scores:
+        table.add_row(str(score.rank or "-"), score.name, f"{score.score:.2f}", "yes" if score.chosen else "", score.reason)
+    console.print(table)
+    for answer in result.answers:
+        body = answer.text if answer.error is None else f"[red]{answer.error}[/red]"
+        console.print(Panel(body or "(empty)", title=f"expert {answer.expert}", border_style="blue"))
+    timings = Table(title="timings (ms)")
+    timings.add_column("step")
+    timings.add_column("ms", justify="right")
+    for step, value in result.timings_ms.items():
+        timings.add_row(step, f"{value:.1f}")
+    console.print(timings)
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

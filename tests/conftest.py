@@ -1,0 +1,125 @@
+"""Shared, real fixtures: one local Ray per session, the embedded pool, uvicorn servers.
+
+Ray takes seconds to start and the embedded experts take longer to load, so both are
+session-scoped and shared by every test that needs them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+from experts.pool import ExpertPool  # noqa: E402
+from experts.spec import PoolSpec, load_pool, parse_pool  # noqa: E402
+from orchestrator.pipeline import Orchestrator  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_session() -> Iterator[None]:
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, namespace="moesaic-tests", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def default_pool_spec() -> PoolSpec:
+    return load_pool("default")
+
+
+@pytest.fixture(scope="session")
+async def embedded_pool(ray_session: None, default_pool_spec: PoolSpec) -> AsyncIterator[ExpertPool]:
+    pool = ExpertPool(default_pool_spec)
+    health = await pool.start()
+    failed = {name: h.get("error") for name, h in health.items() if h["state"] != "ready"}
+    assert not failed, f"embedded experts failed to start: {failed}"
+    yield pool
+    await pool.shutdown()
+
+
+@pytest.fixture(scope="session")
+def orchestrator(embedded_pool: ExpertPool) -> Orchestrator:
+    return Orchestrator(embedded_pool)
+
+
+def echo_pool_spec(name: str, **options: Any) -> PoolSpec:
+    """A two-expert pool on the echo backend (fault injection), with ``options`` on both experts."""
+    return parse_pool(
+        {
+            "name": name,
+            "roles": {"aggregator": "b"},
+            "experts": [
+                {"name": "a", "backend": "echo", "model": "echo", "skills": ["math"], "options": options,
+                 "resources": {"num_cpus": 0}},
+                {"name": "b", "backend": "echo", "model": "echo", "skills": ["writing"], "options": options,
+                 "resources": {"num_cpus": 0}},
+            ],
+        },
+        f"<test pool {name}>",
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ServerThread:
+    """Real uvicorn on 127.0.0.1 in a background thread, serving ``app``."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def api_server(orchestrator: Orchestrator) -> Iterator[ServerThread]:
+    from orchestrator.api.app import create_app
+
+    with ServerThread(create_app(orchestrator=orchestrator)) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def openai_client(api_server: ServerThread) -> Any:
+    import openai
+
+    return openai.OpenAI(base_url=api_server.url + "/v1", api_key="unused", max_retries=0, timeout=120)
+
+
+async def run_in_thread(function: Any, *args: Any) -> Any:
+    """Blocking client calls run off the event loop that the in-process server shares nothing with."""
+    return await asyncio.to_thread(function, *args)

@@ -1,0 +1,89 @@
+"""The per-expert request batcher, driven directly (no Ray) with the echo backend."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from experts.backends.base import BackendError
+from experts.backends.echo import EchoBackend
+from experts.batcher import RequestBatcher
+from experts.spec import ExpertSpec
+from experts.types import GenerationRequest, Message, TextDelta
+
+
+def request(text: str) -> GenerationRequest:
+    return GenerationRequest([Message("user", text)], max_tokens=50)
+
+
+def echo(**options: object) -> EchoBackend:
+    return EchoBackend(ExpertSpec(name="e", backend="echo", model="echo", options=options))
+
+
+async def test_concurrent_requests_share_batches() -> None:
+    backend = echo()
+    batcher = RequestBatcher(backend.generate, max_batch_size=4, max_wait_s=0.05)
+    results = await asyncio.gather(*(batcher.submit(request(f"q{i}")) for i in range(6)))
+    assert [r.text for r in results] == [f"q{i}" for i in range(6)]
+    assert batcher.stats.requests == 6
+    assert batcher.stats.largest_batch == 4
+    assert batcher.stats.batches == 2
+    await batcher.close()
+
+
+async def test_lone_request_waits_at_most_max_wait() -> None:
+    batcher = RequestBatcher(echo().generate, max_batch_size=8, max_wait_s=0.02)
+    result = await asyncio.wait_for(batcher.submit(request("alone")), timeout=5)  # liveness, not speed
+    assert result.text == "alone" and result.batch_size == 1
+    await batcher.close()
+
+
+async def test_streamed_and_plain_requests_in_one_batch() -> None:
+    batcher = RequestBatcher(echo().generate, max_batch_size=8, max_wait_s=0.05)
+    pieces: list[TextDelta] = []
+    streamed, plain = await asyncio.gather(
+        batcher.submit(request("one two three"), pieces.append), batcher.submit(request("four five"))
+    )
+    assert streamed.batch_size == 2 and plain.batch_size == 2
+    assert "".join(piece.text for piece in pieces) == "one two three"
+    assert plain.text == "four five"
+    await batcher.close()
+
+
+async def test_a_failing_batch_fails_its_callers_and_the_worker_survives() -> None:
+    failing = echo(fail_generate=True)
+    batcher = RequestBatcher(failing.generate, max_batch_size=4, max_wait_s=0.01)
+    outcomes = await asyncio.gather(batcher.submit(request("a")), batcher.submit(request("b")), return_exceptions=True)
+    assert all(isinstance(outcome, BackendError) for outcome in outcomes)
+    assert batcher.stats.failed_batches == 1
+    failing.spec = ExpertSpec(name="e", backend="echo", model="echo")  # heal it
+    assert (await batcher.submit(request("again"))).text == "again"
+    await batcher.close()
+
+
+async def test_length_limit_reported() -> None:
+    batcher = RequestBatcher(echo().generate, max_batch_size=2, max_wait_s=0.0)
+    result = await batcher.submit(GenerationRequest([Message("user", "a b c d")], max_tokens=2))
+    assert result.text == "a b" and result.finish_reason == "length"
+    await batcher.close()
+
+
+@pytest.mark.parametrize("concurrency", [1, 3])
+async def test_concurrency_bounds_batches_in_flight(concurrency: int) -> None:
+    backend = echo(delay_s=0.05)
+    in_flight, most = 0, 0
+
+    async def counting(batch, on_delta):  # type: ignore[no-untyped-def]
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        try:
+            return await backend.generate(batch, on_delta)
+        finally:
+            in_flight -= 1
+
+    batcher = RequestBatcher(counting, max_batch_size=1, max_wait_s=0.0, concurrency=concurrency)
+    await asyncio.gather(*(batcher.submit(request(str(i))) for i in range(6)))
+    assert most == concurrency
+    await batcher.close()

@@ -1,0 +1,85 @@
+"""The ``litellm`` backend against a real OpenAI-compatible server: our own, on 127.0.0.1.
+
+No network and no API key are needed: LiteLLM's OpenAI provider talks HTTP to the
+session's uvicorn server, whose ``expert/<name>`` models answer with the embedded model.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from experts.backends.litellm_backend import LiteLLMBackend
+from experts.pool import ExpertPool
+from experts.spec import ExpertSpec, parse_pool
+from experts.types import GenerationRequest, Message, TextDelta
+from tests.conftest import ServerThread
+
+pytestmark = [pytest.mark.ray, pytest.mark.model]
+
+
+def spec_for(server: ServerThread, **extra: object) -> ExpertSpec:
+    return ExpertSpec.model_validate(
+        {
+            "name": "remote-writer",
+            "backend": "litellm",
+            "model": "openai/expert/writer",
+            "options": {"api_base": server.url + "/v1", "api_key_env": "MOESAIC_TEST_API_KEY"},
+            **extra,
+        }
+    )
+
+
+@pytest.fixture(autouse=True)
+def api_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MOESAIC_TEST_API_KEY", "sk-local-test")
+
+
+def ask(text: str) -> GenerationRequest:
+    return GenerationRequest([Message("user", text)], max_tokens=8, temperature=0.0, top_p=1.0)
+
+
+async def test_batch_usage_and_declared_price(api_server: ServerThread) -> None:
+    backend = LiteLLMBackend(spec_for(api_server, price={"input_per_1m": 1.0, "output_per_1m": 2.0}))
+    await backend.load()
+    first, second = await backend.generate([ask("Say hello."), ask("Name a fruit.")])
+    for completion in (first, second):
+        assert completion.error is None and completion.text
+        assert completion.usage.prompt_tokens > 0 and 0 < completion.usage.completion_tokens <= 8
+        expected = (completion.usage.prompt_tokens * 1.0 + completion.usage.completion_tokens * 2.0) / 1e6
+        assert completion.usage.cost == pytest.approx(expected)
+
+
+async def test_streaming_through_litellm(api_server: ServerThread) -> None:
+    backend = LiteLLMBackend(spec_for(api_server))
+    await backend.load()
+    pieces: list[TextDelta] = []
+    [completion] = await backend.generate([ask("Say hello.")], pieces.append)
+    assert completion.text and "".join(p.text for p in pieces) == completion.text
+    assert completion.usage.completion_tokens > 0
+
+
+async def test_provider_errors_become_failed_completions(api_server: ServerThread) -> None:
+    backend = LiteLLMBackend(spec_for(api_server).model_copy(update={"model": "openai/expert/nobody"}))
+    await backend.load()
+    [completion] = await backend.generate([ask("hi")])
+    assert completion.finish_reason == "error" and "NotFound" in (completion.error or "")
+
+
+async def test_missing_api_key_fails_at_load(api_server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MOESAIC_TEST_API_KEY")
+    with pytest.raises(Exception, match="MOESAIC_TEST_API_KEY"):
+        await LiteLLMBackend(spec_for(api_server)).load()
+
+
+async def test_a_litellm_expert_in_a_ray_actor(api_server: ServerThread) -> None:
+    pool_spec = parse_pool(
+        {"name": "remote", "experts": [spec_for(api_server, resources={"num_cpus": 0}).model_dump()]}, "<test>"
+    )
+    pool = ExpertPool(pool_spec)
+    try:
+        health = await pool.start()
+        assert health["remote-writer"]["state"] == "ready", health
+        completion = await pool.generate("remote-writer", ask("Say hello."))
+        assert completion.text and completion.usage.completion_tokens > 0
+    finally:
+        await pool.shutdown()

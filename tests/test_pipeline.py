@@ -1,0 +1,119 @@
+"""The pipeline on real Ray actors: fan-out to experts, aggregation, batching by expert, health."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
+from experts.types import GenerationRequest, Message
+from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, TextEvent
+from orchestrator.state import PipelineRequest
+from tests.conftest import echo_pool_spec
+
+pytestmark = [pytest.mark.ray, pytest.mark.model]
+
+
+async def test_every_expert_runs_in_its_own_ready_actor(embedded_pool: ExpertPool) -> None:
+    health = await embedded_pool.health()
+    assert set(health) == {"math", "coder", "writer", "generalist", "conductor"}
+    assert all(h["state"] == "ready" and h["backend"] == "local" for h in health.values())
+    assert embedded_pool.healthy_names() == embedded_pool.expert_names
+
+
+async def test_two_experts_answer_and_the_aggregator_synthesises(orchestrator: Orchestrator) -> None:
+    request = PipelineRequest([Message("user", "What is 12 * 7?")], max_tokens=24, temperature=0.0, k=2)
+    result = await orchestrator.run(request)
+    assert result.decision.experts[0] == "math" and len(result.decision.experts) == 2
+    assert result.strategy == "synthesize" and result.text.strip()
+    assert [call.role for call in result.calls].count("expert") == 2
+    assert [call.expert for call in result.calls if call.role == "aggregator"] == ["conductor"]
+    assert {a.expert for a in result.answers} == set(result.decision.experts)
+    # usage is summed over every model call, the fan-out included
+    assert result.usage.prompt_tokens == sum(c.prompt_tokens for c in result.calls) > 0
+    assert result.usage.completion_tokens == sum(c.completion_tokens for c in result.calls) > 0
+    for step in ("understand", "recruit", "aggregate", "total", "expert:math"):
+        assert step in result.timings_ms
+
+
+async def test_one_expert_passes_through(orchestrator: Orchestrator) -> None:
+    result = await orchestrator.run(
+        PipelineRequest([Message("user", "Write a haiku about rain.")], max_tokens=16, temperature=0.0, k=1)
+    )
+    assert result.strategy == "passthrough" and result.decision.experts == ["writer"]
+    assert len(result.calls) == 1 and result.text == result.answers[0].text
+
+
+async def test_streaming_sends_decision_then_the_aggregators_text(orchestrator: Orchestrator) -> None:
+    events = [
+        event
+        async for event in orchestrator.stream(
+            PipelineRequest([Message("user", "Explain what a prime number is.")], max_tokens=16, temperature=0.0, k=2)
+        )
+    ]
+    assert isinstance(events[0], DecisionEvent) and isinstance(events[-1], DoneEvent)
+    texts = [event.text for event in events if isinstance(event, TextEvent)]
+    assert len(texts) > 1 and "".join(texts) == events[-1].result.text
+    assert events[-1].result.strategy == "synthesize"
+
+
+async def test_concurrent_requests_for_one_expert_run_as_a_batch(embedded_pool: ExpertPool) -> None:
+    before = (await embedded_pool.health())["coder"]
+    prompts = [f"Write a Python one-liner that prints {n}." for n in range(6)]
+    completions = await asyncio.gather(
+        *(embedded_pool.generate("coder", GenerationRequest([Message("user", p)], max_tokens=8, temperature=0.0)) for p in prompts)
+    )
+    after = (await embedded_pool.health())["coder"]
+    assert len(completions) == 6 and all(c.text for c in completions)
+    assert after["requests"] - before["requests"] == 6
+    assert after["batches"] - before["batches"] < 6  # requests were grouped
+    assert max(c.batch_size for c in completions) > 1
+
+
+async def test_forced_experts_and_unknown_expert(orchestrator: Orchestrator, embedded_pool: ExpertPool) -> None:
+    result = await orchestrator.run(
+        PipelineRequest([Message("user", "hi")], max_tokens=8, temperature=0.0, experts=["generalist"])
+    )
+    assert result.decision.policy == "forced" and result.decision.experts == ["generalist"]
+    with pytest.raises(ExpertUnavailable, match="no expert named 'nobody'"):
+        await embedded_pool.generate("nobody", GenerationRequest([Message("user", "hi")]))
+
+
+async def test_failed_experts_are_reported_not_called(ray_session: None) -> None:
+    pool = ExpertPool(echo_pool_spec("broken", fail_load=True))
+    try:
+        health = await pool.start()
+        assert {h["state"] for h in health.values()} == {"failed"}
+        assert "fail at load" in health["a"]["error"]
+        assert pool.healthy_names() == []
+        with pytest.raises(ExpertUnavailable, match="not healthy"):
+            await pool.generate("a", GenerationRequest([Message("user", "hi")]))
+    finally:
+        await pool.shutdown()
+
+
+async def test_an_expert_that_fails_while_answering(ray_session: None) -> None:
+    pool = ExpertPool(echo_pool_spec("flaky", fail_generate=True))
+    try:
+        await pool.start()
+        with pytest.raises(ExpertCallFailed, match="expert 'a' failed: BackendError"):
+            await pool.generate("a", GenerationRequest([Message("user", "hi")]))
+        from orchestrator.graph import AllExpertsFailed
+
+        with pytest.raises(AllExpertsFailed, match="every recruited expert failed"):
+            await Orchestrator(pool).run(PipelineRequest([Message("user", "solve 1 + 1")], k=2))
+    finally:
+        await pool.shutdown()
+
+
+async def test_shutdown_stops_the_actors(ray_session: None) -> None:
+    import ray
+
+    pool = ExpertPool(echo_pool_spec("short-lived"))
+    await pool.start()
+    actors = list(pool._actors.values())
+    await pool.shutdown()
+    assert ray.is_initialized()  # the session's Ray is not ours to stop
+    with pytest.raises(ray.exceptions.RayActorError):
+        await actors[0].health.remote()
