@@ -18,4 +18,4 @@ Candidate answers:
 
 Write the single best answer to the question."""
 
-CANDIDATE = "[{number}] {text}"
+CANDIDATE = "Candidate answer {number}:\n{text}"

@@ -11,8 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Iterator
 
 from experts.actor import ExpertActor
 from experts.spec import ExpertSpec, PoolSpec
@@ -57,13 +60,14 @@ class ExpertPool:
         import ray
 
         if not ray.is_initialized():
-            ray.init(
-                address=self.ray_address,
-                num_cpus=None if self.ray_address else self.num_cpus,
-                include_dashboard=False,
-                namespace="moesaic",
-                runtime_env=self._runtime_env(),
-            )
+            with _keep_signal_handlers():
+                ray.init(
+                    address=self.ray_address,
+                    num_cpus=None if self.ray_address else self.num_cpus,
+                    include_dashboard=False,
+                    namespace="moesaic",
+                    runtime_env=self._runtime_env(),
+                )
             self._owns_ray = True
         remote_class = ray.remote(ExpertActor)
         for expert in self.spec.experts:
@@ -147,6 +151,21 @@ class ExpertPool:
                 yield await ref
         except Exception as error:
             raise ExpertCallFailed(f"expert {name!r} failed: {_root_message(error)}") from error
+
+
+@contextmanager
+def _keep_signal_handlers() -> Iterator[None]:
+    """``ray.init`` replaces SIGTERM/SIGINT handlers; put back the server's so it shuts down cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    saved = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for number, handler in saved.items():
+            if handler is not None:
+                signal.signal(number, handler)
 
 
 def _actor_options(expert: ExpertSpec) -> dict[str, Any]:

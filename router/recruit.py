@@ -1,9 +1,11 @@
 """Router v1: score experts by declared skills against the query's skill needs, keep the top k.
 
 An expert's score is the sum over skills of (query need for the skill) x (the expert's
-declared competence in it). Ties go to the generalist role, then to pool-file order. When
-the query shows no skill evidence at all, the generalist leads (Composition of Experts'
-fallback for out-of-distribution queries).
+declared competence in it). The best k experts with a positive score answer; ties go to
+the generalist role, then to pool-file order. An expert that declares none of the needed
+skills is never recruited just to fill k. When no healthy expert has a positive score (the
+query shows no known skill, or those who have it are down), the generalist answers alone:
+Composition of Experts' fallback for out-of-distribution queries.
 """
 
 from __future__ import annotations
@@ -53,29 +55,35 @@ class SkillRouter:
         if not candidates:
             raise NoExpertAvailable("no routable expert is healthy; check /healthz and the actors' logs")
         candidates.sort(key=lambda e: (-e.score, e.name != generalist, order[e.name]))
-        chosen_count = min(wanted, len(candidates))
+        relevant = [entry for entry in candidates if entry.score > 0]
+        fallback = not relevant  # nobody healthy declares the skills needed: one expert, the generalist first
+        chosen = candidates[:1] if fallback else relevant[:wanted]
+        chosen_names = {entry.name for entry in chosen}
         for rank, entry in enumerate(candidates, start=1):
             entry.rank = rank
-            entry.chosen = rank <= chosen_count
-            entry.reason = _reason(entry, chosen_count, estimate.found_any, generalist)
+            entry.chosen = entry.name in chosen_names
+            entry.reason = _reason(entry, wanted, fallback, generalist)
         for entry in unavailable:
             entry.reason = "not chosen: unhealthy"
         return RoutingDecision(
             skills={skill: round(need, 4) for skill, need in estimate.scores.items()},
             evidence=estimate.evidence,
-            k=chosen_count,
-            experts=[entry.name for entry in candidates[:chosen_count]],
+            k=len(chosen),
+            experts=[entry.name for entry in chosen],
             scores=candidates + unavailable,
-            fallback=not estimate.found_any,
-            aggregator=self.pool.roles.aggregator if chosen_count > 1 else None,
+            fallback=fallback,
+            aggregator=self.pool.roles.aggregator if len(chosen) > 1 else None,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 
 
-def _reason(entry: ExpertScore, k: int, evidence: bool, generalist: str | None) -> str:
+def _reason(entry: ExpertScore, k: int, fallback: bool, generalist: str | None) -> str:
     detail = ", ".join(f"{skill} {value:.2f}" for skill, value in entry.contributions.items()) or "no matching skill"
-    if not evidence and entry.name == generalist:
-        return f"chosen: generalist fallback (rank {entry.rank}, no skill evidence in the query)"
+    if fallback and entry.chosen:
+        who = "the generalist" if entry.name == generalist else "no generalist available, first in the pool"
+        return f"chosen: fallback ({who}); no healthy expert declares a skill the query needs"
     if entry.chosen:
         return f"chosen: rank {entry.rank}, score {entry.score:.2f} ({detail})"
-    return f"not chosen: rank {entry.rank} with score {entry.score:.2f} ({detail}); only the top {k} answer"
+    if entry.score <= 0:
+        return "not chosen: declares none of the skills the query needs"
+    return f"not chosen: rank {entry.rank} with score {entry.score:.2f} ({detail}); at most {k} answer"

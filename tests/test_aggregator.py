@@ -24,7 +24,7 @@ def test_synthesis_request_holds_question_and_numbered_candidates() -> None:
     system, user = request.messages
     assert system.role == "system" and "disagree" in system.content
     assert "What is 6 x 7?" in user.content
-    assert "[1] 42" in user.content and "[2] It is 48." in user.content
+    assert "Candidate answer 1:\n42" in user.content and "Candidate answer 2:\nIt is 48." in user.content
     assert "be brief" not in user.content  # the caller's system prompt is not part of the question
     assert request.max_tokens == 64 and request.temperature == 0.0
 

@@ -39,15 +39,23 @@ def test_top_k_and_explanations(router: SkillRouter) -> None:
 
 
 def test_generalist_fallback_without_evidence(router: SkillRouter) -> None:
-    decision = router.recruit(router.understand("zxqv blorp"), k=1)
-    assert decision.fallback and decision.experts == ["generalist"]
+    decision = router.recruit(router.understand("zxqv blorp"), k=2)
+    assert decision.fallback and decision.experts == ["generalist"] and decision.k == 1
     assert decision.aggregator is None
-    assert "generalist fallback" in decision.scores[0].reason
+    assert "fallback (the generalist)" in decision.scores[0].reason
 
 
-def test_unhealthy_experts_are_skipped_and_k_is_capped(router: SkillRouter) -> None:
-    decision = router.recruit(router.understand("solve 2 + 2"), healthy={"coder", "writer"}, k=4)
-    assert set(decision.experts) == {"coder", "writer"} and decision.k == 2
+def test_irrelevant_experts_do_not_fill_k(router: SkillRouter) -> None:
+    decision = router.recruit(router.understand("solve 17 + 25"), k=4)
+    assert decision.experts == ["math", "generalist"] and decision.k == 2
+    assert all(s.reason == "not chosen: declares none of the skills the query needs" for s in decision.scores if not s.chosen)
+
+
+def test_unhealthy_experts_are_skipped(router: SkillRouter) -> None:
+    decision = router.recruit(router.understand("solve 2 + 2"), healthy={"coder", "writer", "generalist"}, k=2)
+    assert decision.experts == ["generalist"] and not decision.fallback
     assert [s.reason for s in decision.scores if s.name == "math"] == ["not chosen: unhealthy"]
+    decision = router.recruit(router.understand("solve 2 + 2"), healthy={"coder", "writer"}, k=2)
+    assert decision.fallback and decision.experts == ["coder"]  # first in the pool when no generalist is up
     with pytest.raises(NoExpertAvailable):
         router.recruit(router.understand("solve 2 + 2"), healthy=set())

@@ -34,10 +34,12 @@ class LocalBackend:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk only
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
         from experts.embedded import prepare_model, resolve_model
         from experts.engine import BatchDecoder
 
+        hf_logging.disable_progress_bar()  # one bar per actor per load only clutters the server log
         torch.set_num_threads(self.spec.resources.torch_threads)
         wanted = self.spec.resources.device
         if wanted == "cuda" and not torch.cuda.is_available():
