@@ -93,9 +93,12 @@ def main() -> None:
     figures = asyncio.run(measure(args.requests, args.max_tokens))
     print(f"{'mode':<10}{'seconds':>10}{'tokens/s':>12}{'vs serial':>12}")
     print(f"{'serial':<10}{figures['serial_s']:>10}{figures['serial_tokens_per_s']:>12}{1.0:>12}")
-    print(f"{'batched':<10}{figures['batched_s']:>10}{figures['batched_tokens_per_s']:>12}{figures['batched_speedup']:>12}")
+    print(
+        f"{'batched':<10}{figures['batched_s']:>10}{figures['batched_tokens_per_s']:>12}{figures['batched_speedup']:>12}"
+    )
     print(f"{'queued':<10}{figures['queued_s']:>10}{figures['queued_tokens_per_s']:>12}{figures['queued_speedup']:>12}")
-    print(f"({figures['requests']} requests, max_tokens {figures['max_tokens']}, queued ran as {figures['queued_batches']} batch(es))")
+    shape = f"{figures['requests']} requests, max_tokens {figures['max_tokens']}"
+    print(f"({shape}; queued ran as {figures['queued_batches']} batch(es))")
     if args.json:
         print(json.dumps(figures))
 

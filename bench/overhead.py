@@ -30,12 +30,30 @@ POOL = {
     "name": "echo-bench",
     "roles": {"aggregator": "aggregator"},
     "experts": [
-        {"name": "math", "backend": "echo", "model": "echo", "skills": ["math"],
-         "batching": {"max_wait_ms": 0}, "resources": {"num_cpus": 0}},
-        {"name": "writer", "backend": "echo", "model": "echo", "skills": ["writing"],
-         "batching": {"max_wait_ms": 0}, "resources": {"num_cpus": 0}},
-        {"name": "aggregator", "backend": "echo", "model": "echo", "routable": False,
-         "batching": {"max_wait_ms": 0}, "resources": {"num_cpus": 0}},
+        {
+            "name": "math",
+            "backend": "echo",
+            "model": "echo",
+            "skills": ["math"],
+            "batching": {"max_wait_ms": 0},
+            "resources": {"num_cpus": 0},
+        },
+        {
+            "name": "writer",
+            "backend": "echo",
+            "model": "echo",
+            "skills": ["writing"],
+            "batching": {"max_wait_ms": 0},
+            "resources": {"num_cpus": 0},
+        },
+        {
+            "name": "aggregator",
+            "backend": "echo",
+            "model": "echo",
+            "routable": False,
+            "batching": {"max_wait_ms": 0},
+            "resources": {"num_cpus": 0},
+        },
     ],
 }
 QUESTION = "Write a poem with the sum of 2 + 2"
@@ -61,11 +79,15 @@ async def measure(calls: int) -> dict[str, float]:
     orchestrator = Orchestrator(pool)
     request = GenerationRequest([Message("user", QUESTION)])
     try:
-        await orchestrator.run(PipelineRequest([Message("user", QUESTION)], k=2))  # warm-up
+        await orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=2))  # warm-up
         direct_ms = await timed(calls, lambda: direct.generate([request]))
         actor_ms = await timed(calls, lambda: pool.generate("math", request))
-        k1_ms = await timed(calls, lambda: orchestrator.run(PipelineRequest([Message("user", QUESTION)], k=1)))
-        k2_ms = await timed(calls, lambda: orchestrator.run(PipelineRequest([Message("user", QUESTION)], k=2)))
+        k1_ms = await timed(
+            calls, lambda: orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=1))
+        )
+        k2_ms = await timed(
+            calls, lambda: orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=2))
+        )
     finally:
         await pool.shutdown()
         ray.shutdown()

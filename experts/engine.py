@@ -80,14 +80,10 @@ class BatchDecoder:
         self, prompts: list[list[int]], params: list[SamplingParams], on_text: TextSink | None = None
     ) -> list[EngineOutput]:
         """Decode every prompt; ``on_text(index, new_text)`` receives streamed text."""
-        rows = [
-            _Row(index, p, len(ids), _generator_for(p.seed)) for index, (ids, p) in enumerate(zip(prompts, params))
-        ]
+        rows = [_Row(index, p, len(ids), _generator_for(p.seed)) for index, (ids, p) in enumerate(zip(prompts, params))]
         input_ids, attention_mask = self._left_pad(prompts)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True
-        )
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
         cache = out.past_key_values
         active = list(rows)
         last_positions = positions[:, -1:]

@@ -92,8 +92,7 @@ class ExpertSpec(_Strict):
     def _name_is_simple(cls, value: str) -> str:
         if not _NAME_PATTERN.match(value):
             raise ValueError(
-                "must be 1-63 characters of lowercase letters, digits, '_', '-' or '.', "
-                "starting with a letter or digit"
+                "must be 1-63 characters of lowercase letters, digits, '_', '-' or '.', starting with a letter or digit"
             )
         return value
 

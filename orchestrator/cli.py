@@ -60,7 +60,12 @@ def experts(pool: str = PoolOption) -> None:
     for expert in spec.experts:
         skills = ", ".join(f"{skill} {score:g}" for skill, score in expert.skills.items()) or "-"
         table.add_row(
-            expert.name, expert.backend, expert.model, skills, "yes" if expert.routable else "no", roles.get(expert.name, "")
+            expert.name,
+            expert.backend,
+            expert.model,
+            skills,
+            "yes" if expert.routable else "no",
+            roles.get(expert.name, ""),
         )
     console.print(table)
 
@@ -114,7 +119,7 @@ def ask(
 
 async def _ask(spec: PoolSpec, question: str, k, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
     from experts.pool import ExpertPool
-    from experts.types import Message
+    from experts.types import GenerationRequest, Message
     from orchestrator.pipeline import Orchestrator
     from orchestrator.state import PipelineRequest
 
@@ -125,7 +130,8 @@ async def _ask(spec: PoolSpec, question: str, k, max_tokens, temperature, ray_ad
         failed = {name: h.get("error") for name, h in health.items() if h.get("state") != "ready"}
         for name, error in failed.items():
             errors.print(f"[yellow]expert {name} did not start:[/yellow] {error}")
-        request = PipelineRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature, k=k)
+        generation = GenerationRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature)
+        request = PipelineRequest(generation, k=k)
         with console.status("answering..."):
             return await Orchestrator(pool).run(request)
     except Exception as error:
@@ -143,7 +149,9 @@ def _explain(result) -> None:  # type: ignore[no-untyped-def]
     for column in ("rank", "expert", "score", "chosen", "why"):
         table.add_column(column)
     for score in decision.scores:
-        table.add_row(str(score.rank or "-"), score.name, f"{score.score:.2f}", "yes" if score.chosen else "", score.reason)
+        table.add_row(
+            str(score.rank or "-"), score.name, f"{score.score:.2f}", "yes" if score.chosen else "", score.reason
+        )
     console.print(table)
     for answer in result.answers:
         body = answer.text if answer.error is None else f"[red]{answer.error}[/red]"

@@ -20,8 +20,12 @@ class ServeSettings(BaseModel):
     @classmethod
     def from_env(cls, **overrides: object) -> ServeSettings:
         values: dict[str, object] = {}
-        for field, variable in (("pool", "MOESAIC_POOL"), ("ray_address", "MOESAIC_RAY_ADDRESS"),
-                                ("host", "MOESAIC_HOST"), ("port", "MOESAIC_PORT")):
+        for field, variable in (
+            ("pool", "MOESAIC_POOL"),
+            ("ray_address", "MOESAIC_RAY_ADDRESS"),
+            ("host", "MOESAIC_HOST"),
+            ("port", "MOESAIC_PORT"),
+        ):
             if os.environ.get(variable):
                 values[field] = os.environ[variable]
         values.update({key: value for key, value in overrides.items() if value is not None})

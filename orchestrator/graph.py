@@ -76,16 +76,8 @@ class PipelineNodes:
     async def ask_expert(self, task: ExpertTask) -> dict[str, Any]:
         started = time.perf_counter()
         request, name = task["request"], task["expert"]
-        generation = GenerationRequest(
-            messages=list(request.messages),
-            max_tokens=request.max_tokens,
-            temperature=request.temperature,
-            top_p=request.top_p,
-            stop=list(request.stop),
-            seed=request.seed,
-        )
         try:
-            completion = await self._call(name, generation, task["stream"])
+            completion = await self._call(name, request.generation, task["stream"])
         except (ExpertCallFailed, ExpertUnavailable) as error:
             elapsed = time.perf_counter() - started
             return {
@@ -124,8 +116,9 @@ class PipelineNodes:
     ) -> tuple[FinalAnswer, list[CallRecord]]:
         aggregator = self.synthesizer.aggregator_expert
         assert aggregator is not None
+        asked = request.generation
         synthesis = self.synthesizer.synthesis_request(
-            request.messages, candidates, request.max_tokens, request.temperature, request.seed
+            asked.messages, candidates, asked.max_tokens, asked.temperature, asked.seed
         )
         started = time.perf_counter()
         try:

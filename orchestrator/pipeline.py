@@ -8,7 +8,7 @@ directly (``model: expert/<name>``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Union
 
 from aggregator.synthesize import Synthesizer
@@ -55,7 +55,7 @@ class Orchestrator:
     async def stream(self, request: PipelineRequest) -> AsyncIterator[PipelineEvent]:
         """Yield ``DecisionEvent``, then ``TextEvent``s, then one ``DoneEvent``."""
         started = time.perf_counter()
-        request.stream = True
+        request = replace(request, stream=True)
         final_state: dict[str, Any] = {}
         async for mode, payload in self.graph.astream(
             {"request": request, "timings_ms": {}}, stream_mode=["custom", "values"]

@@ -7,27 +7,26 @@ schemas at the edge.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict
 
-from experts.types import Completion, Message, Usage
+from experts.types import Completion, GenerationRequest, Message, Usage
 from router.decision import RoutingDecision
 from router.lexical import SkillEstimate
 
 
 @dataclass
 class PipelineRequest:
-    """A chat request to the whole pipeline (``model: moesaic``)."""
+    """A chat request to the whole pipeline (``model: moesaic``): one generation, routed."""
 
-    messages: list[Message]
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
+    generation: GenerationRequest  # what every expert is asked, with the caller's sampling parameters
     k: int | None = None
     experts: list[str] | None = None  # forced choice, bypasses routing
     stream: bool = False
+
+    @property
+    def messages(self) -> list[Message]:
+        return self.generation.messages
 
     @property
     def query(self) -> str:
@@ -53,8 +52,15 @@ class CallRecord:
     def of(cls, expert: str, role: str, completion: Completion) -> CallRecord:
         usage = completion.usage
         return cls(
-            expert, role, usage.prompt_tokens, usage.completion_tokens, usage.cost,
-            round(completion.latency_s, 4), completion.batch_size, completion.finish_reason, completion.error,
+            expert,
+            role,
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.cost,
+            round(completion.latency_s, 4),
+            completion.batch_size,
+            completion.finish_reason,
+            completion.error,
         )
 
     @classmethod

@@ -50,7 +50,9 @@ class SkillRouter:
             contributions = {
                 skill: need * expert.skills[skill] for skill, need in estimate.scores.items() if skill in expert.skills
             }
-            entry = ExpertScore(name=expert.name, score=round(sum(contributions.values()), 4), contributions=contributions)
+            entry = ExpertScore(
+                name=expert.name, score=round(sum(contributions.values()), 4), contributions=contributions
+            )
             (candidates if healthy is None or expert.name in healthy else unavailable).append(entry)
         if not candidates:
             raise NoExpertAvailable("no routable expert is healthy; check /healthz and the actors' logs")

@@ -31,11 +31,18 @@ def test_synthesis_request_holds_question_and_numbered_candidates() -> None:
 
 def test_long_candidates_are_clipped_and_conversations_keep_context() -> None:
     request = Synthesizer("c").synthesis_request(
-        [Message("user", "q")], [CandidateAnswer("a", "x" * (MAX_CANDIDATE_CHARS + 50)), CandidateAnswer("b", "y")], None, None
+        [Message("user", "q")],
+        [CandidateAnswer("a", "x" * (MAX_CANDIDATE_CHARS + 50)), CandidateAnswer("b", "y")],
+        None,
+        None,
     )
     assert "x" * (MAX_CANDIDATE_CHARS + 1) not in request.messages[1].content
     assert "[...]" in request.messages[1].content
     question = render_question(
-        [Message("user", "I have 3 apples."), Message("assistant", "Noted."), Message("user", "I eat one. How many now?")]
+        [
+            Message("user", "I have 3 apples."),
+            Message("assistant", "Noted."),
+            Message("user", "I eat one. How many now?"),
+        ]
     )
     assert "I have 3 apples." in question and question.endswith("I eat one. How many now?")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -72,9 +72,16 @@ def test_an_expert_is_callable_directly(openai_client: openai.OpenAI) -> None:
     assert completion.choices[0].message.content
     assert completion.usage.completion_tokens <= 8
     streamed = openai_client.chat.completions.create(
-        model="expert/writer", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0, stream=True
+        model="expert/writer",
+        messages=[{"role": "user", "content": "Say hello."}],
+        max_tokens=8,
+        temperature=0,
+        stream=True,
     )
-    assert "".join(c.choices[0].delta.content or "" for c in streamed if c.choices) == completion.choices[0].message.content
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == completion.choices[0].message.content
+    )
 
 
 def test_per_request_k_and_forced_experts(openai_client: openai.OpenAI) -> None:
@@ -83,7 +90,10 @@ def test_per_request_k_and_forced_experts(openai_client: openai.OpenAI) -> None:
     )
     assert one.model_extra["moesaic"]["strategy"] == "passthrough"
     forced = openai_client.chat.completions.create(
-        model="moesaic", messages=QUESTION, max_tokens=8, temperature=0,
+        model="moesaic",
+        messages=QUESTION,
+        max_tokens=8,
+        temperature=0,
         extra_body={"moesaic": {"experts": ["coder", "writer"]}},
     )
     assert forced.model_extra["moesaic"]["decision"]["experts"] == ["coder", "writer"]

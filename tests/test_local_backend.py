@@ -80,7 +80,10 @@ async def test_seeded_sampling_repeats(backend: LocalBackend) -> None:
 async def test_streaming_deltas_add_up_to_the_answer(backend: LocalBackend) -> None:
     pieces: list[TextDelta] = []
     completions = await backend.generate(
-        [ask("Describe the sea.", max_tokens=16, temperature=0.0), ask("Describe a cat.", max_tokens=10, temperature=0.0)],
+        [
+            ask("Describe the sea.", max_tokens=16, temperature=0.0),
+            ask("Describe a cat.", max_tokens=10, temperature=0.0),
+        ],
         pieces.append,
     )
     for index, completion in enumerate(completions):
@@ -94,3 +97,22 @@ async def test_too_long_prompt_fails_alone(backend: LocalBackend) -> None:
     assert bad.finish_reason == "error" and bad.error_code == "context_length_exceeded"
     assert "context window" in (bad.error or "")
     assert good.error is None and good.text
+
+
+async def test_a_safetensors_directory_loads_too() -> None:
+    directory = dequantised_dir(resolve_model(MODEL))  # an ordinary Hugging Face checkpoint directory
+    source = resolve_model(str(directory))
+    assert source.gguf_file is None and source.directory == directory
+    local = LocalBackend(ExpertSpec(name="st", backend="local", model=str(directory)))
+    await local.load()
+    [completion] = await local.generate([ask("What is the capital of France?", max_tokens=12, temperature=0.0)])
+    assert "paris" in completion.text.lower()
+
+
+def test_missing_models_say_what_to_do(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from experts.backends.base import BackendError
+
+    with pytest.raises(BackendError, match="nothing is downloaded at run time"):
+        resolve_model(str(tmp_path / "no-such-model"))
+    with pytest.raises(BackendError, match="known: embedded:smollm2-135m-instruct"):
+        resolve_model("embedded:gpt-5")

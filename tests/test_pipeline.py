@@ -23,7 +23,9 @@ async def test_every_expert_runs_in_its_own_ready_actor(embedded_pool: ExpertPoo
 
 
 async def test_two_experts_answer_and_the_aggregator_synthesises(orchestrator: Orchestrator) -> None:
-    request = PipelineRequest([Message("user", "What is 12 * 7?")], max_tokens=24, temperature=0.0, k=2)
+    request = PipelineRequest(
+        GenerationRequest([Message("user", "What is 12 * 7?")], max_tokens=24, temperature=0.0), k=2
+    )
     result = await orchestrator.run(request)
     assert result.decision.experts[0] == "math" and len(result.decision.experts) == 2
     assert result.strategy == "synthesize" and result.text.strip()
@@ -39,7 +41,9 @@ async def test_two_experts_answer_and_the_aggregator_synthesises(orchestrator: O
 
 async def test_one_expert_passes_through(orchestrator: Orchestrator) -> None:
     result = await orchestrator.run(
-        PipelineRequest([Message("user", "Write a haiku about rain.")], max_tokens=16, temperature=0.0, k=1)
+        PipelineRequest(
+            GenerationRequest([Message("user", "Write a haiku about rain.")], max_tokens=16, temperature=0.0), k=1
+        )
     )
     assert result.strategy == "passthrough" and result.decision.experts == ["writer"]
     assert len(result.calls) == 1 and result.text == result.answers[0].text
@@ -49,7 +53,10 @@ async def test_streaming_sends_decision_then_the_aggregators_text(orchestrator: 
     events = [
         event
         async for event in orchestrator.stream(
-            PipelineRequest([Message("user", "Explain what a prime number is.")], max_tokens=16, temperature=0.0, k=2)
+            PipelineRequest(
+                GenerationRequest([Message("user", "Explain what a prime number is.")], max_tokens=16, temperature=0.0),
+                k=2,
+            )
         )
     ]
     assert isinstance(events[0], DecisionEvent) and isinstance(events[-1], DoneEvent)
@@ -62,7 +69,10 @@ async def test_concurrent_requests_for_one_expert_run_as_a_batch(embedded_pool: 
     before = (await embedded_pool.health())["coder"]
     prompts = [f"Write a Python one-liner that prints {n}." for n in range(6)]
     completions = await asyncio.gather(
-        *(embedded_pool.generate("coder", GenerationRequest([Message("user", p)], max_tokens=8, temperature=0.0)) for p in prompts)
+        *(
+            embedded_pool.generate("coder", GenerationRequest([Message("user", p)], max_tokens=8, temperature=0.0))
+            for p in prompts
+        )
     )
     after = (await embedded_pool.health())["coder"]
     assert len(completions) == 6 and all(c.text for c in completions)
@@ -73,7 +83,9 @@ async def test_concurrent_requests_for_one_expert_run_as_a_batch(embedded_pool: 
 
 async def test_forced_experts_and_unknown_expert(orchestrator: Orchestrator, embedded_pool: ExpertPool) -> None:
     result = await orchestrator.run(
-        PipelineRequest([Message("user", "hi")], max_tokens=8, temperature=0.0, experts=["generalist"])
+        PipelineRequest(
+            GenerationRequest([Message("user", "hi")], max_tokens=8, temperature=0.0), experts=["generalist"]
+        )
     )
     assert result.decision.policy == "forced" and result.decision.experts == ["generalist"]
     with pytest.raises(ExpertUnavailable, match="no expert named 'nobody'"):
@@ -102,7 +114,7 @@ async def test_an_expert_that_fails_while_answering(ray_session: None) -> None:
         from orchestrator.graph import AllExpertsFailed
 
         with pytest.raises(AllExpertsFailed, match="every recruited expert failed"):
-            await Orchestrator(pool).run(PipelineRequest([Message("user", "solve 1 + 1")], k=2))
+            await Orchestrator(pool).run(PipelineRequest(GenerationRequest([Message("user", "solve 1 + 1")]), k=2))
     finally:
         await pool.shutdown()
 

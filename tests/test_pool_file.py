@@ -23,7 +23,12 @@ def test_default_pool_has_four_routed_experts_and_an_aggregator() -> None:
     pool = load_pool("default")
     assert [e.name for e in pool.routable_experts] == ["math", "coder", "writer", "generalist"]
     assert pool.roles.aggregator == "conductor" and not pool.expert("conductor").routable
-    assert {skill for e in pool.routable_experts for skill in e.skills} >= {"math", "code", "writing", "general_knowledge"}
+    assert {skill for e in pool.routable_experts for skill in e.skills} >= {
+        "math",
+        "code",
+        "writing",
+        "general_knowledge",
+    }
     assert len({e.system_prompt for e in pool.routable_experts}) == 4
     assert all(e.model == "embedded:smollm2-135m-instruct" for e in pool.experts)
 
@@ -45,7 +50,9 @@ def test_unknown_backend_names_file_field_and_expert(tmp_path: Path) -> None:
 
 def test_misspelt_field_is_rejected_not_ignored(tmp_path: Path) -> None:
     path = write(tmp_path, "experts:\n  - {name: a, backend: local, model: m, sytem_prompt: hi}\n")
-    with pytest.raises(PoolFileError, match=r"experts\[0\] \(name: 'a'\)\.sytem_prompt: Extra inputs are not permitted"):
+    with pytest.raises(
+        PoolFileError, match=r"experts\[0\] \(name: 'a'\)\.sytem_prompt: Extra inputs are not permitted"
+    ):
         load_pool(path)
 
 

@@ -48,7 +48,9 @@ def test_generalist_fallback_without_evidence(router: SkillRouter) -> None:
 def test_irrelevant_experts_do_not_fill_k(router: SkillRouter) -> None:
     decision = router.recruit(router.understand("solve 17 + 25"), k=4)
     assert decision.experts == ["math", "generalist"] and decision.k == 2
-    assert all(s.reason == "not chosen: declares none of the skills the query needs" for s in decision.scores if not s.chosen)
+    assert all(
+        s.reason == "not chosen: declares none of the skills the query needs" for s in decision.scores if not s.chosen
+    )
 
 
 def test_unhealthy_experts_are_skipped(router: SkillRouter) -> None:

@@ -23,9 +23,7 @@ class Backend(Protocol):
     async def load(self) -> None:
         """Prepare the model (load weights, open clients). Called once, before any generate."""
 
-    async def generate(
-        self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None
-    ) -> list[Completion]:
+    async def generate(self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None) -> list[Completion]:
         """Answer every request of ``batch``, in order; stream text through ``on_delta`` if given.
 
         A failure of one request may be returned as a completion with

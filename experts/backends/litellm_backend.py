@@ -38,7 +38,9 @@ class LiteLLMBackend:
         self._litellm = await asyncio.to_thread(_import_litellm)
         key_env = self.spec.options.get("api_key_env")
         if key_env and not os.environ.get(key_env):
-            raise BackendError(f"expert {self.spec.name!r}: environment variable {key_env} (options.api_key_env) is not set")
+            raise BackendError(
+                f"expert {self.spec.name!r}: environment variable {key_env} (options.api_key_env) is not set"
+            )
 
     def describe(self) -> dict[str, object]:
         return {"backend": "litellm", "model": self.spec.model, "api_base": self.spec.options.get("api_base")}

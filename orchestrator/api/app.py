@@ -66,7 +66,9 @@ def create_app(settings: ServeSettings | None = None, orchestrator: Orchestrator
         experts = await pool.health()
         routable = [expert.name for expert in pool.spec.routable_experts]
         healthy = [name for name in routable if pool.is_healthy(name)]
-        status = "ok" if len(pool.healthy_names()) == len(pool.expert_names) else "degraded" if healthy else "unavailable"
+        status = (
+            "ok" if len(pool.healthy_names()) == len(pool.expert_names) else "degraded" if healthy else "unavailable"
+        )
         body: dict[str, Any] = {"status": status, "pool": pool.spec.name, "experts": experts}
         return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from experts.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.api.errors import APIError, from_validation_error
-from orchestrator.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_body
+from orchestrator.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
 from orchestrator.graph import AllExpertsFailed
 from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
 from orchestrator.state import CallRecord, PipelineRequest, PipelineResult
@@ -69,14 +69,19 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
         if unknown:
             raise APIError(422, f"moesaic.experts names unknown experts: {', '.join(unknown)}", param="moesaic.experts")
     return PipelineRequest(
+        _generation(body), k=options.k if options else None, experts=options.experts if options else None
+    )
+
+
+def _generation(body: ChatCompletionRequest) -> GenerationRequest:
+    """The model call a chat request asks for, before any expert's defaults are applied."""
+    return GenerationRequest(
         messages=[message.to_message() for message in body.messages],
         max_tokens=body.token_budget,
         temperature=body.temperature,
         top_p=body.top_p,
         stop=body.stop_list,
         seed=body.seed,
-        k=options.k if options else None,
-        experts=options.experts if options else None,
     )
 
 
@@ -151,7 +156,9 @@ async def _pipeline_sse(
                 yield _sse(final)
                 if body.stream_options and body.stream_options.include_usage:
                     usage = result.usage
-                    yield _sse(_usage_chunk(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
+                    yield _sse(
+                        usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens)
+                    )
     except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
         yield _sse(_pipeline_error(error).body())
     yield "data: [DONE]\n\n"
@@ -161,17 +168,14 @@ async def _pipeline_sse(
 async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name: str) -> Any:
     pool = orchestrator.pool
     if name not in pool.expert_names:
-        raise APIError(404, f"no expert named {name!r}; see GET /v1/models", "not_found_error", "model", "model_not_found")
+        raise APIError(
+            404, f"no expert named {name!r}; see GET /v1/models", "not_found_error", "model", "model_not_found"
+        )
     if not pool.is_healthy(name):
-        raise APIError(503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy")
-    request = GenerationRequest(
-        messages=[message.to_message() for message in body.messages],
-        max_tokens=body.token_budget,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        stop=body.stop_list,
-        seed=body.seed,
-    )
+        raise APIError(
+            503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy"
+        )
+    request = _generation(body)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     headers = {"x-moesaic-experts": name}
     if body.stream:
@@ -226,27 +230,18 @@ async def _direct_sse(
                 completion = item
         if completion is None or completion.error is not None:
             message = completion.error if completion else "stream ended without a completion"
-            raise ExpertCallFailed(f"expert {name!r} could not answer: {message}", completion.error_code if completion else None)
+            raise ExpertCallFailed(
+                f"expert {name!r} could not answer: {message}", completion.error_code if completion else None
+            )
         final = chunk_body(response_id, created, body.model, {}, completion.finish_reason)
         final["moesaic"] = {"expert": name, "calls": [asdict(CallRecord.of(name, "direct", completion))]}
         yield _sse(final)
         if body.stream_options and body.stream_options.include_usage:
             usage = completion.usage
-            yield _sse(_usage_chunk(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
+            yield _sse(usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
     except Exception as error:
         yield _sse(_direct_error(error).body())
     yield "data: [DONE]\n\n"
-
-
-def _usage_chunk(response_id: str, created: int, model: str, prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
-    return {
-        "id": response_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage_body(prompt_tokens, completion_tokens),
-    }
 
 
 def _sse(payload: dict[str, Any]) -> str:

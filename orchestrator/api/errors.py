@@ -23,7 +23,12 @@ class APIError(Exception):
     """An error to send to the client as ``{"error": {...}}`` with ``status``."""
 
     def __init__(
-        self, status: int, message: str, type_: str = "invalid_request_error", param: str | None = None, code: str | None = None
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code

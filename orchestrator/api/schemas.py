@@ -112,6 +112,10 @@ class ErrorResponse(BaseModel):
     error: ErrorBody
 
 
+def _envelope(response_id: str, created: int, model: str, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"id": response_id, "object": kind, "created": created, "model": model, "choices": choices}
+
+
 def completion_body(
     *,
     response_id: str,
@@ -124,42 +128,35 @@ def completion_body(
     metadata: dict[str, Any],
 ) -> dict[str, Any]:
     """A ``chat.completion`` object, plus our ``moesaic`` metadata."""
-    return {
-        "id": response_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "finish_reason": openai_finish_reason(finish_reason),
-                "logprobs": None,
-            }
-        ],
-        "usage": usage_body(prompt_tokens, completion_tokens),
-        "moesaic": metadata,
+    choice = {
+        "index": 0,
+        "message": {"role": "assistant", "content": text},
+        "finish_reason": openai_finish_reason(finish_reason),
+        "logprobs": None,
     }
+    body = _envelope(response_id, created, model, "chat.completion", [choice])
+    return {**body, "usage": usage_body(prompt_tokens, completion_tokens), "moesaic": metadata}
 
 
 def chunk_body(
     response_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
 ) -> dict[str, Any]:
     """One ``chat.completion.chunk`` with a single choice."""
-    return {
-        "id": response_id,
-        "object": "chat.completion.chunk",
-        "created": created,
-        "model": model,
-        "choices": [
-            {
-                "index": 0,
-                "delta": delta,
-                "finish_reason": openai_finish_reason(finish_reason) if finish_reason else None,
-                "logprobs": None,
-            }
-        ],
+    choice = {
+        "index": 0,
+        "delta": delta,
+        "finish_reason": openai_finish_reason(finish_reason) if finish_reason else None,
+        "logprobs": None,
     }
+    return _envelope(response_id, created, model, "chat.completion.chunk", [choice])
+
+
+def usage_chunk_body(
+    response_id: str, created: int, model: str, prompt_tokens: int, completion_tokens: int
+) -> dict[str, Any]:
+    """The chunk sent when ``stream_options.include_usage``: no choices, the whole request's usage."""
+    body = _envelope(response_id, created, model, "chat.completion.chunk", [])
+    return {**body, "usage": usage_body(prompt_tokens, completion_tokens)}
 
 
 def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
