@@ -26,7 +26,7 @@ def _load(pool: str) -> PoolSpec:
     try:
         return load_pool(pool)
     except PoolFileError as error:
-        errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False)
+        errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -162,6 +162,12 @@ def _explain(result) -> None:  # type: ignore[no-untyped-def]
     for step, value in result.timings_ms.items():
         timings.add_row(step, f"{value:.1f}")
     console.print(timings)
+
+
+from orchestrator.router_cli import eval_router, profile  # noqa: E402
+
+app.command("profile")(profile)
+app.command("eval-router")(eval_router)
 
 
 def main() -> None:

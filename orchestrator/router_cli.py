@@ -1,0 +1,185 @@
+"""``moesaic profile`` and ``moesaic eval-router``: build expert profiles, judge routers offline."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+console = Console()
+errors = Console(stderr=True)
+
+
+def _fail(message: str) -> None:
+    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(2)
+
+
+def profile(
+    outcomes: Path = typer.Option(..., "--outcomes", help="outcome table (.parquet/.csv/.jsonl), see the data README"),
+    pool: Optional[str] = typer.Option(None, "--pool", help="open-small | mixed | comma-separated expert names"),
+    name: str = typer.Option("default", "--name", help="pool key space in the store"),
+    redis_url: Optional[str] = typer.Option(None, "--redis", help="store the profiles in this Redis (redis://...)"),
+    out: Optional[Path] = typer.Option(None, "--out", help="also write the profiles as JSON here"),
+    smoothing: float = typer.Option(10.0, help="prior strength, in questions, toward overall accuracy"),
+) -> None:
+    """Build expert profiles from an outcome table; store them in Redis and/or a JSON file."""
+    from router.outcomes import OutcomeFileError, load_outcomes
+    from router.profiles import build_profiles
+    from router.store import ProfileStore, ProfileStoreError, export_json
+
+    if redis_url is None and out is None:
+        _fail("nowhere to put the profiles: give --redis URL and/or --out FILE.json")
+    try:
+        tables = load_outcomes(outcomes, pool)
+    except OutcomeFileError as error:
+        _fail(str(error))
+    for benchmark, table in tables.items():
+        space = name if len(tables) == 1 else f"{name}.{benchmark}"
+        profiles = build_profiles(table, pool=space, smoothing=smoothing)
+        _print_profiles(space, profiles)
+        if redis_url is not None:
+            try:
+                version = ProfileStore(redis_url, space).save(profiles)
+            except ProfileStoreError as error:
+                _fail(str(error))
+            console.print(f"stored pool {space!r} profiles as version {version} in {redis_url}")
+        if out is not None:
+            target = out if len(tables) == 1 else out.with_name(f"{out.stem}.{benchmark}{out.suffix}")
+            export_json(profiles, target)
+            console.print(f"wrote {target}")
+
+
+def _print_profiles(space: str, profiles: object) -> None:
+    from router.profiles import ProfileSet
+
+    assert isinstance(profiles, ProfileSet)
+    table = Table(title=f"{space}: accuracy per category ({len(profiles.query_ids)} profiled questions)")
+    table.add_column("category")
+    for expert in profiles.experts:
+        table.add_column(expert[:18], justify="right")
+    for category, row in zip(profiles.categories, profiles.accuracy):
+        table.add_row(category, *(f"{value:.2f}" for value in row))
+    console.print(table)
+
+
+def eval_router(
+    outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="one outcome table, split by --split"),
+    train: Optional[Path] = typer.Option(None, "--train", help="training outcome table"),
+    test: Optional[Path] = typer.Option(None, "--test", help="test outcome table"),
+    split: float = typer.Option(0.3, "--split", help="test share when splitting --outcomes"),
+    pool: Optional[str] = typer.Option(None, "--pool", help="open-small | mixed | comma-separated expert names"),
+    policy: str = typer.Option("skills", "--policy", help="skills | category | cost | cascade"),
+    max_experts: int = typer.Option(3, "--max-experts", help="most experts called per query"),
+    k: Optional[int] = typer.Option(None, "-k", help="a fixed number of experts (default: adaptive)"),
+    target: float = typer.Option(0.9, help="adaptive k: stop adding experts at this estimated success"),
+    budget: Optional[float] = typer.Option(None, "--budget", help="cap cost at F x the best single expert's"),
+    cascade_threshold: float = typer.Option(0.5, help="cascade: defer when the weak expert's competence is lower"),
+    seed: int = typer.Option(0, help="split and sampling seed"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="save the strong/weak cost-quality curve (PNG)"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
+) -> None:
+    """Route a labelled test table with profiles from a training table; no model is called."""
+    from router.evaluate import EvalOptions, evaluate
+    from router.outcomes import OutcomeFileError, load_outcomes
+    from router.policies import POLICIES, PolicySettings
+
+    if policy not in POLICIES:
+        _fail(f"--policy {policy!r} is not one of {', '.join(POLICIES)}")
+    if (outcomes is None) == (train is None or test is None):
+        _fail("give either --outcomes FILE (with --split) or both --train FILE and --test FILE")
+    try:
+        if outcomes is not None:
+            pairs = {name: table.split(split, seed) for name, table in load_outcomes(outcomes, pool).items()}
+        else:
+            assert train is not None and test is not None
+            train_tables, test_tables = load_outcomes(train, pool), load_outcomes(test, pool)
+            missing = sorted(set(test_tables) - set(train_tables))
+            if missing:
+                _fail(f"{train}: no training rows for benchmark(s) {', '.join(missing)} present in {test}")
+            pairs = {name: (train_tables[name], table) for name, table in test_tables.items()}
+    except (OutcomeFileError, ValueError) as error:
+        _fail(str(error))
+    settings = PolicySettings(max_experts=max_experts, k=k, target=target, cascade_threshold=cascade_threshold)
+    options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, seed=seed)
+    reports = {}
+    with console.status("profiling and routing..."):
+        for name, (train_table, test_table) in pairs.items():
+            reports[name] = evaluate(train_table, test_table, options)
+    for name, report in reports.items():
+        _print_report(name, report)
+    if plot is not None:
+        _plot(reports, plot)
+        console.print(f"wrote {plot}")
+    if as_json:
+        payload = next(iter(reports.values())) if len(reports) == 1 else {"benchmarks": reports}
+        print(json.dumps(_clean(payload)))
+
+
+def _print_report(name: str, report: dict[str, object]) -> None:
+    table = Table(title=f"{name}: policy {report['policy']}, {report['test_questions']} test questions")
+    for column in ("router", "accuracy", "experts/query", "cost/query"):
+        table.add_column(column, justify="right" if column != "router" else "left")
+
+    def cell(value: object, digits: int = 4) -> str:
+        return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+    table.add_row(
+        "router (weighted vote)",
+        cell(report["accuracy"]),
+        cell(report["mean_experts"], 2),
+        cell(report["mean_cost"], 0),
+    )
+    table.add_row("router (top expert only)", cell(report["top1_accuracy"]), "1.00", "")
+    table.add_row(
+        f"best single: {report['best_single_expert']}",
+        cell(report["best_single_accuracy"]),
+        "1.00",
+        cell(report["best_single_cost"], 0),
+    )
+    table.add_row("best expert per category", cell(report["category_oracle_accuracy"]), "1.00", "")
+    table.add_row("random expert", cell(report["random_accuracy"]), "1.00", "")
+    table.add_row("per-question oracle", cell(report["oracle_accuracy"]), "", "")
+    console.print(table)
+    if "apgr" in report:
+        console.print(
+            f"  RouteLLM: APGR {report['apgr']:.3f}, CPT(50%) {report['cpt50']:.3f}, CPT(80%) {report['cpt80']:.3f}"
+        )
+
+
+def _plot(reports: dict[str, dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, report in reports.items():
+        curve = report.get("quality_curve")
+        if not curve:
+            continue
+        shares = [i / (len(curve) - 1) for i in range(len(curve))]
+        axis.plot(shares, curve, label=f"{name} (APGR {report['apgr']:.2f})")
+        axis.plot([0, 1], [curve[0], curve[-1]], linestyle=":", color="grey")
+    axis.set_xlabel("share of queries sent to the strong model")
+    axis.set_ylabel("accuracy")
+    axis.set_title("cost-quality curve (dotted: random routing)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def _clean(value: object) -> object:
+    """JSON has no NaN: missing figures become null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _clean(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_clean(item) for item in value]
+    return value

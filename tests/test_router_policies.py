@@ -1,0 +1,83 @@
+"""Every recruiting policy on hand-made competence estimates."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from router.policies import PolicySettings, QueryView, select, set_success
+
+RNG = np.random.default_rng(0)
+
+
+def view(**changes: object) -> QueryView:
+    values: dict[str, object] = {
+        "competence": np.array([0.3, 0.6, 0.5, 0.2]),
+        "global_competence": np.array([0.4, 0.5, 0.45, 0.3]),
+        "category_probs": np.array([0.8, 0.2]),
+        "category_best": np.array([2, 0]),
+        "expected_cost": np.array([10.0, 100.0, 40.0, 5.0]),
+        "ood": False,
+        "generalist": 1,
+    }
+    values.update(changes)
+    return QueryView(**values)  # type: ignore[arg-type]
+
+
+def test_skills_fixed_k_takes_the_most_competent_without_replacement() -> None:
+    chosen = select("skills", view(), PolicySettings(k=3), RNG)
+    assert chosen.experts == [1, 2, 0]
+    assert chosen.reasons[3].startswith("not chosen")
+
+
+def test_skills_adaptive_k_stops_at_the_target() -> None:
+    assert set_success(np.array([0.6, 0.5])) == pytest.approx(0.8)
+    chosen = select("skills", view(), PolicySettings(max_experts=4, target=0.75), RNG)
+    assert chosen.experts == [1, 2]  # 0.6 alone < 0.75; with 0.5: 0.8 >= 0.75
+    easy = select("skills", view(competence=np.array([0.1, 0.95, 0.2, 0.1])), PolicySettings(), RNG)
+    assert easy.experts == [1]
+
+
+def test_skills_global_weight_and_sampling() -> None:
+    scored = select(
+        "skills", view(competence=np.array([0.5, 0.5, 0.5, 0.5])), PolicySettings(k=1, global_weight=1.0), RNG
+    )
+    assert scored.experts == [1]  # equal locally: global competence decides
+    draws = {
+        tuple(select("skills", view(), PolicySettings(k=2, temperature=1.0), np.random.default_rng(seed)).experts)
+        for seed in range(30)
+    }
+    assert len(draws) > 1 and all(len(set(d)) == 2 for d in draws)  # sampled, never the same expert twice
+
+
+def test_category_policy_uses_the_predicted_categorys_best() -> None:
+    assert select("category", view(), PolicySettings(), RNG).experts == [2]
+    assert select("category", view(category_probs=np.array([0.1, 0.9])), PolicySettings(), RNG).experts == [0]
+
+
+def test_cost_policy_lambda_and_budget() -> None:
+    assert select("cost", view(), PolicySettings(k=1, cost_lambda=0.0), RNG).experts == [1]
+    # competence - 0.01 x cost: 0.3-0.1=0.2, 0.6-1.0=-0.4, 0.5-0.4=0.1, 0.2-0.05=0.15
+    assert select("cost", view(), PolicySettings(k=1, cost_lambda=0.01), RNG).experts == [0]
+    under = select("cost", view(), PolicySettings(max_experts=3, target=0.99, budget=55.0), RNG)
+    assert under.experts == [2, 0, 3]  # 1 costs too much; the rest fit in 55
+    assert "exceed the budget" in under.reasons[1]
+    assert select("cost", view(), PolicySettings(budget=1.0), RNG).experts == [3]  # nothing fits: cheapest
+
+
+def test_cascade_defers_when_the_weak_expert_is_unsure() -> None:
+    settings = PolicySettings(cascade_threshold=0.5)
+    assert select("cascade", view(), settings, RNG).experts == [1]  # weak (cheapest, #3) has 0.2
+    confident = view(competence=np.array([0.3, 0.6, 0.5, 0.7]))
+    assert select("cascade", confident, settings, RNG).experts == [3]
+
+
+def test_out_of_distribution_goes_to_the_generalist_under_every_policy() -> None:
+    for policy in ("skills", "category", "cost", "cascade"):
+        chosen = select(policy, view(ood=True, generalist=0), PolicySettings(), RNG)
+        assert chosen.experts == [0] and chosen.fallback
+
+
+def test_unknown_policy() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'magic'"):
+        select("magic", view(), PolicySettings(), RNG)
