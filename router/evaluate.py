@@ -25,7 +25,7 @@ class EvalOptions:
     policy: str = "skills"
     settings: PolicySettings = PolicySettings()
     competence: CompetenceSettings = CompetenceSettings()
-    budget_factor: float | None = None  # cap expected cost per query at F x the best single expert's mean cost
+    budget_factor: float | None = None  # cap the mean cost at F x the best single expert's mean cost
     seed: int = 0
 
 
@@ -38,10 +38,11 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
     best_single = int(np.argmax(global_accuracy))
     settings = options.settings
     best_single_cost = _mean(test.cost[:, best_single]) if test.cost is not None else None
-    if options.budget_factor is not None and best_single_cost is not None:
-        settings = replace(settings, budget=options.budget_factor * best_single_cost)
     expected_cost = estimates.category_probs @ profiles.mean_cost if profiles.mean_cost is not None else None
     category_best = np.argmax(profiles.accuracy, axis=1)
+    if options.budget_factor is not None and profiles.mean_cost is not None:
+        cap = options.budget_factor * float(profiles.global_cost[best_single])  # type: ignore[index]
+        settings = replace(settings, cost_lambda=_calibrate_lambda(estimator, train, options.policy, settings, cap))
     rng = np.random.default_rng(options.seed)
 
     top1, voted, calls, costs, scores = [], [], [], [], []
@@ -86,6 +87,47 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
     if set(test.experts) == {"weak", "strong"}:
         report.update(_routellm(estimator, test))
     return report
+
+
+def _calibrate_lambda(
+    estimator: CompetenceEstimator, train: OutcomeTable, policy: str, settings: PolicySettings, cap: float
+) -> float:
+    """The smallest cost penalty whose choices on the training questions cost at most ``cap`` on average.
+
+    Calibrated on training questions only (estimated competence and expected cost, no
+    outcomes), so the test questions' answers never tune the router.
+    """
+    profiles = estimator.profiles
+    assert profiles.mean_cost is not None
+    estimates = estimator.estimate(train.texts)
+    expected = estimates.category_probs @ profiles.mean_cost
+    best = np.argmax(profiles.accuracy, axis=1)
+    generalist = int(np.argmax(profiles.global_accuracy))
+
+    def mean_cost(penalty: float) -> float:
+        trial = replace(settings, cost_lambda=penalty)
+        rng = np.random.default_rng(0)
+        total = 0.0
+        for i in range(len(train)):
+            view = QueryView(
+                estimates.competence[i],
+                profiles.global_accuracy,
+                estimates.category_probs[i],
+                best,
+                expected[i],
+                bool(estimates.ood[i]),
+                generalist,
+            )
+            total += float(expected[i, select(policy, view, trial, rng).experts].sum())
+        return total / max(len(train), 1)
+
+    low, high = 0.0, 1.0 / max(float(expected.min()), 1e-9)
+    if mean_cost(low) <= cap:
+        return low
+    for _ in range(30):  # bisection: cost falls as the penalty grows
+        middle = (low + high) / 2
+        low, high = (middle, high) if mean_cost(middle) > cap else (low, middle)
+    return high
 
 
 def _routellm(estimator: CompetenceEstimator, test: OutcomeTable) -> dict[str, object]:

@@ -1,0 +1,147 @@
+"""The router issue's targets, measured on our own test split of the shared dev tables.
+
+Each row routes the test split with profiles built from the training split (no model is
+called) and compares against a baseline from the same run: the best single expert of the
+pool, or RouteLLM's weak/strong pair. Also times one routing decision on the fast path
+with 10 experts and 10,000 profiled queries (in-process, p50 over single queries).
+
+    .venv/bin/python bench/router_targets.py [--split 0.3] [--seed 0] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from router.evaluate import EvalOptions, evaluate  # noqa: E402
+from router.outcomes import OutcomeTable, load_outcomes  # noqa: E402
+from router.policies import PolicySettings, QueryView, select  # noqa: E402
+from router.profiles import build_profiles  # noqa: E402
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
+
+
+def targets(split: float, seed: int) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    small = load_outcomes(DATA / "mmlu_pro_dev.parquet", "open-small")["all"].split(split, seed)
+    report = evaluate(*small, EvalOptions("skills", PolicySettings(max_experts=3), seed=seed))
+    rows.append(
+        _row(
+            "MMLU-Pro open-small, skills, <= 3 calls",
+            "gain over best single >= +0.040",
+            report["gain_over_best_single"],
+            report["gain_over_best_single"] >= 0.04,
+            report,
+        )
+    )
+    mixed = load_outcomes(DATA / "mmlu_pro_dev.parquet", "mixed")["all"].split(split, seed)
+    report = evaluate(*mixed, EvalOptions("cost", PolicySettings(k=1), budget_factor=0.5, seed=seed))
+    met = report["accuracy"] >= report["best_single_accuracy"] and report["cost_vs_best_single"] <= 0.5
+    rows.append(
+        _row(
+            "MMLU-Pro mixed, cost, budget 0.5",
+            "accuracy >= best single at <= 0.5 x its cost",
+            report["accuracy"] - report["best_single_accuracy"],
+            met,
+            report,
+        )
+    )
+    for benchmark, table in load_outcomes(DATA / "routellm_dev.parquet").items():
+        report = evaluate(*table.split(split, seed), EvalOptions("cascade", seed=seed))
+        goal = 0.70 if benchmark == "mmlu" else 0.60
+        met = report["apgr"] >= goal and (benchmark != "mmlu" or report["cpt50"] <= 0.25)
+        wanted = f"APGR >= {goal:.2f}" + (", CPT(50%) <= 0.25" if benchmark == "mmlu" else "")
+        rows.append(_row(f"RouteLLM {benchmark}, cascade", wanted, report["apgr"], met, report))
+    return rows
+
+
+def _row(name: str, goal: str, value: object, met: object, report: dict[str, object]) -> dict[str, object]:
+    keep = (
+        "accuracy",
+        "best_single_accuracy",
+        "mean_experts",
+        "mean_cost",
+        "best_single_cost",
+        "cost_vs_best_single",
+        "oracle_accuracy",
+        "category_oracle_accuracy",
+        "apgr",
+        "cpt50",
+        "cpt80",
+    )
+    return {
+        "name": name,
+        "goal": goal,
+        "value": float(value),
+        "met": bool(met),  # type: ignore[arg-type]
+        **{key: report[key] for key in keep if key in report},
+    }
+
+
+def decision_latency(seed: int) -> dict[str, float]:
+    """p50/p95 ms of one routing decision (estimate + policy) for 10 experts, 10,000 profiled queries."""
+    table = load_outcomes(DATA / "mmlu_pro_dev.parquet")["all"]
+    rng = np.random.default_rng(seed)
+    experts = table.experts[:10]
+    rows = rng.integers(0, len(table), 10_000)
+    big = OutcomeTable(
+        source="latency",
+        ids=[f"{i}-{n}" for n, i in enumerate(rows)],
+        texts=[table.texts[i] for i in rows],
+        experts=experts,
+        correct=table.correct[rows][:, :10],
+        categories=[table.categories[i] for i in rows] if table.categories else None,
+    )
+    from router.competence import CompetenceEstimator
+
+    profiles = build_profiles(big, pool="latency")
+    estimator = CompetenceEstimator(profiles)
+    best, generalist = np.argmax(profiles.accuracy, axis=1), int(np.argmax(profiles.global_accuracy))
+    queries = [table.texts[i] for i in rng.integers(0, len(table), 300)]
+    timings = []
+    for query in queries:
+        started = time.perf_counter()
+        estimate = estimator.estimate([query])
+        view = QueryView(
+            estimate.competence[0],
+            profiles.global_accuracy,
+            estimate.category_probs[0],
+            best,
+            None,
+            bool(estimate.ood[0]),
+            generalist,
+        )
+        select("skills", view, PolicySettings(), rng)
+        timings.append((time.perf_counter() - started) * 1000)
+    return {"decision_p50_ms": float(np.percentile(timings, 50)), "decision_p95_ms": float(np.percentile(timings, 95))}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--split", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    args = parser.parse_args()
+    rows = targets(args.split, args.seed)
+    latency = decision_latency(args.seed)
+    print(f"{'target':<46}{'goal':<46}{'value':>8}  met")
+    for row in rows:
+        print(f"{row['name']:<46}{row['goal']:<46}{row['value']:>8.3f}  {'yes' if row['met'] else 'NO'}")
+    met = latency["decision_p50_ms"] <= 1.0
+    print(
+        f"{'routing decision, 10 experts, 10k profiled':<46}{'p50 <= 1 ms':<46}"
+        f"{latency['decision_p50_ms']:>8.3f}  {'yes' if met else 'NO'}"
+    )
+    if args.json:
+        print(json.dumps({"split": args.split, "seed": args.seed, "targets": rows, **latency}))
+
+
+if __name__ == "__main__":
+    main()
