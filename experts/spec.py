@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 # "moe" joins with the MoE kernel path; "echo" exists only for overhead benchmarks and fault injection.
 BackendName = Literal["litellm", "local", "echo"]
@@ -86,6 +86,7 @@ class ExpertSpec(_Strict):
     options: dict[str, Any] = Field(
         default_factory=dict, description="backend-specific options (api_base, api_key_env, dtype...)"
     )
+    profile_name: str | None = Field(None, description="this expert's name in the measured profiles (default: name)")
 
     @field_validator("name")
     @classmethod
@@ -118,10 +119,37 @@ class ExpertSpec(_Strict):
         return (prompt_tokens * self.price.input_per_1m + completion_tokens * self.price.output_per_1m) / 1e6
 
 
-class RoutingSpec(_Strict):
-    """Pool-wide routing settings."""
+class ProfileSource(_Strict):
+    """Where measured expert profiles live: a JSON export, or a Redis key space."""
 
-    k: Annotated[int, Field(ge=1, le=16)] = 2
+    json_file: str | None = Field(None, alias="json", description="profile JSON, relative to the pool file")
+    redis: str | None = Field(None, description="redis://host:port/db holding versioned profiles")
+    key_space: str | None = Field(None, description="Redis key space (default: the pool's name)")
+
+    @model_validator(mode="after")
+    def _exactly_one_source(self) -> ProfileSource:
+        if (self.json_file is None) == (self.redis is None):
+            raise ValueError("give exactly one of 'json' (a file) or 'redis' (a URL)")
+        return self
+
+
+Policy = Literal["skills", "category", "cost", "cascade"]
+
+
+class RoutingSpec(_Strict):
+    """Pool-wide routing settings. Without ``profiles`` the router scores declared skills lexically."""
+
+    k: Annotated[int, Field(ge=1, le=16)] | None = Field(
+        2, description="experts per query; null lets the profiled router choose adaptively up to max_experts"
+    )
+    policy: Policy = "skills"
+    max_experts: Annotated[int, Field(ge=1, le=16)] = 3
+    target: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
+    temperature: Annotated[float, Field(ge=0.0)] = 0.0
+    cost_lambda: Annotated[float, Field(ge=0.0)] = 0.0
+    budget_per_query: Annotated[float, Field(gt=0.0)] | None = None
+    cascade_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    profiles: ProfileSource | None = None
 
 
 class RolesSpec(_Strict):
@@ -142,6 +170,12 @@ class PoolSpec(_Strict):
         default_factory=dict, description="extra lexical keywords per skill, merged over the built-in ones"
     )
     experts: Annotated[list[ExpertSpec], Field(min_length=1)]
+    _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @property
+    def source_dir(self) -> Path:
+        """The pool file's folder: relative paths inside the file are resolved from here."""
+        return self._source_dir
 
     @model_validator(mode="after")
     def _names_and_roles_consistent(self) -> PoolSpec:
@@ -231,4 +265,6 @@ def load_pool(pool: str | Path) -> PoolSpec:
         raise PoolFileError(f"{path}:{where}: not valid YAML: {problem}") from None
     except OSError as error:
         raise PoolFileError(f"{path}: cannot read: {error.strerror}") from None
-    return parse_pool(raw, str(path))
+    spec = parse_pool(raw, str(path))
+    spec._source_dir = path.resolve().parent
+    return spec

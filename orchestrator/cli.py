@@ -164,10 +164,11 @@ def _explain(result) -> None:  # type: ignore[no-untyped-def]
     console.print(timings)
 
 
-from orchestrator.router_cli import eval_router, profile  # noqa: E402
+from orchestrator.router_cli import eval_router, profile, route  # noqa: E402
 
 app.command("profile")(profile)
 app.command("eval-router")(eval_router)
+app.command("route")(route)
 
 
 def main() -> None:

@@ -29,7 +29,8 @@ from orchestrator.state import (
     stream_event,
 )
 from router.decision import ExpertScore, RoutingDecision
-from router.recruit import NoExpertAvailable, SkillRouter
+from router.factory import Router
+from router.recruit import NoExpertAvailable
 
 
 class AllExpertsFailed(RuntimeError):
@@ -43,7 +44,7 @@ class AllExpertsFailed(RuntimeError):
 class PipelineNodes:
     """The steps of one request, bound to a pool, a router and a synthesizer."""
 
-    def __init__(self, pool: ExpertPool, router: SkillRouter, synthesizer: Synthesizer) -> None:
+    def __init__(self, pool: ExpertPool, router: Router, synthesizer: Synthesizer) -> None:
         self.pool = pool
         self.router = router
         self.synthesizer = synthesizer
@@ -60,7 +61,9 @@ class PipelineNodes:
         if request.experts:
             decision = self._forced(request.experts, healthy)
         else:
-            decision = self.router.recruit(state["estimate"], healthy=healthy, k=request.k, started=started)
+            decision = self.router.recruit(
+                state["estimate"], healthy=healthy, k=request.k, policy=request.policy, started=started
+            )
         if request.stream:
             get_stream_writer()(stream_event("decision", decision=decision))
         return {"decision": decision, "timings_ms": {"recruit": _ms_since(started)}}

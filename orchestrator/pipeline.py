@@ -17,7 +17,7 @@ from experts.types import Completion, GenerationRequest
 from orchestrator.graph import PipelineNodes, build_graph
 from orchestrator.state import PipelineRequest, PipelineResult, PipelineState
 from router.decision import RoutingDecision
-from router.recruit import SkillRouter
+from router.factory import build_router
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class Orchestrator:
 
     def __init__(self, pool: ExpertPool) -> None:
         self.pool = pool
-        self.router = SkillRouter(pool.spec)
+        self.router = build_router(pool.spec)
         self.synthesizer = Synthesizer(pool.spec.roles.aggregator)
         self.graph = build_graph(PipelineNodes(pool, self.router, self.synthesizer))
 
@@ -67,6 +67,13 @@ class Orchestrator:
             elif payload["kind"] == "delta" and payload["text"]:
                 yield TextEvent(payload["text"])
         yield DoneEvent(_result(final_state, started))
+
+    def route(self, query: str, k: int | None = None, policy: str | None = None) -> RoutingDecision:
+        """The routing decision alone, over the currently healthy experts (``POST /v1/route``)."""
+        started = time.perf_counter()
+        estimate = self.router.understand(query)
+        healthy = set(self.pool.healthy_names())
+        return self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started)
 
     async def call_expert(self, name: str, request: GenerationRequest) -> Completion:
         return await self.pool.generate(name, request)

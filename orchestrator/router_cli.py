@@ -121,6 +121,37 @@ def eval_router(
         print(json.dumps(_clean(payload)))
 
 
+def route(
+    query: str = typer.Argument(..., help="the question to route"),
+    pool: str = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="skills | category | cost | cascade (default: pool's)"),
+    k: Optional[int] = typer.Option(None, "-k", help="a fixed number of experts"),
+    as_json: bool = typer.Option(False, "--json", help="print the decision as one JSON object"),
+) -> None:
+    """Show which experts would answer a question, and why (no model is called)."""
+    from experts.spec import PoolFileError, load_pool
+    from router.factory import RouterSetupError, build_router
+    from router.recruit import PolicyUnavailable
+
+    try:
+        spec = load_pool(pool)
+        router = build_router(spec)
+        decision = router.recruit(router.understand(query), k=k, policy=policy)
+    except (PoolFileError, RouterSetupError, PolicyUnavailable, ValueError) as error:
+        _fail(str(error))
+    if as_json:
+        print(json.dumps(decision.model_dump()))
+        return
+    needs = ", ".join(f"{skill} {need:.2f}" for skill, need in decision.skills.items()) or "none found"
+    console.print(f"[bold]skills[/bold]: {needs}" + (" (fallback)" if decision.fallback else ""))
+    table = Table(title=f"routing: policy {decision.policy}, {decision.k} expert(s), {decision.elapsed_ms:.2f} ms")
+    for column in ("expert", "score", "chosen", "why"):
+        table.add_column(column)
+    for score in decision.scores:
+        table.add_row(score.name, f"{score.score:.3f}", "yes" if score.chosen else "", score.reason)
+    console.print(table)
+
+
 def _print_report(name: str, report: dict[str, object]) -> None:
     table = Table(title=f"{name}: policy {report['policy']}, {report['test_questions']} test questions")
     for column in ("router", "accuracy", "experts/query", "cost/query"):

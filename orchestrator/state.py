@@ -12,7 +12,6 @@ from typing import Annotated, Any, TypedDict
 
 from experts.types import Completion, GenerationRequest, Message, Usage
 from router.decision import RoutingDecision
-from router.lexical import SkillEstimate
 
 
 @dataclass
@@ -22,6 +21,7 @@ class PipelineRequest:
     generation: GenerationRequest  # what every expert is asked, with the caller's sampling parameters
     k: int | None = None
     experts: list[str] | None = None  # forced choice, bypasses routing
+    policy: str | None = None  # None: the pool file's policy
     stream: bool = False
 
     @property
@@ -116,7 +116,7 @@ class PipelineState(TypedDict, total=False):
     """The LangGraph state. Lists with ``operator.add`` gather results of parallel expert nodes."""
 
     request: PipelineRequest
-    estimate: SkillEstimate
+    estimate: Any  # what the pool's router understood of the query (router-specific)
     decision: RoutingDecision
     answers: Annotated[list[ExpertAnswer], operator.add]
     calls: Annotated[list[CallRecord], operator.add]

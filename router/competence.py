@@ -71,8 +71,11 @@ class CompetenceEstimator:
             return None, None
         model = LogisticRegression(C=self.settings.classifier_c, max_iter=2000)
         model.fit(self.profiled, self.profiles.query_categories)
+        coef, intercept = model.coef_, model.intercept_
+        if len(model.classes_) == 2:  # binary: sigmoid(z) is the softmax of [-z/2, z/2]
+            coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
         order = [list(model.classes_).index(c) for c in self.profiles.categories]
-        return np.ascontiguousarray(model.coef_[order].T), model.intercept_[order]
+        return np.ascontiguousarray(coef[order].T), intercept[order]
 
     def _fit_experts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per expert, P(right | query) by logistic regression; experts without both outcomes are skipped."""

@@ -21,8 +21,14 @@ class NoExpertAvailable(RuntimeError):
     """Every routable expert is unhealthy."""
 
 
+class PolicyUnavailable(ValueError):
+    """The request asks for a policy this pool's router cannot run."""
+
+
 class SkillRouter:
-    """Chooses k experts per query from the pool's routable experts."""
+    """Chooses k experts per query from the pool's routable experts (declared skills, no profiles)."""
+
+    policies: tuple[str, ...] = ("skills",)
 
     def __init__(self, pool: PoolSpec) -> None:
         self.pool = pool
@@ -37,11 +43,17 @@ class SkillRouter:
         estimate: SkillEstimate,
         healthy: set[str] | None = None,
         k: int | None = None,
+        policy: str | None = None,
         started: float | None = None,
     ) -> RoutingDecision:
         """Rank healthy routable experts for ``estimate`` and choose the best ``k``."""
+        if policy not in (None, "skills"):
+            raise PolicyUnavailable(
+                f"policy {policy!r} needs measured expert profiles; add routing.profiles to the pool file "
+                "(build them with `moesaic profile`)"
+            )
         started = time.perf_counter() if started is None else started
-        wanted = k or self.pool.routing.k
+        wanted = k or self.pool.routing.k or self.pool.routing.max_experts
         generalist = self.pool.roles.generalist
         order = {expert.name: position for position, expert in enumerate(self.pool.experts)}
         candidates: list[ExpertScore] = []

@@ -58,8 +58,8 @@ def test_streaming_completion_with_usage_chunk(openai_client: openai.OpenAI) -> 
 
 def test_models_lists_the_pipeline_and_every_expert(openai_client: openai.OpenAI) -> None:
     ids = [model.id for model in openai_client.models.list()]
-    assert ids[0] == "moesaic"
-    assert set(ids[1:]) == {f"expert/{n}" for n in ("math", "coder", "writer", "generalist", "conductor")}
+    assert ids[:2] == ["moesaic", "moesaic/skills"]  # the lexical router offers one policy
+    assert set(ids[2:]) == {f"expert/{n}" for n in ("math", "coder", "writer", "generalist", "conductor")}
     assert openai_client.models.retrieve("expert/math").id == "expert/math"
 
 
@@ -180,3 +180,13 @@ def test_no_healthy_expert_is_503(broken_server: ServerThread) -> None:
     assert streamed.value.status_code == 503
     health = httpx.get(broken_server.url + "/healthz")
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
+
+
+def test_route_endpoint_on_the_lexical_pool(api_server: ServerThread) -> None:
+    response = httpx.post(
+        api_server.url + "/v1/route", json={"messages": [{"role": "user", "content": "What is 2 + 2?"}]}
+    )
+    assert response.status_code == 200
+    assert response.json()["decision"]["experts"][0] == "math"
+    other = httpx.post(api_server.url + "/v1/route", json={"model": "moesaic/cost", "query": "What is 2 + 2?"})
+    assert other.status_code == 404 and "routing.profiles" in other.json()["error"]["message"]

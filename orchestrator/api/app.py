@@ -19,6 +19,7 @@ from experts.spec import load_pool
 from orchestrator.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.api.chat import router as chat_router
 from orchestrator.api.errors import APIError, install_error_handlers
+from orchestrator.api.route import router as route_router
 from orchestrator.api.schemas import ModelCard, ModelList
 from orchestrator.config import ServeSettings
 from orchestrator.pipeline import Orchestrator
@@ -48,6 +49,7 @@ def create_app(settings: ServeSettings | None = None, orchestrator: Orchestrator
     app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan)
     install_error_handlers(app)
     app.include_router(chat_router)
+    app.include_router(route_router)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> ModelList:
@@ -80,6 +82,10 @@ def _model_cards(app: FastAPI) -> list[ModelCard]:
     spec = orchestrator.pool.spec
     created = app.state.started
     cards = [ModelCard(id=PIPELINE_MODEL, created=created, description=f"routed pipeline over pool {spec.name!r}")]
+    for policy in orchestrator.router.policies:
+        cards.append(
+            ModelCard(id=f"{PIPELINE_MODEL}/{policy}", created=created, description=f"pipeline, {policy} policy")
+        )
     for expert in spec.experts:
         detail = f"{expert.backend}:{expert.model}" + (f" - {expert.description}" if expert.description else "")
         cards.append(ModelCard(id=f"{EXPERT_PREFIX}{expert.name}", created=created, description=detail))

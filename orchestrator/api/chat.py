@@ -20,7 +20,7 @@ from orchestrator.api.schemas import ChatCompletionRequest, chunk_body, completi
 from orchestrator.graph import AllExpertsFailed
 from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
 from orchestrator.state import CallRecord, PipelineRequest, PipelineResult
-from router.recruit import NoExpertAvailable
+from router.recruit import NoExpertAvailable, PolicyUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +34,14 @@ router = APIRouter()
 async def chat_completions(http_request: Request) -> Any:
     orchestrator: Orchestrator = http_request.app.state.orchestrator
     body = await _parse(http_request)
-    if body.model == PIPELINE_MODEL:
+    if body.model == PIPELINE_MODEL or body.model.startswith(PIPELINE_MODEL + "/"):
         return await _pipeline(orchestrator, body)
     if body.model.startswith(EXPERT_PREFIX):
         return await _direct(orchestrator, body, body.model.removeprefix(EXPERT_PREFIX))
     raise APIError(
         404,
-        f"model {body.model!r} does not exist; use {PIPELINE_MODEL!r} or expert/<name> (see GET /v1/models)",
+        f"model {body.model!r} does not exist; use {PIPELINE_MODEL!r}, moesaic/<policy> or expert/<name> "
+        "(see GET /v1/models)",
         "not_found_error",
         param="model",
         code="model_not_found",
@@ -62,6 +63,24 @@ async def _parse(http_request: Request) -> ChatCompletionRequest:
 
 
 # -- the pipeline -------------------------------------------------------------------------
+def policy_of(model: str, orchestrator: Orchestrator) -> str | None:
+    """``moesaic`` -> the pool's policy (None); ``moesaic/<policy>`` -> that policy, if the router has it."""
+    if model == PIPELINE_MODEL:
+        return None
+    policy = model.removeprefix(PIPELINE_MODEL + "/")
+    if policy not in orchestrator.router.policies:
+        available = ", ".join(f"{PIPELINE_MODEL}/{name}" for name in orchestrator.router.policies)
+        raise APIError(
+            404,
+            f"model {model!r} does not exist; this pool's router offers {available}"
+            + ("" if len(orchestrator.router.policies) > 1 else " (other policies need routing.profiles)"),
+            "not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+    return policy
+
+
 def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -> PipelineRequest:
     options = body.moesaic
     if options and options.experts:
@@ -69,7 +88,10 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
         if unknown:
             raise APIError(422, f"moesaic.experts names unknown experts: {', '.join(unknown)}", param="moesaic.experts")
     return PipelineRequest(
-        _generation(body), k=options.k if options else None, experts=options.experts if options else None
+        _generation(body),
+        k=options.k if options else None,
+        experts=options.experts if options else None,
+        policy=policy_of(body.model, orchestrator),
     )
 
 
@@ -131,6 +153,8 @@ def pipeline_metadata(result: PipelineResult) -> dict[str, Any]:
 def _pipeline_error(error: Exception) -> APIError:
     if isinstance(error, APIError):
         return error
+    if isinstance(error, PolicyUnavailable):
+        return APIError(422, str(error), param="model", code="policy_unavailable")
     if isinstance(error, NoExpertAvailable):
         return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
     if isinstance(error, AllExpertsFailed):

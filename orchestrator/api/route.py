@@ -1,0 +1,79 @@
+"""``POST /v1/route``: the routing decision for a query, without calling any expert."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from orchestrator.api.chat import PIPELINE_MODEL, policy_of
+from orchestrator.api.errors import APIError, from_validation_error
+from orchestrator.api.schemas import ChatMessageIn, MoesaicOptions
+from orchestrator.pipeline import Orchestrator
+from router.recruit import NoExpertAvailable, PolicyUnavailable
+
+router = APIRouter()
+
+
+class RouteRequest(BaseModel):
+    """Either ``query`` or chat ``messages`` (the last user turn is routed)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = PIPELINE_MODEL
+    query: Annotated[str, Field(min_length=1)] | None = None
+    messages: list[ChatMessageIn] | None = None
+    moesaic: MoesaicOptions | None = None
+
+    @model_validator(mode="after")
+    def _one_query(self) -> RouteRequest:
+        if (self.query is None) == (self.messages is None):
+            raise ValueError("give exactly one of 'query' or 'messages'")
+        if self.messages is not None and not any(m.role == "user" for m in self.messages):
+            raise ValueError("at least one message must have role 'user'")
+        return self
+
+    @property
+    def text(self) -> str:
+        if self.query is not None:
+            return self.query
+        assert self.messages is not None
+        return next(m.to_message().content for m in reversed(self.messages) if m.role == "user")
+
+
+@router.post("/v1/route")
+async def route(http_request: Request) -> dict[str, Any]:
+    orchestrator: Orchestrator = http_request.app.state.orchestrator
+    try:
+        data = json.loads(await http_request.body())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    try:
+        body = RouteRequest.model_validate(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+    if body.model != PIPELINE_MODEL and not body.model.startswith(PIPELINE_MODEL + "/"):
+        raise APIError(
+            404,
+            f"only {PIPELINE_MODEL} and {PIPELINE_MODEL}/<policy> route",
+            "not_found_error",
+            "model",
+            "model_not_found",
+        )
+    policy = policy_of(body.model, orchestrator)
+    try:
+        decision = orchestrator.route(body.text, k=body.moesaic.k if body.moesaic else None, policy=policy)
+    except PolicyUnavailable as error:
+        raise APIError(422, str(error), param="model", code="policy_unavailable") from None
+    except NoExpertAvailable as error:
+        raise APIError(503, str(error), "service_unavailable", code="no_healthy_expert") from None
+    return {
+        "object": "moesaic.route",
+        "model": body.model,
+        "decision": decision.model_dump(),
+        "explanation": decision.explain(),
+    }

@@ -1,0 +1,42 @@
+"""Pick the router a pool file asks for: profiled (measured competence) or lexical (declared skills)."""
+
+from __future__ import annotations
+
+from typing import Union
+
+from experts.spec import PoolSpec
+from router.profiled import ProfiledRouter, ProfileMismatch
+from router.profiles import ProfileSet
+from router.recruit import SkillRouter
+from router.store import ProfileStore, ProfileStoreError, import_json
+
+Router = Union[SkillRouter, ProfiledRouter]
+
+
+class RouterSetupError(RuntimeError):
+    """The pool's routing section cannot be served; the message names the source."""
+
+
+def load_profiles(pool: PoolSpec) -> ProfileSet | None:
+    source = pool.routing.profiles
+    if source is None:
+        return None
+    try:
+        if source.json_file is not None:
+            path = pool.source_dir / source.json_file
+            return import_json(path)
+        assert source.redis is not None
+        return ProfileStore(source.redis, source.key_space or pool.name).load()
+    except (ValueError, ProfileStoreError) as error:
+        raise RouterSetupError(f"routing.profiles of pool {pool.name!r}: {error}") from None
+
+
+def build_router(pool: PoolSpec) -> Router:
+    """A ``ProfiledRouter`` when the pool file names profiles, else router v1 over declared skills."""
+    profiles = load_profiles(pool)
+    if profiles is None:
+        return SkillRouter(pool)
+    try:
+        return ProfiledRouter(pool, profiles)
+    except ProfileMismatch as error:
+        raise RouterSetupError(f"routing.profiles of pool {pool.name!r}: {error}") from None
