@@ -21,38 +21,107 @@ def _fail(message: str) -> None:
 
 
 def profile(
-    outcomes: Path = typer.Option(..., "--outcomes", help="outcome table (.parquet/.csv/.jsonl), see the data README"),
-    pool: Optional[str] = typer.Option(None, "--pool", help="open-small | mixed | comma-separated expert names"),
-    name: str = typer.Option("default", "--name", help="pool key space in the store"),
+    outcomes: Optional[Path] = typer.Option(None, "--outcomes", help="outcome table (.parquet/.csv/.jsonl)"),
+    dataset: Optional[Path] = typer.Option(None, "--dataset", help="labelled questions (.jsonl): run the experts"),
+    pool: Optional[str] = typer.Option(
+        None, "--pool", help="with --outcomes: open-small | mixed | expert names; with --dataset: the pool file"
+    ),
+    name: Optional[str] = typer.Option(None, "--name", help="key space in the store (default: the pool's name)"),
     redis_url: Optional[str] = typer.Option(None, "--redis", help="store the profiles in this Redis (redis://...)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the profiles as JSON here"),
+    results: Optional[Path] = typer.Option(None, "--results", help="--dataset: graded answers, appended (resumable)"),
+    max_tokens: int = typer.Option(256, help="--dataset: token budget per answer"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="--dataset: join this Ray cluster"),
     smoothing: float = typer.Option(10.0, help="prior strength, in questions, toward overall accuracy"),
 ) -> None:
-    """Build expert profiles from an outcome table; store them in Redis and/or a JSON file."""
+    """Build expert profiles from an outcome table, or by running the pool on labelled questions."""
     from router.outcomes import OutcomeFileError, load_outcomes
     from router.profiles import build_profiles
-    from router.store import ProfileStore, ProfileStoreError, export_json
 
+    if (outcomes is None) == (dataset is None):
+        _fail("give exactly one of --outcomes FILE or --dataset FILE.jsonl")
     if redis_url is None and out is None:
         _fail("nowhere to put the profiles: give --redis URL and/or --out FILE.json")
     try:
-        tables = load_outcomes(outcomes, pool)
+        if outcomes is not None:
+            tables = load_outcomes(outcomes, pool)
+            space = name or "default"
+        else:
+            assert dataset is not None
+            space, table = _profile_dataset(dataset, pool or "default", results, max_tokens, ray_address)
+            space = name or space
+            tables = {"all": table}
     except OutcomeFileError as error:
         _fail(str(error))
     for benchmark, table in tables.items():
-        space = name if len(tables) == 1 else f"{name}.{benchmark}"
-        profiles = build_profiles(table, pool=space, smoothing=smoothing)
-        _print_profiles(space, profiles)
-        if redis_url is not None:
-            try:
-                version = ProfileStore(redis_url, space).save(profiles)
-            except ProfileStoreError as error:
-                _fail(str(error))
-            console.print(f"stored pool {space!r} profiles as version {version} in {redis_url}")
-        if out is not None:
-            target = out if len(tables) == 1 else out.with_name(f"{out.stem}.{benchmark}{out.suffix}")
-            export_json(profiles, target)
-            console.print(f"wrote {target}")
+        key_space = space if len(tables) == 1 else f"{space}.{benchmark}"
+        profiles = build_profiles(table, pool=key_space, smoothing=smoothing)
+        _print_profiles(key_space, profiles)
+        _store(
+            profiles,
+            key_space,
+            redis_url,
+            out if len(tables) == 1 or out is None else out.with_name(f"{out.stem}.{benchmark}{out.suffix}"),
+        )
+
+
+def _store(profiles: object, key_space: str, redis_url: str | None, out: Path | None) -> None:
+    from router.store import ProfileStore, ProfileStoreError, export_json
+
+    if redis_url is not None:
+        try:
+            version = ProfileStore(redis_url, key_space).save(profiles)  # type: ignore[arg-type]
+        except ProfileStoreError as error:
+            _fail(str(error))
+        console.print(f"stored pool {key_space!r} profiles as version {version} in {redis_url}")
+    if out is not None:
+        export_json(profiles, out)  # type: ignore[arg-type]
+        console.print(f"wrote {out}")
+
+
+def _profile_dataset(
+    dataset: Path, pool_name: str, results: Path | None, max_tokens: int, ray_address: str | None
+) -> tuple[str, object]:
+    """Run the pool's routable experts on every question (resuming from ``results``); return the table."""
+    import asyncio
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
+
+    from experts.embedded import cache_root
+    from experts.pool import ExpertPool
+    from experts.spec import PoolFileError, load_pool
+    from router.dataset import load_dataset, read_results, results_table, run_profiling
+    from router.outcomes import OutcomeFileError
+
+    try:
+        spec = load_pool(pool_name)
+    except PoolFileError as error:
+        _fail(str(error))
+    questions = load_dataset(dataset)
+    results = results or cache_root() / "profiling" / f"{dataset.stem}.{spec.name}.jsonl"
+    experts = [expert.name for expert in spec.routable_experts]
+    total = len(questions) * len(experts)
+    already = len({(r.question_id, r.expert) for r in read_results(results)})
+    console.print(f"{len(questions)} questions x {len(experts)} experts; {already} answers already in {results}")
+
+    async def run() -> list[object]:
+        pool = ExpertPool(spec, ray_address=ray_address)
+        try:
+            health = await pool.start()
+            failed = [n for n in experts if health[n]["state"] != "ready"]
+            if failed:
+                raise OutcomeFileError(f"experts did not start: {', '.join(failed)}; see `moesaic experts`")
+            columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+            with Progress("[progress.description]{task.description}", *columns, console=console) as progress:
+                task = progress.add_task("profiling", total=total, completed=min(already, total))
+                return await run_profiling(
+                    pool, questions, results, max_tokens, on_progress=lambda n: progress.advance(task, n)
+                )
+        finally:
+            await pool.shutdown()
+
+    graded = asyncio.run(run())
+    return spec.name, results_table(questions, graded, experts, str(dataset))  # type: ignore[arg-type]
 
 
 def _print_profiles(space: str, profiles: object) -> None:

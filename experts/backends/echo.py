@@ -9,6 +9,7 @@ expert misbehave on purpose. Options: ``delay_s`` (float), ``fail_load`` (bool),
 from __future__ import annotations
 
 import asyncio
+import re
 
 from experts.backends.base import BackendError, DeltaSink
 from experts.spec import ExpertSpec
@@ -37,16 +38,16 @@ class EchoBackend:
         completions = []
         for index, request in enumerate(batch):
             last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-            words = last_user.split()
+            words = re.findall(r"\S+\s*", last_user.strip())  # a "token" is a word and the space after it
             limit = request.max_tokens or self.spec.generation.max_tokens
             kept = words[:limit]
             if on_delta is not None:
-                for position, word in enumerate(kept):
-                    on_delta(TextDelta(index, word if position == 0 else " " + word))
+                for word in kept:
+                    on_delta(TextDelta(index, word))
             prompt_tokens = sum(len(m.content.split()) for m in request.messages)
             completions.append(
                 Completion(
-                    text=" ".join(kept),
+                    text="".join(kept).rstrip(),
                     finish_reason="length" if len(words) > limit else "stop",
                     usage=Usage(prompt_tokens, len(kept), self.spec.cost_of(prompt_tokens, len(kept)) or 0.0),
                     model="echo",
