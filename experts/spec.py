@@ -157,6 +157,7 @@ class RolesSpec(_Strict):
 
     aggregator: str | None = None
     generalist: str | None = None
+    keywords: str | None = Field(None, description="expert that lists the skills a query needs (LLM path)")
 
 
 class PoolSpec(_Strict):
@@ -184,7 +185,7 @@ class PoolSpec(_Strict):
             if expert.name in seen:
                 raise ValueError(f"expert name {expert.name!r} appears twice; names must be unique")
             seen.add(expert.name)
-        for role in ("aggregator", "generalist"):
+        for role in ("aggregator", "generalist", "keywords"):
             target = getattr(self.roles, role)
             if target is not None and target not in seen:
                 raise ValueError(f"roles.{role} names {target!r}, which is not an expert of this pool")

@@ -9,6 +9,7 @@ single expert's when k = 1, the aggregator's otherwise).
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -30,6 +31,7 @@ from orchestrator.state import (
 )
 from router.decision import ExpertScore, RoutingDecision
 from router.factory import Router
+from router.keywords import KeywordExtractor
 from router.recruit import NoExpertAvailable
 
 
@@ -51,8 +53,28 @@ class PipelineNodes:
 
     async def understand(self, state: PipelineState) -> dict[str, Any]:
         started = time.perf_counter()
-        estimate = self.router.understand(state["request"].query)
-        return {"estimate": estimate, "timings_ms": {"understand": _ms_since(started)}}
+        query = state["request"].query
+        hint, calls = await self._keyword_skills(query)
+        estimate = self.router.understand(query, hint=hint)
+        return {"estimate": estimate, "calls": calls, "timings_ms": {"understand": _ms_since(started)}}
+
+    async def _keyword_skills(self, query: str) -> tuple[dict[str, float] | None, list[CallRecord]]:
+        """The LLM path: when the pool has a keyword expert, ask it (n samples, batched by its actor)."""
+        name = self.pool.spec.roles.keywords
+        if name is None or not self.pool.is_healthy(name):
+            return None, []
+        extractor = KeywordExtractor(self.router.vocabulary)
+        started = time.perf_counter()
+        outcomes = await asyncio.gather(
+            *(self.pool.generate(name, request) for request in extractor.requests(query)), return_exceptions=True
+        )
+        answers = [o for o in outcomes if isinstance(o, Completion) and o.error is None]
+        calls = [CallRecord.of(name, "keywords", answer) for answer in answers]
+        failed = [o for o in outcomes if not (isinstance(o, Completion) and o.error is None)]
+        calls += [CallRecord.failure(name, "keywords", str(o), time.perf_counter() - started) for o in failed]
+        if not answers:  # the fast path still routes: a keyword failure must not fail the request
+            return None, calls
+        return extractor.combine([answer.text for answer in answers]).skills or None, calls
 
     async def recruit(self, state: PipelineState) -> dict[str, Any]:
         started = time.perf_counter()

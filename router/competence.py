@@ -97,12 +97,16 @@ class CompetenceEstimator:
             weights[:, e], bias[e], fitted[e] = model.coef_[0], model.intercept_[0], True
         return weights, bias, fitted
 
-    def estimate(self, texts: list[str]) -> CompetenceEstimates:
+    def estimate(self, texts: list[str], category_hint: np.ndarray | None = None) -> CompetenceEstimates:
+        """Estimates for ``texts``; ``category_hint`` (a distribution, e.g. from the keyword expert) is
+        averaged with the classifier's category probabilities of every text."""
         vectors = self.vectorizer.transform(texts)
         if self.category_weights is None:
             category_probs = np.ones((len(texts), 1))
         else:
             category_probs = _softmax(vectors @ self.category_weights + self.category_bias)
+        if category_hint is not None and category_hint.sum() > 0 and category_probs.shape[1] == len(category_hint):
+            category_probs = 0.5 * category_probs + 0.5 * (category_hint / category_hint.sum())[None, :]
         local = category_probs @ self.profiles.accuracy
         similarity = (vectors @ self.profiled_t).toarray()
         competence, best = self._blend(similarity, local)

@@ -31,6 +31,19 @@ class SkillEstimate:
     def top(self) -> str | None:
         return max(self.scores, key=self.scores.__getitem__) if self.scores else None
 
+    def blended(self, hint: dict[str, float], label: str, weight: float = 0.5) -> SkillEstimate:
+        """Mix in another estimate of the skills (e.g. the keyword expert's); evidence keeps both."""
+        if not hint:
+            return self
+        own = weight if self.scores else 0.0
+        skills = set(self.scores) | set(hint)
+        scores = {s: (1 - own) * hint.get(s, 0.0) + own * self.scores.get(s, 0.0) for s in skills}
+        total = sum(scores.values())
+        evidence = {**self.evidence}
+        for skill in hint:
+            evidence[skill] = [*evidence.get(skill, []), label]
+        return SkillEstimate({s: v / total for s, v in scores.items() if v > 0}, evidence)
+
 
 class LexicalSkillScorer:
     """Scores queries against a closed vocabulary of skills."""

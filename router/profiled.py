@@ -70,8 +70,16 @@ class ProfiledRouter:
         )
         self._rng = np.random.default_rng()
 
-    def understand(self, query: str) -> QueryEstimate:
-        estimates = self.estimator.estimate([query])
+    @property
+    def vocabulary(self) -> list[str]:
+        return list(self.profiles.categories)
+
+    def understand(self, query: str, hint: dict[str, float] | None = None) -> QueryEstimate:
+        """Competence for ``query``; ``hint`` (the keyword expert's categories) is blended into the classifier's."""
+        category_hint = None
+        if hint:
+            category_hint = np.array([hint.get(category, 0.0) for category in self.profiles.categories])
+        estimates = self.estimator.estimate([query], category_hint=category_hint)
         probabilities = estimates.category_probs[0]
         top = np.argsort(-probabilities)[:3]
         skills = {

@@ -35,8 +35,14 @@ class SkillRouter:
         skills = [skill for expert in pool.routable_experts for skill in expert.skills]
         self.scorer = LexicalSkillScorer(skills, pool.skill_keywords)
 
-    def understand(self, query: str) -> SkillEstimate:
-        return self.scorer.score(query)
+    @property
+    def vocabulary(self) -> list[str]:
+        return self.scorer.skills
+
+    def understand(self, query: str, hint: dict[str, float] | None = None) -> SkillEstimate:
+        """Lexical skills of ``query``, blended with ``hint`` (the keyword expert's skills) when given."""
+        estimate = self.scorer.score(query)
+        return estimate.blended(hint, "<keyword expert>") if hint else estimate
 
     def recruit(
         self,
