@@ -25,12 +25,12 @@ from router.profiles import ProfileSet
 @dataclass(frozen=True)
 class CompetenceSettings:
     neighbours: int = 20
-    neighbour_prior: float = 3.0  # weight, in summed similarity, of the category estimate against neighbours
+    neighbour_prior: float = 10.0  # weight, in summed similarity, of the category estimate against neighbours
     ood_confidence: float = 0.25  # below this top-category probability ...
     ood_similarity: float = 0.10  # ... and this best neighbour similarity, a query is out of distribution
     classifier_c: float = 5.0
-    expert_model_weight: float = 0.5  # share of the per-expert correctness models in the blend
-    expert_model_c: float = 1.0
+    expert_model_weight: float = 0.8  # share of the per-expert correctness models in the blend
+    expert_model_c: float = 0.3  # strong regularisation: a few thousand questions, 60k features
 
 
 @dataclass(frozen=True)
