@@ -103,3 +103,29 @@ def test_profile_command_stores_in_redis_and_json(tmp_path: Path, redis_url: str
     stored = ProfileStore(redis_url, "cli").load()
     assert stored.experts[0] == "Meta-Llama-3_1-8B-Instruct" and len(stored.query_ids) == 300
     assert import_json(out).to_dict()["correct"] == stored.to_dict()["correct"]
+
+
+def test_separate_train_and_test_files(tmp_path: Path) -> None:
+    frame = pd.read_parquet(shared_slice(tmp_path, "mmlu_pro_dev.parquet", 400))
+    frame.iloc[:300].to_parquet(tmp_path / "train.parquet")
+    frame.iloc[300:].to_parquet(tmp_path / "test.parquet")
+    report = run_json(
+        "eval-router",
+        "--train",
+        str(tmp_path / "train.parquet"),
+        "--test",
+        str(tmp_path / "test.parquet"),
+        "--pool",
+        "open-small",
+        "--policy",
+        "category",
+    )
+    assert report["train_questions"] == 300 and report["test_questions"] == 100
+    assert report["mean_experts"] == 1.0  # the category policy calls one expert
+
+
+def test_profile_of_a_multi_benchmark_table_writes_one_file_each(tmp_path: Path) -> None:
+    path = shared_slice(tmp_path, "routellm_dev.parquet", 200)
+    result = CliRunner().invoke(app, ["profile", "--outcomes", str(path), "--out", str(tmp_path / "p.json")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "p.gsm8k.json").exists() and (tmp_path / "p.mmlu.json").exists()
