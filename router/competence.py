@@ -100,6 +100,10 @@ class CompetenceEstimator:
     def estimate(self, texts: list[str], category_hint: np.ndarray | None = None) -> CompetenceEstimates:
         """Estimates for ``texts``; ``category_hint`` (a distribution, e.g. from the keyword expert) is
         averaged with the classifier's category probabilities of every text."""
+        if not texts:
+            experts, categories = len(self.profiles.experts), max(len(self.profiles.categories), 1)
+            empty = np.zeros((0, experts))
+            return CompetenceEstimates(np.zeros((0, categories)), empty, empty, np.zeros(0), np.zeros(0, dtype=bool))
         vectors = self.vectorizer.transform(texts)
         if self.category_weights is None:
             category_probs = np.ones((len(texts), 1))

@@ -192,3 +192,8 @@ def test_route_endpoint_errors(profiled_server: ServerThread) -> None:
     missing = httpx.post(url, json={"model": "moesaic"})
     assert missing.status_code == 422 and "exactly one of 'query' or 'messages'" in missing.json()["error"]["message"]
     assert httpx.post(url, json={"model": "expert/numbers", "query": "x"}).status_code == 404
+
+
+def test_no_queries_no_estimates(profiled_router: ProfiledRouter) -> None:
+    empty = profiled_router.estimator.estimate([])
+    assert empty.competence.shape == (0, 2) and empty.ood.shape == (0,)
