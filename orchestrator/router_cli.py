@@ -135,6 +135,8 @@ def _print_profiles(space: str, profiles: object) -> None:
     for category, row in zip(profiles.categories, profiles.accuracy):
         table.add_row(category, *(f"{value:.2f}" for value in row))
     console.print(table)
+    if profiles.skills:
+        console.print(f"  plus {len(profiles.skills)} finer skills (counts, accuracy, +-1 skill score per expert)")
 
 
 def eval_router(

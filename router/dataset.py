@@ -3,7 +3,7 @@
 A dataset is JSON lines, one question each::
 
     {"id": "q1", "question": "...", "answer": "B", "kind": "choice", "category": "physics",
-     "options": ["...", "..."]}
+     "skills": ["kinematics"], "options": ["...", "..."]}
 
 ``kind`` is ``choice`` (a letter), ``number`` or ``exact`` (short text); when absent it is
 inferred from the answer. Each graded answer is appended to a results file as soon as it
@@ -41,6 +41,7 @@ class LabelledQuestion(BaseModel):
     answer: Annotated[str, Field(min_length=1)]
     kind: Literal["choice", "number", "exact"] | None = None
     category: str | None = None
+    skills: list[str] | None = None
     options: list[str] | None = None
 
     def resolved_kind(self) -> str:
@@ -164,6 +165,7 @@ def results_table(
         experts=experts,
         correct=correct,
         categories=[q.category or "general" for _, q in questions],
+        skills=[q.skills or [] for _, q in questions] if any(q.skills for _, q in questions) else None,
         answers=[q.answer for _, q in questions],
         preds=preds,
     )

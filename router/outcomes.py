@@ -3,7 +3,8 @@
 An outcome table has one row per question and, per expert, a ``<expert>|correct`` column
 (bool; missing values allowed), optionally ``<expert>|pred`` (the extracted answer, for
 voting) and ``<expert>|chars`` (length of the generated text, for cost). The question
-text is ``question`` (+ ``options``) or ``prompt``; ``category`` and ``answer`` are optional;
+text is ``question`` (+ ``options``) or ``prompt``; ``category``, ``answer`` and the finer
+skill labels (``skills``, a list per question, or ``src``, one label) are optional;
 ``benchmark`` splits one file into several independent tables. Parquet, CSV and JSON
 lines are read. Every problem is reported with the file and the column.
 """
@@ -69,6 +70,7 @@ class OutcomeTable:
     experts: list[str]
     correct: np.ndarray  # (questions, experts) float
     categories: list[str] | None = None
+    skills: list[list[str]] | None = None  # finer labels per question (several allowed)
     answers: list[str] | None = None
     preds: np.ndarray | None = None  # (questions, experts) object: extracted answers or None
     cost: np.ndarray | None = None  # (questions, experts) float: active params x output tokens
@@ -86,6 +88,7 @@ class OutcomeTable:
             texts=[self.texts[i] for i in index],
             correct=self.correct[index],
             categories=[self.categories[i] for i in index] if self.categories else None,
+            skills=[self.skills[i] for i in index] if self.skills else None,
             answers=[self.answers[i] for i in index] if self.answers else None,
             preds=self.preds[index] if self.preds is not None else None,
             cost=self.cost[index] if self.cost is not None else None,
@@ -187,10 +190,20 @@ def _table(frame: object, experts: list[str], source: str) -> OutcomeTable:
         experts=list(experts),
         correct=correct,
         categories=frame["category"].astype(str).tolist() if "category" in frame.columns else None,
+        skills=_skills(frame),
         answers=frame["answer"].astype(str).tolist() if "answer" in frame.columns else None,
         preds=preds,
         cost=_cost(frame, experts),
     )
+
+
+def _skills(frame: object) -> list[list[str]] | None:
+    """Per question, its skill labels: a ``skills`` list column, else the one ``src`` label."""
+    if "skills" in frame.columns:  # type: ignore[attr-defined]
+        return [[str(s) for s in (v if isinstance(v, (list, tuple, np.ndarray)) else [v])] for v in frame["skills"]]  # type: ignore[index]
+    if "src" in frame.columns:  # type: ignore[attr-defined]
+        return [[str(v)] for v in frame["src"]]  # type: ignore[index]
+    return None
 
 
 _BAD = object()

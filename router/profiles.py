@@ -1,9 +1,9 @@
 """Expert profiles: what each expert has been measured to do well.
 
-Per expert and per category (the skill vocabulary of an outcome table): how many profiled
-questions it answered, how many correctly, the accuracy smoothed toward its overall
-accuracy (so a category with three questions does not claim 100%), and Symbolic-MoE's
-skill score (+1 per correct answer, -1 per wrong one). The profiled questions themselves
+Per expert, per category and per skill (finer labels, several per question): how many
+profiled questions it answered, how many correctly, the accuracy smoothed toward its
+overall accuracy (so a category with three questions does not claim 100%), and
+Symbolic-MoE's skill score (+1 per correct answer, -1 per wrong one). The profiled questions themselves
 are kept, with every expert's outcome, for per-query estimates from similar questions.
 
 A ``ProfileSet`` is plain data: it round-trips through JSON (``to_dict``/``from_dict``) and
@@ -39,6 +39,9 @@ class ProfileSet:
     query_correct: np.ndarray  # (N, E) 1/0/NaN
     source: str = ""
     version: int | None = None
+    skills: list[str] | None = None
+    skill_answered: np.ndarray | None = None  # (S, E)
+    skill_correct: np.ndarray | None = None  # (S, E)
 
     # -- derived statistics ----------------------------------------------------------------
     @property
@@ -63,6 +66,26 @@ class ProfileSet:
             return None
         weights = self.answered / np.maximum(self.answered.sum(0, keepdims=True), 1)
         return (self.mean_cost * weights).sum(0)
+
+    def skill_table(self) -> dict[str, dict[str, dict[str, float]]]:
+        """skill -> expert -> answered, correct, smoothed accuracy, +-1 skill score (empty without skills)."""
+        if self.skills is None or self.skill_answered is None or self.skill_correct is None:
+            return {}
+        prior = self.global_accuracy[None, :]
+        accuracy = (self.skill_correct + self.smoothing * prior) / (self.skill_answered + self.smoothing)
+        score = 2 * self.skill_correct - self.skill_answered
+        return {
+            skill: {
+                expert: {
+                    "answered": float(self.skill_answered[s, e]),
+                    "correct": float(self.skill_correct[s, e]),
+                    "accuracy": round(float(accuracy[s, e]), 4),
+                    "skill_score": float(score[s, e]),
+                }
+                for e, expert in enumerate(self.experts)
+            }
+            for s, skill in enumerate(self.skills)
+        }
 
     def category_index(self, category: str) -> int:
         return self.categories.index(category)
@@ -109,6 +132,13 @@ class ProfileSet:
                 # NaN is not JSON: missing outcomes are null
                 "correct": [[None if np.isnan(v) else int(v) for v in row] for row in self.query_correct],
             },
+            "skills": None
+            if self.skills is None
+            else {
+                "names": self.skills,
+                "answered": self.skill_answered.tolist(),  # type: ignore[union-attr]
+                "correct": self.skill_correct.tolist(),  # type: ignore[union-attr]
+            },
         }
 
     @classmethod
@@ -128,6 +158,15 @@ class ProfileSet:
                 [[np.nan if v is None else float(v) for v in row] for row in queries["correct"]], dtype=float
             ).reshape(-1, len(experts))
             mean_cost = data.get("mean_cost")
+            skills = data.get("skills")
+            skill_fields: dict[str, object] = {}
+            if skills is not None:
+                assert isinstance(skills, dict)
+                skill_fields = {
+                    "skills": list(skills["names"]),
+                    "skill_answered": np.asarray(skills["answered"], dtype=float).reshape(-1, len(experts)),
+                    "skill_correct": np.asarray(skills["correct"], dtype=float).reshape(-1, len(experts)),
+                }
             return cls(
                 pool=str(data["pool"]),
                 experts=experts,
@@ -142,6 +181,7 @@ class ProfileSet:
                 query_correct=query_correct,
                 source=str(data.get("source", "")),
                 version=data.get("version"),  # type: ignore[arg-type]
+                **skill_fields,  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError, AssertionError) as error:
             raise ValueError(f"{source}: not a profile document: {error}") from None
@@ -164,6 +204,17 @@ def build_profiles(table: OutcomeTable, pool: str, smoothing: float = 10.0) -> P
         np.add.at(totals, rows, table.cost)
         counts = np.bincount(rows, minlength=len(categories))[:, None]
         mean_cost = totals / np.maximum(counts, 1)
+    skill_fields: dict[str, object] = {}
+    if table.skills is not None:
+        names = sorted({skill for labels in table.skills for skill in labels})
+        position = {skill: s for s, skill in enumerate(names)}
+        skill_answered = np.zeros((len(names), len(table.experts)))
+        skill_correct = np.zeros_like(skill_answered)
+        for row, labels in enumerate(table.skills):
+            for skill in set(labels):
+                skill_answered[position[skill]] += known[row]
+                skill_correct[position[skill]] += np.nan_to_num(table.correct[row])
+        skill_fields = {"skills": names, "skill_answered": skill_answered, "skill_correct": skill_correct}
     return ProfileSet(
         pool=pool,
         experts=list(table.experts),
@@ -177,4 +228,5 @@ def build_profiles(table: OutcomeTable, pool: str, smoothing: float = 10.0) -> P
         query_categories=list(categories_of),
         query_correct=table.correct.copy(),
         source=table.source,
+        **skill_fields,  # type: ignore[arg-type]
     )

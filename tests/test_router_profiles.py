@@ -20,6 +20,7 @@ def small_frame() -> pd.DataFrame:
             "question_id": ["q1", "q2", "q3", "q4"],
             "question": ["solve x + 1 = 2", "integrate x", "who was Caesar", "when did Rome fall"],
             "category": ["math", "math", "history", "history"],
+            "src": ["algebra", "calculus", "rome", "rome"],
             "answer": ["A", "B", "C", "D"],
             "alpha|correct": [True, True, False, None],
             "alpha|pred": ["A", "B", "A", None],
@@ -48,6 +49,15 @@ def test_profiles_count_smooth_and_score(table_file: Path) -> None:
     assert profiles.accuracy[0, 0] == pytest.approx((4 / 3) / 3)
     assert profiles.skill_score.tolist() == [[-1, 2], [2, 0]]
     assert profiles.best_expert_per_category() == {"history": "beta", "math": "alpha"}
+    skills = profiles.skill_table()
+    assert sorted(skills) == ["algebra", "calculus", "rome"]
+    assert skills["rome"]["beta"] == {
+        "answered": 2.0,
+        "correct": 2.0,
+        "accuracy": pytest.approx((2 + 1.5) / 4, abs=1e-4),
+        "skill_score": 2.0,
+    }
+    assert skills["rome"]["alpha"]["answered"] == 1.0 and skills["rome"]["alpha"]["skill_score"] == -1.0
 
 
 def test_json_round_trip(table_file: Path, tmp_path: Path) -> None:
@@ -55,6 +65,7 @@ def test_json_round_trip(table_file: Path, tmp_path: Path) -> None:
     export_json(profiles, tmp_path / "p.json")
     again = import_json(tmp_path / "p.json")
     assert again.to_dict() == profiles.to_dict()
+    assert again.skill_table() == profiles.skill_table() != {}
     assert np.isnan(again.query_correct[3, 0])
 
 
