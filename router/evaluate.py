@@ -94,13 +94,16 @@ def _calibrate_lambda(
 ) -> float:
     """The smallest cost penalty whose choices on the training questions cost at most ``cap`` on average.
 
-    Calibrated on training questions only (estimated competence and expected cost, no
-    outcomes), so the test questions' answers never tune the router.
+    Uses training questions only, so the test answers never tune the router. Competence is
+    estimated out of fold (two halves, each estimated by a model fitted on the other), because
+    in-sample estimates are over-confident and would under-spend on new questions; costs are
+    the training questions' real ones.
     """
+    assert train.cost is not None
+    competence, category_probs = _out_of_fold(train, estimator.settings)
     profiles = estimator.profiles
     assert profiles.mean_cost is not None
-    estimates = estimator.estimate(train.texts)
-    expected = estimates.category_probs @ profiles.mean_cost
+    expected = category_probs @ profiles.mean_cost
     best = np.argmax(profiles.accuracy, axis=1)
     generalist = int(np.argmax(profiles.global_accuracy))
 
@@ -110,15 +113,9 @@ def _calibrate_lambda(
         total = 0.0
         for i in range(len(train)):
             view = QueryView(
-                estimates.competence[i],
-                profiles.global_accuracy,
-                estimates.category_probs[i],
-                best,
-                expected[i],
-                bool(estimates.ood[i]),
-                generalist,
+                competence[i], profiles.global_accuracy, category_probs[i], best, expected[i], False, generalist
             )
-            total += float(expected[i, select(policy, view, trial, rng).experts].sum())
+            total += float(train.cost[i, select(policy, view, trial, rng).experts].sum())  # type: ignore[index]
         return total / max(len(train), 1)
 
     low, high = 0.0, 1.0 / max(float(expected.min()), 1e-9)
@@ -128,6 +125,24 @@ def _calibrate_lambda(
         middle = (low + high) / 2
         low, high = (middle, high) if mean_cost(middle) > cap else (low, middle)
     return high
+
+
+def _out_of_fold(train: OutcomeTable, settings: object) -> tuple[np.ndarray, np.ndarray]:
+    """Competence and category probabilities of every training question from a model that never saw it."""
+    first, second = train.split(0.5, seed=12345)
+    position = {question: i for i, question in enumerate(train.ids)}
+    competence = np.zeros((len(train), len(train.experts)))
+    categories: np.ndarray | None = None
+    for fitted_on, estimated in ((first, second), (second, first)):
+        estimates = CompetenceEstimator(build_profiles(fitted_on, pool="fold"), settings).estimate(estimated.texts)  # type: ignore[arg-type]
+        rows = [position[question] for question in estimated.ids]
+        competence[rows] = estimates.competence
+        if categories is None:
+            categories = np.zeros((len(train), estimates.category_probs.shape[1]))
+        if estimates.category_probs.shape[1] == categories.shape[1]:
+            categories[rows] = estimates.category_probs
+    assert categories is not None
+    return competence, categories
 
 
 def _routellm(estimator: CompetenceEstimator, test: OutcomeTable) -> dict[str, object]:
