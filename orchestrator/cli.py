@@ -95,6 +95,7 @@ def ask(
     question: str = typer.Argument(..., help="the question"),
     pool: str = PoolOption,
     k: Optional[int] = typer.Option(None, "-k", help="how many experts answer (default: the pool's k)"),
+    policy: Optional[str] = typer.Option(None, "--policy", help="skills | category | cost | cascade (profiled pools)"),
     max_tokens: Optional[int] = typer.Option(None, help="token budget per model call"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
     explain: bool = typer.Option(False, "--explain", help="show routing, each expert's answer and timings"),
@@ -103,7 +104,7 @@ def ask(
 ) -> None:
     """Answer one question with the pool (starts the experts, answers, stops them)."""
     spec = _load(pool)
-    result = asyncio.run(_ask(spec, question, k, max_tokens, temperature, ray_address))
+    result = asyncio.run(_ask(spec, question, k, policy, max_tokens, temperature, ray_address))
     if as_json:
         from orchestrator.api.chat import pipeline_metadata
 
@@ -117,7 +118,7 @@ def ask(
         console.print(f"tokens: {usage.prompt_tokens} in, {usage.completion_tokens} out; cost {usage.cost:.6f}")
 
 
-async def _ask(spec: PoolSpec, question: str, k, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
+async def _ask(spec: PoolSpec, question: str, k, policy, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
     from experts.pool import ExpertPool
     from experts.types import GenerationRequest, Message
     from orchestrator.pipeline import Orchestrator
@@ -131,7 +132,7 @@ async def _ask(spec: PoolSpec, question: str, k, max_tokens, temperature, ray_ad
         for name, error in failed.items():
             errors.print(f"[yellow]expert {name} did not start:[/yellow] {error}")
         generation = GenerationRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature)
-        request = PipelineRequest(generation, k=k)
+        request = PipelineRequest(generation, k=k, policy=policy)
         with console.status("answering..."):
             return await Orchestrator(pool).run(request)
     except Exception as error:

@@ -129,3 +129,31 @@ async def test_shutdown_stops_the_actors(ray_session: None) -> None:
     assert ray.is_initialized()  # the session's Ray is not ours to stop
     with pytest.raises(ray.exceptions.RayActorError):
         await actors[0].health.remote()
+
+
+def test_cli_ask_explains_and_prints_json(ray_session: None, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    import yaml
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    pool = {
+        "name": "cli-echo",
+        "roles": {"aggregator": "b"},
+        "experts": [
+            {"name": "a", "backend": "echo", "model": "echo", "skills": ["math"], "resources": {"num_cpus": 0}},
+            {"name": "b", "backend": "echo", "model": "echo", "skills": ["writing"], "resources": {"num_cpus": 0}},
+        ],
+    }
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump(pool))
+    result = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--json"])
+    assert result.exit_code == 0, result.output
+    payload = json.loads(result.output.strip().splitlines()[-1])
+    assert payload["answer"] == "solve 3 + 4" and payload["decision"]["experts"] == ["a"]
+    explained = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--explain"])
+    assert explained.exit_code == 0 and "routing" in explained.output and "timings" in explained.output
+    refused = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--policy", "cost"])
+    assert refused.exit_code == 1 and "needs measured expert profiles" in refused.output
