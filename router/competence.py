@@ -31,6 +31,7 @@ class CompetenceSettings:
     classifier_c: float = 5.0
     expert_model_weight: float = 0.8  # share of the per-expert correctness models in the blend
     expert_model_c: float = 0.3  # strong regularisation: a few thousand questions, 60k features
+    calibrate: bool = True  # temperature-scale the category classifier on out-of-fold predictions
 
 
 @dataclass(frozen=True)
@@ -59,23 +60,61 @@ class CompetenceEstimator:
         self.settings = settings or CompetenceSettings()
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2, max_features=60000)
         self.profiled = self.vectorizer.fit_transform(profiles.query_texts).tocsr()
+        self._analyzer = self.vectorizer.build_analyzer()
+        self._vocabulary: dict[str, int] = self.vectorizer.vocabulary_
+        self._idf = self.vectorizer.idf_
         self.profiled_t = self.profiled.T.tocsr()  # (V, N): similarity is one sparse product
         self.category_weights, self.category_bias = self._fit_categories()
         self.expert_weights, self.expert_bias, self.expert_fitted = self._fit_experts()
 
     def _fit_categories(self) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Multinomial logistic regression over the profiles' categories, as (V, C) weights and (C,) bias."""
-        from sklearn.linear_model import LogisticRegression
+        """Multinomial logistic regression over the profiles' categories, as (V, C) weights and (C,) bias.
 
+        The weights are divided by a temperature fitted on out-of-fold predictions (two halves,
+        each predicted by a model fitted on the other), so the probabilities are calibrated:
+        an in-sample fit is over-confident on new queries.
+        """
         if len(self.profiles.categories) < 2:
             return None, None
-        model = LogisticRegression(C=self.settings.classifier_c, max_iter=2000)
-        model.fit(self.profiled, self.profiles.query_categories)
+        labels = np.array(self.profiles.query_categories)
+        weights, bias = self._category_linear(self.profiled, labels)
+        if self.settings.calibrate and len(labels) >= 50:
+            temperature = self._temperature(labels)
+            weights, bias = weights / temperature, bias / temperature
+        return weights, bias
+
+    def _category_linear(self, vectors: object, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        from sklearn.linear_model import LogisticRegression
+
+        model = LogisticRegression(C=self.settings.classifier_c, max_iter=2000).fit(vectors, labels)
         coef, intercept = model.coef_, model.intercept_
         if len(model.classes_) == 2:  # binary: sigmoid(z) is the softmax of [-z/2, z/2]
             coef, intercept = np.vstack([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
-        order = [list(model.classes_).index(c) for c in self.profiles.categories]
-        return np.ascontiguousarray(coef[order].T), intercept[order]
+        weights = np.zeros((coef.shape[1], len(self.profiles.categories)))
+        bias = np.full(len(self.profiles.categories), -1e4)  # a category this fit never saw: never predicted
+        classes = list(model.classes_)
+        for c, category in enumerate(self.profiles.categories):
+            if category in classes:
+                weights[:, c], bias[c] = coef[classes.index(category)], intercept[classes.index(category)]
+        return weights, bias
+
+    def _temperature(self, labels: np.ndarray) -> float:
+        """The temperature minimising the out-of-fold negative log-likelihood (1.0 when a fold is degenerate)."""
+        halves = [np.arange(len(labels)) % 2 == 0, np.arange(len(labels)) % 2 == 1]
+        logits = np.zeros((len(labels), len(self.profiles.categories)))
+        for fit_on, predict in (halves, halves[::-1]):
+            if len(np.unique(labels[fit_on])) < 2:
+                return 1.0
+            weights, bias = self._category_linear(self.profiled[np.flatnonzero(fit_on)], labels[fit_on])
+            logits[predict] = self.profiled[np.flatnonzero(predict)] @ weights + bias
+        truth = np.array([self.profiles.categories.index(label) for label in labels])
+        best, best_loss = 1.0, np.inf
+        for temperature in np.geomspace(0.2, 5.0, 61):
+            probs = _softmax(logits / temperature)
+            loss = -np.mean(np.log(np.clip(probs[np.arange(len(truth)), truth], 1e-12, None)))
+            if loss < best_loss:
+                best, best_loss = float(temperature), loss
+        return best
 
     def _fit_experts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per expert, P(right | query) by logistic regression; experts without both outcomes are skipped."""
@@ -104,7 +143,7 @@ class CompetenceEstimator:
             experts, categories = len(self.profiles.experts), max(len(self.profiles.categories), 1)
             empty = np.zeros((0, experts))
             return CompetenceEstimates(np.zeros((0, categories)), empty, empty, np.zeros(0), np.zeros(0, dtype=bool))
-        vectors = self.vectorizer.transform(texts)
+        vectors = self._vectorize_one(texts[0]) if len(texts) == 1 else self.vectorizer.transform(texts)
         if self.category_weights is None:
             category_probs = np.ones((len(texts), 1))
         else:
@@ -122,6 +161,26 @@ class CompetenceEstimator:
         s = self.settings
         ood = (category_probs.max(1) < s.ood_confidence) & (best < s.ood_similarity)
         return CompetenceEstimates(category_probs, local, competence, best, ood)
+
+    def _vectorize_one(self, text: str) -> object:
+        """The same TF-IDF vector as ``vectorizer.transform([text])``, without its per-call overhead.
+
+        One routing decision is dominated by scikit-learn's transform on a single document;
+        this does the same arithmetic (sublinear tf, idf, l2 norm) directly.
+        """
+        from scipy.sparse import csr_matrix
+
+        counts: dict[int, int] = {}
+        for term in self._analyzer(text):
+            index = self._vocabulary.get(term)
+            if index is not None:
+                counts[index] = counts.get(index, 0) + 1
+        columns = np.fromiter(sorted(counts), dtype=np.int64, count=len(counts))
+        values = (1.0 + np.log([counts[c] for c in columns])) * self._idf[columns] if len(columns) else np.zeros(0)
+        norm = np.sqrt(np.dot(values, values))
+        if norm > 0:
+            values = values / norm
+        return csr_matrix((values, columns, np.array([0, len(columns)])), shape=(1, len(self._idf)))
 
     def _blend(self, similarity: np.ndarray, local: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         k = min(self.settings.neighbours, similarity.shape[1])
