@@ -45,6 +45,9 @@ def test_exact_and_grading() -> None:
     assert extract_exact("Rome\n\n") == "rome"
     assert extract_exact("   ") is None
     assert is_correct("exact", "paris", " Paris ")
+    assert is_correct("exact", extract_exact("The capital of France is Paris."), "Paris")
+    assert not is_correct("exact", extract_exact("Parisian cafes are lovely."), "Paris")  # whole words only
+    assert not is_correct("exact", extract_exact("It is not Rome, " + "and so on " * 5 + "but Paris"), "Paris")
     assert is_correct("number", "1234.5", "1,234.50")
     assert is_correct("choice", "C", "c")
     assert not is_correct("choice", None, "C")
