@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from typing import Callable, Literal
 
-AnswerKind = Literal["choice", "number", "exact"]
+AnswerKind = Literal["choice", "number", "exact", "text"]
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 # "answer is (C)", "Answer: C", "option **D**": the keyword in any case, the letter upper-case only,
@@ -78,11 +78,50 @@ def normalise_text(text: str) -> str:
     return re.sub(r"\s+", " ", text.strip().strip(".!?;:,\"'*`").lower())
 
 
-EXTRACTORS: dict[str, Callable[[str], str | None]] = {
+def extract_text(text: str) -> str | None:
+    """The whole committed answer, normalised: two free-text answers agree only when they say the same."""
+    normalised = normalise_text(strip_reasoning(text))
+    return normalised or None
+
+
+Extractor = Callable[[str], "str | None"]
+
+EXTRACTORS: dict[str, Extractor] = {
     "choice": extract_choice,
     "number": extract_number,
     "exact": extract_exact,
+    "text": extract_text,
 }
+
+
+def register_extractor(kind: str, extractor: Extractor) -> None:
+    """Add (or replace) an extractor: ``answer_kind: <kind>`` in a pool file then uses it for votes."""
+    if not kind or not kind.isidentifier():
+        raise ValueError(f"extractor kind {kind!r} must be a simple name")
+    EXTRACTORS[kind] = extractor
+
+
+_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-J])[\).:]\s+\S")
+_STATED_NUMBER = re.compile(r"\\boxed\{[^{}]*\d|(?:final answer|answer)\s*(?:is|:)\s*\$?-?\d", re.IGNORECASE)
+_STATED_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)", re.IGNORECASE)
+
+
+def infer_answer_kind(question: str, answers: list[str]) -> str:
+    """How to read the answers when the pool says ``answer_kind: auto``.
+
+    ``choice`` when the question lists lettered options (A), (B)...; ``number`` when every
+    answer states a number (boxed, or after "answer is"); ``exact`` when every answer has an
+    "Answer:" line; otherwise ``text`` (whole answers compared).
+    """
+    letters = [m.group(1) for m in _OPTION_LINE.finditer(question)] + _CHOICE_PAREN.findall(question)
+    if "A" in letters and "B" in letters:
+        return "choice"
+    committed = [strip_reasoning(answer) for answer in answers]
+    if committed and all(_STATED_NUMBER.search(answer) for answer in committed):
+        return "number"
+    if committed and all(_STATED_LINE.search(answer) for answer in committed):
+        return "exact"
+    return "text"
 
 
 MAX_SENTENCE_WORDS = 12  # a final line this short that states the gold answer as whole words counts
@@ -96,6 +135,8 @@ def is_correct(kind: AnswerKind, prediction: str | None, gold: str) -> bool:
         return prediction == gold.strip().upper()
     if kind == "number":
         return prediction == normalise_number(gold)
+    if kind not in ("exact", "text"):
+        return prediction == gold.strip()
     target = normalise_text(gold)
     if prediction == target:
         return True

@@ -1,4 +1,4 @@
-"""The words the aggregator model reads. Kept apart so they can be tuned and tested."""
+"""The words the aggregator and judge models read. Kept apart so they can be tuned and tested."""
 
 from __future__ import annotations
 
@@ -19,3 +19,17 @@ Candidate answers:
 Write the single best answer to the question."""
 
 CANDIDATE = "Candidate answer {number}:\n{text}"
+
+RANK_SYSTEM = (
+    "You are a strict judge. Several assistants answered the same question. Check each answer's facts, "
+    "reasoning and arithmetic, and decide which single answer is the most correct and complete. "
+    "Reply with one line only: 'Best: N', where N is the number of that answer."
+)
+
+RANK_USER = """Question:
+{question}
+
+Candidate answers:
+{candidates}
+
+Which candidate answer is best? Reply 'Best: N'."""

@@ -1,62 +1,66 @@
-"""Aggregator v1: pass one answer through, or have the aggregator expert synthesise several.
+"""The model-facing side of aggregation: what the synthesising aggregator and the judge read.
 
-The aggregator only decides and builds the synthesis request; the orchestrator makes the
-call. That keeps this module free of Ray and easy to test.
+Candidates reach them without their reasoning traces (``<think>...</think>``) and clipped,
+so k long answers fit a small aggregator's context window; the judge's reply is parsed
+back into a candidate number.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Literal
 
-from aggregator.prompts import CANDIDATE, SYNTHESIS_SYSTEM, SYNTHESIS_USER
+from aggregator.extract import strip_reasoning
+from aggregator.prompts import CANDIDATE, RANK_SYSTEM, RANK_USER, SYNTHESIS_SYSTEM, SYNTHESIS_USER
 from experts.types import GenerationRequest, Message
 
-Strategy = Literal["passthrough", "synthesize"]
-
-MAX_CANDIDATE_CHARS = 4000  # keeps k long answers inside a small aggregator's context window
+MAX_CANDIDATE_CHARS = 4000
+_BEST = re.compile(r"best\s*(?:candidate|answer)?\s*(?:is|:)?\s*(?:candidate|answer)?\s*#?(\d+)", re.IGNORECASE)
+_NUMBER = re.compile(r"\b(\d+)\b")
 
 
 @dataclass(frozen=True)
-class CandidateAnswer:
-    """One expert's answer to the query."""
+class Candidate:
+    """One expert's answer, with the router's estimate that this expert answers the query correctly."""
 
     expert: str
     text: str
+    competence: float = 0.5
+    finish_reason: str = "stop"
 
 
-class Synthesizer:
-    """Turns expert answers into one, through the pool's aggregator expert when there are several."""
+@dataclass(frozen=True)
+class Sampling:
+    """The aggregator's own budget and sampling: separate from what the experts were given."""
 
-    def __init__(self, aggregator_expert: str | None) -> None:
-        self.aggregator_expert = aggregator_expert
+    max_tokens: int | None = None
+    temperature: float | None = None
+    seed: int | None = None
 
-    def strategy(self, answers: list[CandidateAnswer]) -> Strategy:
-        """Synthesis needs at least two answers and an aggregator; otherwise the best answer passes."""
-        if len(answers) > 1 and self.aggregator_expert is not None:
-            return "synthesize"
-        return "passthrough"
 
-    def synthesis_request(
-        self,
-        conversation: list[Message],
-        answers: list[CandidateAnswer],
-        max_tokens: int | None,
-        temperature: float | None,
-        seed: int | None = None,
-    ) -> GenerationRequest:
-        """The aggregator's request: the question, the numbered candidates, our instructions."""
-        candidates = "\n\n".join(
-            CANDIDATE.format(number=number, text=_clip(answer.text.strip()))
-            for number, answer in enumerate(answers, start=1)
-        )
-        user = SYNTHESIS_USER.format(question=render_question(conversation), candidates=candidates)
-        return GenerationRequest(
-            messages=[Message("system", SYNTHESIS_SYSTEM), Message("user", user)],
-            max_tokens=max_tokens,
-            temperature=temperature,
-            seed=seed,
-        )
+def synthesis_request(
+    conversation: list[Message], candidates: list[Candidate], sampling: Sampling
+) -> GenerationRequest:
+    """The aggregator's request: the question, the numbered candidates (traces stripped), our instructions."""
+    user = SYNTHESIS_USER.format(question=render_question(conversation), candidates=_numbered(candidates))
+    return _request(SYNTHESIS_SYSTEM, user, sampling)
+
+
+def rank_request(conversation: list[Message], candidates: list[Candidate], sampling: Sampling) -> GenerationRequest:
+    """The judge's request: pick the best numbered candidate."""
+    user = RANK_USER.format(question=render_question(conversation), candidates=_numbered(candidates))
+    return _request(RANK_SYSTEM, user, sampling)
+
+
+def parse_rank(reply: str, count: int) -> int | None:
+    """The 0-based candidate the judge picked ('Best: 2' -> 1), or None when it named none in range."""
+    reply = strip_reasoning(reply)
+    for pattern in (_BEST, _NUMBER):
+        for match in pattern.finditer(reply):
+            number = int(match.group(1))
+            if 1 <= number <= count:
+                return number - 1
+    return None
 
 
 def render_question(conversation: list[Message]) -> str:
@@ -66,6 +70,22 @@ def render_question(conversation: list[Message]) -> str:
         return turns[-1].content if turns else ""
     earlier = "\n".join(f"{message.role.capitalize()}: {message.content}" for message in turns[:-1])
     return f"(Conversation so far)\n{earlier}\n\n(Current question)\n{turns[-1].content}"
+
+
+def _numbered(candidates: list[Candidate]) -> str:
+    return "\n\n".join(
+        CANDIDATE.format(number=number, text=_clip(strip_reasoning(candidate.text)))
+        for number, candidate in enumerate(candidates, start=1)
+    )
+
+
+def _request(system: str, user: str, sampling: Sampling) -> GenerationRequest:
+    return GenerationRequest(
+        messages=[Message("system", system), Message("user", user)],
+        max_tokens=sampling.max_tokens,
+        temperature=sampling.temperature,
+        seed=sampling.seed,
+    )
 
 
 def _clip(text: str) -> str:

@@ -152,10 +152,42 @@ class RoutingSpec(_Strict):
     profiles: ProfileSource | None = None
 
 
+Strategy = Literal["passthrough", "vote", "synthesize", "rank"]
+
+
+class AggregationSpec(_Strict):
+    """How k answers become one: the strategy, the consensus short-cut, the aggregator's own budget."""
+
+    strategy: Strategy = "synthesize"
+    consensus: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        1.0, description="skip the aggregator when this share of the answers agree; null: never"
+    )
+    answer_kind: str = Field("auto", description="answer extractor for votes: auto, choice, number, exact, text")
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = Field(
+        None, description="the aggregator's token budget (default: its own generation.max_tokens)"
+    )
+    temperature: Annotated[float, Field(ge=0.0, le=2.0)] | None = Field(
+        0.0, description="the aggregator's and judge's temperature; null: their own default"
+    )
+    choice: ProfileSource | None = Field(
+        None, description="measured aggregator choice (moesaic bench-aggregators); default: beside the profiles"
+    )
+
+    @field_validator("answer_kind")
+    @classmethod
+    def _known_kind(cls, value: str) -> str:
+        from aggregator.extract import EXTRACTORS
+
+        if value != "auto" and value not in EXTRACTORS:
+            raise ValueError(f"unknown answer kind; choose auto or one of {', '.join(EXTRACTORS)}")
+        return value
+
+
 class RolesSpec(_Strict):
     """Experts named by role. Each value must be the name of an expert in the pool."""
 
     aggregator: str | None = None
+    judge: str | None = Field(None, description="picks the best answer for the rank strategy (default: aggregator)")
     generalist: str | None = None
     keywords: str | None = Field(None, description="expert that lists the skills a query needs (LLM path)")
 
@@ -166,6 +198,7 @@ class PoolSpec(_Strict):
     name: str = "pool"
     description: str = ""
     routing: RoutingSpec = RoutingSpec()
+    aggregation: AggregationSpec = AggregationSpec()
     roles: RolesSpec = RolesSpec()
     skill_keywords: dict[str, list[str]] = Field(
         default_factory=dict, description="extra lexical keywords per skill, merged over the built-in ones"
@@ -185,7 +218,7 @@ class PoolSpec(_Strict):
             if expert.name in seen:
                 raise ValueError(f"expert name {expert.name!r} appears twice; names must be unique")
             seen.add(expert.name)
-        for role in ("aggregator", "generalist", "keywords"):
+        for role in ("aggregator", "judge", "generalist", "keywords"):
             target = getattr(self.roles, role)
             if target is not None and target not in seen:
                 raise ValueError(f"roles.{role} names {target!r}, which is not an expert of this pool")

@@ -96,6 +96,7 @@ def ask(
     pool: str = PoolOption,
     k: Optional[int] = typer.Option(None, "-k", help="how many experts answer (default: the pool's k)"),
     policy: Optional[str] = typer.Option(None, "--policy", help="skills | category | cost | cascade (profiled pools)"),
+    strategy: Optional[str] = typer.Option(None, "--strategy", help="passthrough | vote | synthesize | rank"),
     max_tokens: Optional[int] = typer.Option(None, help="token budget per model call"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
     explain: bool = typer.Option(False, "--explain", help="show routing, each expert's answer and timings"),
@@ -103,8 +104,13 @@ def ask(
     ray_address: Optional[str] = RayOption,
 ) -> None:
     """Answer one question with the pool (starts the experts, answers, stops them)."""
+    from aggregator.strategies import STRATEGIES
+
     spec = _load(pool)
-    result = asyncio.run(_ask(spec, question, k, policy, max_tokens, temperature, ray_address))
+    if strategy is not None and strategy not in STRATEGIES:
+        errors.print(f"[red]error:[/red] --strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
+        raise typer.Exit(2)
+    result = asyncio.run(_ask(spec, question, k, policy, strategy, max_tokens, temperature, ray_address))
     if as_json:
         from orchestrator.api.chat import pipeline_metadata
 
@@ -112,13 +118,14 @@ def ask(
         return
     if explain:
         _explain(result)
-    console.print(Panel(result.text or "(empty answer)", title=f"answer ({result.strategy})", border_style="green"))
+    how = result.strategy + (", consensus short-cut" if result.verdict.shortcut else "")
+    console.print(Panel(result.text or "(empty answer)", title=f"answer ({how})", border_style="green"))
     if explain:
         usage = result.usage
         console.print(f"tokens: {usage.prompt_tokens} in, {usage.completion_tokens} out; cost {usage.cost:.6f}")
 
 
-async def _ask(spec: PoolSpec, question: str, k, policy, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
+async def _ask(spec: PoolSpec, question: str, k, policy, strategy, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
     from experts.pool import ExpertPool
     from experts.types import GenerationRequest, Message
     from orchestrator.pipeline import Orchestrator
@@ -132,7 +139,7 @@ async def _ask(spec: PoolSpec, question: str, k, policy, max_tokens, temperature
         for name, error in failed.items():
             errors.print(f"[yellow]expert {name} did not start:[/yellow] {error}")
         generation = GenerationRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature)
-        request = PipelineRequest(generation, k=k, policy=policy)
+        request = PipelineRequest(generation, k=k, policy=policy, strategy=strategy)
         with console.status("answering..."):
             return await Orchestrator(pool).run(request)
     except Exception as error:
@@ -165,11 +172,13 @@ def _explain(result) -> None:  # type: ignore[no-untyped-def]
     console.print(timings)
 
 
+from orchestrator.aggregator_cli import bench_aggregators  # noqa: E402
 from orchestrator.router_cli import eval_router, profile, route  # noqa: E402
 
 app.command("profile")(profile)
 app.command("eval-router")(eval_router)
 app.command("route")(route)
+app.command("bench-aggregators")(bench_aggregators)
 
 
 def main() -> None:

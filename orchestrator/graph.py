@@ -4,27 +4,30 @@ Each node is a small async method; the graph only wires them. The recruit step f
 with one ``Send`` per chosen expert, so the experts run concurrently and their answers
 are gathered by the state's reducers. When the caller streams, nodes publish events
 through LangGraph's custom stream: the routing decision first, then text deltas (the
-single expert's when k = 1, the aggregator's otherwise).
+single expert's when k = 1, the synthesising aggregator's, or the text a vote, the
+consensus short-cut or the judge chose).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+from dataclasses import replace
 from typing import Any
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
 from langgraph.types import Send
 
-from aggregator.synthesize import CandidateAnswer, Synthesizer
+from aggregator.choice import AggregatorChoice
+from aggregator.strategies import Aggregator, ModelStep, Verdict
+from aggregator.synthesize import Candidate
 from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.state import (
     CallRecord,
     ExpertAnswer,
     ExpertTask,
-    FinalAnswer,
     PipelineRequest,
     PipelineState,
     stream_event,
@@ -33,6 +36,8 @@ from router.decision import ExpertScore, RoutingDecision
 from router.factory import Router
 from router.keywords import KeywordExtractor
 from router.recruit import NoExpertAvailable
+
+UNKNOWN_COMPETENCE = 0.5  # the lexical router measures nothing: equal weights, so the vote is a majority vote
 
 
 class AllExpertsFailed(RuntimeError):
@@ -46,10 +51,13 @@ class AllExpertsFailed(RuntimeError):
 class PipelineNodes:
     """The steps of one request, bound to a pool, a router and a synthesizer."""
 
-    def __init__(self, pool: ExpertPool, router: Router, synthesizer: Synthesizer) -> None:
+    def __init__(
+        self, pool: ExpertPool, router: Router, aggregator: Aggregator, aggregators: AggregatorChoice | None = None
+    ) -> None:
         self.pool = pool
         self.router = router
-        self.synthesizer = synthesizer
+        self.aggregator = aggregator
+        self.aggregators = aggregators  # measured aggregator per category, when bench-aggregators has run
 
     async def understand(self, state: PipelineState) -> dict[str, Any]:
         started = time.perf_counter()
@@ -86,6 +94,7 @@ class PipelineNodes:
             decision = self.router.recruit(
                 state["estimate"], healthy=healthy, k=request.k, policy=request.policy, started=started
             )
+            decision = with_measured_aggregator(decision, self.aggregators)
         if request.stream:
             get_stream_writer()(stream_event("decision", decision=decision))
         return {"decision": decision, "timings_ms": {"recruit": _ms_since(started)}}
@@ -125,38 +134,44 @@ class PipelineNodes:
             failures = "; ".join(f"{a.expert}: {a.error}" for a in by_name.values())
             codes = [answer.error_code for answer in by_name.values()]
             raise AllExpertsFailed(f"every recruited expert failed ({failures})", codes)
-        candidates = [CandidateAnswer(answer.expert, answer.text) for answer in usable]
-        streamed_already = request.stream and len(decision.experts) == 1
-        calls: list[CallRecord] = []
-        if self.synthesizer.strategy(candidates) == "passthrough":
-            final = FinalAnswer(usable[0].text, usable[0].finish_reason, "passthrough")
-            if request.stream and not streamed_already:
-                get_stream_writer()(stream_event("delta", text=final.text))
-        else:
-            final, calls = await self._synthesize(request, candidates, usable[0])
-        return {"final": final, "calls": calls, "timings_ms": {"aggregate": _ms_since(started)}}
-
-    async def _synthesize(
-        self, request: PipelineRequest, candidates: list[CandidateAnswer], best: ExpertAnswer
-    ) -> tuple[FinalAnswer, list[CallRecord]]:
-        aggregator = self.synthesizer.aggregator_expert
-        assert aggregator is not None
-        asked = request.generation
-        synthesis = self.synthesizer.synthesis_request(
-            asked.messages, candidates, asked.max_tokens, asked.temperature, asked.seed
+        candidates = [
+            Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
+            for a in usable
+        ]
+        plan = self.aggregator.plan(
+            request.messages,
+            candidates,
+            strategy=request.strategy,
+            consensus=request.consensus,
+            aggregator=decision.aggregator,
         )
+        calls: list[CallRecord] = []
+        if isinstance(plan, ModelStep):
+            verdict, calls = await self._model_step(request, plan)
+        else:
+            verdict = plan
+        # Already streamed: the single recruited expert's tokens, or the synthesising aggregator's.
+        streamed_already = len(decision.experts) == 1 or verdict.expert is None
+        if request.stream and not streamed_already:  # vote, short-cut, judge's pick, fallback: the chosen text
+            get_stream_writer()(stream_event("delta", text=verdict.text))
+        return {"final": verdict, "calls": calls, "timings_ms": {"aggregate": _ms_since(started)}}
+
+    async def _model_step(self, request: PipelineRequest, step: ModelStep) -> tuple[Verdict, list[CallRecord]]:
+        """Make the aggregator's or judge's call; if it fails, the vote's answer stands (the experts did answer)."""
+        asked = step.request
+        budget = request.aggregator_max_tokens or asked.max_tokens
+        call = replace(asked, max_tokens=budget, seed=request.generation.seed)
         started = time.perf_counter()
         try:
-            completion = await self._call(aggregator, synthesis, request.stream)
+            completion = await self._call(step.expert, call, request.stream and step.stream_reply)
         except (ExpertCallFailed, ExpertUnavailable) as error:
-            # The experts did answer: fall back to the best-ranked answer rather than failing the request.
-            if request.stream:
-                get_stream_writer()(stream_event("delta", text=best.text))
-            note = f"aggregator failed, best-ranked answer passed through: {error}"
-            record = CallRecord.failure(aggregator, "aggregator", str(error), time.perf_counter() - started)
-            return FinalAnswer(best.text, best.finish_reason, "passthrough", note), [record]
-        record = CallRecord.of(aggregator, "aggregator", completion)
-        return FinalAnswer(completion.text, completion.finish_reason, "synthesize"), [record]
+            note = f"{step.role} {step.expert!r} failed, the vote decided: {error}"
+            record = CallRecord.failure(step.expert, step.role, str(error), time.perf_counter() - started)
+            return replace(step.fallback, note=note), [record]
+        verdict = step.finish(completion.text, completion.finish_reason)
+        if step.role == "aggregator":
+            verdict = replace(verdict, expert=None)
+        return verdict, [CallRecord.of(step.expert, step.role, completion)]
 
     async def _call(self, name: str, request: GenerationRequest, stream: bool) -> Completion:
         """Call an expert; when streaming, forward its text deltas to the graph's stream."""
@@ -190,8 +205,15 @@ class PipelineNodes:
             k=len(names),
             experts=list(names),
             scores=scores,
-            aggregator=self.synthesizer.aggregator_expert if len(names) > 1 else None,
+            aggregator=self.aggregator.aggregator if len(names) > 1 else None,
         )
+
+
+def with_measured_aggregator(decision: RoutingDecision, aggregators: AggregatorChoice | None) -> RoutingDecision:
+    """The decision with the aggregator measured best for the query's category, when one was measured."""
+    if aggregators is None or len(decision.experts) < 2:
+        return decision
+    return decision.model_copy(update={"aggregator": aggregators.pick(decision.skills)})
 
 
 def build_graph(nodes: PipelineNodes) -> Any:

@@ -11,13 +11,15 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Union
 
-from aggregator.synthesize import Synthesizer
+from aggregator.strategies import AggregationSettings, Aggregator
+from aggregator.synthesize import Sampling
 from experts.pool import ExpertPool
+from experts.spec import PoolSpec
 from experts.types import Completion, GenerationRequest
-from orchestrator.graph import PipelineNodes, build_graph
+from orchestrator.graph import PipelineNodes, build_graph, with_measured_aggregator
 from orchestrator.state import PipelineRequest, PipelineResult, PipelineState
 from router.decision import RoutingDecision
-from router.factory import build_router
+from router.factory import build_router, load_aggregator_choice
 
 
 @dataclass(frozen=True)
@@ -44,8 +46,9 @@ class Orchestrator:
     def __init__(self, pool: ExpertPool) -> None:
         self.pool = pool
         self.router = build_router(pool.spec)
-        self.synthesizer = Synthesizer(pool.spec.roles.aggregator)
-        self.graph = build_graph(PipelineNodes(pool, self.router, self.synthesizer))
+        self.aggregator = build_aggregator(pool.spec)
+        self.aggregators = load_aggregator_choice(pool.spec)
+        self.graph = build_graph(PipelineNodes(pool, self.router, self.aggregator, self.aggregators))
 
     async def run(self, request: PipelineRequest) -> PipelineResult:
         started = time.perf_counter()
@@ -73,7 +76,8 @@ class Orchestrator:
         started = time.perf_counter()
         estimate = self.router.understand(query)
         healthy = set(self.pool.healthy_names())
-        return self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started)
+        decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started)
+        return with_measured_aggregator(decision, self.aggregators)
 
     async def call_expert(self, name: str, request: GenerationRequest) -> Completion:
         return await self.pool.generate(name, request)
@@ -82,17 +86,25 @@ class Orchestrator:
         return self.pool.stream(name, request)
 
 
+def build_aggregator(spec: PoolSpec) -> Aggregator:
+    """The pool's aggregation settings and roles as an ``Aggregator``."""
+    section = spec.aggregation
+    settings = AggregationSettings(
+        strategy=section.strategy,
+        consensus=section.consensus,
+        answer_kind=section.answer_kind,
+        sampling=Sampling(max_tokens=section.max_tokens, temperature=section.temperature),
+    )
+    return Aggregator(settings, spec.roles.aggregator, spec.roles.judge)
+
+
 def _result(state: PipelineState | dict[str, Any], started: float) -> PipelineResult:
-    final = state["final"]
     timings = dict(state.get("timings_ms", {}))
     timings["total"] = round((time.perf_counter() - started) * 1000, 3)
     return PipelineResult(
-        text=final.text,
-        finish_reason=final.finish_reason,
-        strategy=final.strategy,
+        verdict=state["final"],
         decision=state["decision"],
         answers=list(state.get("answers", [])),
         calls=list(state.get("calls", [])),
         timings_ms=timings,
-        note=final.note,
     )

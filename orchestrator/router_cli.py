@@ -151,6 +151,7 @@ def eval_router(
     target: float = typer.Option(0.9, help="adaptive k: stop adding experts at this estimated success"),
     budget: Optional[float] = typer.Option(None, "--budget", help="cap cost at F x the best single expert's"),
     cascade_threshold: float = typer.Option(0.5, help="cascade: defer when the weak expert's competence is lower"),
+    vote: str = typer.Option("weighted", "--vote", help="combine the called experts: weighted | majority"),
     seed: int = typer.Option(0, help="split and sampling seed"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="save the strong/weak cost-quality curve (PNG)"),
     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
@@ -162,6 +163,8 @@ def eval_router(
 
     if policy not in POLICIES:
         _fail(f"--policy {policy!r} is not one of {', '.join(POLICIES)}")
+    if vote not in ("weighted", "majority"):
+        _fail(f"--vote {vote!r} is not one of weighted, majority")
     if (outcomes is None) == (train is None or test is None):
         _fail("give either --outcomes FILE (with --split) or both --train FILE and --test FILE")
     try:
@@ -177,7 +180,7 @@ def eval_router(
     except (OutcomeFileError, ValueError) as error:
         _fail(str(error))
     settings = PolicySettings(max_experts=max_experts, k=k, target=target, cascade_threshold=cascade_threshold)
-    options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, seed=seed)
+    options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, vote=vote, seed=seed)
     reports = {}
     with console.status("profiling and routing..."):
         for name, (train_table, test_table) in pairs.items():
@@ -233,10 +236,11 @@ def _print_report(name: str, report: dict[str, object]) -> None:
 
     table.add_row(
         "router (weighted vote)",
-        cell(report["accuracy"]),
+        cell(report["weighted_vote_accuracy"]),
         cell(report["mean_experts"], 2),
         cell(report["mean_cost"], 0),
     )
+    table.add_row("router (majority vote)", cell(report["majority_vote_accuracy"]), "", "")
     table.add_row("router (top expert only)", cell(report["top1_accuracy"]), "1.00", "")
     table.add_row(
         f"best single: {report['best_single_expert']}",

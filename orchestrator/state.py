@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import operator
 from dataclasses import dataclass
-from typing import Annotated, Any, TypedDict
+from typing import Annotated, Any, Literal, TypedDict
 
+from aggregator.strategies import Verdict
 from experts.types import Completion, GenerationRequest, Message, Usage
 from router.decision import RoutingDecision
 
@@ -23,6 +24,9 @@ class PipelineRequest:
     experts: list[str] | None = None  # forced choice, bypasses routing
     policy: str | None = None  # None: the pool file's policy
     stream: bool = False
+    strategy: str | None = None  # None: the pool file's aggregation strategy
+    consensus: float | None | Literal["pool"] = "pool"  # short-cut share; None: never; "pool": the pool's
+    aggregator_max_tokens: int | None = None  # None: the pool's aggregation.max_tokens
 
     @property
     def messages(self) -> list[Message]:
@@ -39,7 +43,7 @@ class CallRecord:
     """One model call, for the usage bill and the ``moesaic.calls`` breakdown."""
 
     expert: str
-    role: str  # "expert" | "aggregator" | "direct"
+    role: str  # "expert" | "aggregator" | "judge" | "keywords" | "direct"
     prompt_tokens: int
     completion_tokens: int
     cost: float
@@ -79,26 +83,31 @@ class ExpertAnswer:
     error_code: str | None = None
 
 
-@dataclass(frozen=True)
-class FinalAnswer:
-    text: str
-    finish_reason: str
-    strategy: str
-    note: str | None = None
-
-
 @dataclass
 class PipelineResult:
     """Everything a caller may show: the answer, the routing, each call and the timings."""
 
-    text: str
-    finish_reason: str
-    strategy: str
+    verdict: Verdict
     decision: RoutingDecision
     answers: list[ExpertAnswer]
     calls: list[CallRecord]
     timings_ms: dict[str, float]
-    note: str | None = None
+
+    @property
+    def text(self) -> str:
+        return self.verdict.text
+
+    @property
+    def finish_reason(self) -> str:
+        return self.verdict.finish_reason
+
+    @property
+    def strategy(self) -> str:
+        return self.verdict.strategy
+
+    @property
+    def note(self) -> str | None:
+        return self.verdict.note
 
     @property
     def usage(self) -> Usage:
@@ -121,7 +130,7 @@ class PipelineState(TypedDict, total=False):
     answers: Annotated[list[ExpertAnswer], operator.add]
     calls: Annotated[list[CallRecord], operator.add]
     timings_ms: Annotated[dict[str, float], merge_timings]
-    final: FinalAnswer
+    final: Verdict
 
 
 class ExpertTask(TypedDict):

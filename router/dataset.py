@@ -67,6 +67,7 @@ class GradedAnswer:
     correct: bool
     pred: str | None
     chars: int
+    text: str | None = None  # the answer itself: aggregator benchmarks build their cases from it
 
 
 def load_dataset(path: str | Path) -> list[tuple[str, LabelledQuestion]]:
@@ -100,7 +101,8 @@ def load_dataset(path: str | Path) -> list[tuple[str, LabelledQuestion]]:
 def grade(question: LabelledQuestion, question_id: str, expert: str, text: str) -> GradedAnswer:
     kind = question.resolved_kind()
     prediction = EXTRACTORS[kind](text)
-    return GradedAnswer(question_id, expert, is_correct(kind, prediction, question.answer), prediction, len(text))  # type: ignore[arg-type]
+    correct = is_correct(kind, prediction, question.answer)  # type: ignore[arg-type]
+    return GradedAnswer(question_id, expert, correct, prediction, len(text), text)
 
 
 def read_results(path: Path) -> list[GradedAnswer]:

@@ -31,6 +31,9 @@ class RoutingDecision(BaseModel):
     scores: list[ExpertScore] = Field(default_factory=list, description="every candidate, best first")
     fallback: bool = Field(False, description="no skill evidence: the generalist leads")
     aggregator: str | None = None
+    competence: dict[str, float] = Field(
+        default_factory=dict, description="chosen expert -> estimated chance it answers correctly (measured profiles)"
+    )
     elapsed_ms: float = 0.0
 
     def explain(self) -> str:

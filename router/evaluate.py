@@ -13,8 +13,9 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from aggregator.vote import majority_vote, weighted_vote
 from router.competence import CompetenceEstimator, CompetenceSettings
-from router.metrics import apgr, cpt, quality_curve, weighted_vote
+from router.metrics import apgr, cpt, quality_curve
 from router.outcomes import OutcomeTable
 from router.policies import PolicySettings, QueryView, select
 from router.profiles import build_profiles
@@ -26,6 +27,7 @@ class EvalOptions:
     settings: PolicySettings = PolicySettings()
     competence: CompetenceSettings = CompetenceSettings()
     budget_factor: float | None = None  # cap the mean cost at F x the best single expert's mean cost
+    vote: str = "weighted"  # how the called experts' stored answers are combined: weighted | majority
     seed: int = 0
 
 
@@ -45,7 +47,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
         settings = replace(settings, cost_lambda=_calibrate_lambda(estimator, train, options.policy, settings, cap))
     rng = np.random.default_rng(options.seed)
 
-    top1, voted, calls, costs, scores = [], [], [], [], []
+    top1, weighted, majority, calls, costs, scores = [], [], [], [], [], []
     for i in range(len(test)):
         view = QueryView(
             competence=estimates.competence[i],
@@ -59,7 +61,8 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
         selection = select(options.policy, view, settings, rng)
         chosen = selection.experts
         top1.append(_outcome(test.correct[i, chosen[0]]))
-        voted.append(_vote(test, i, chosen, estimates.competence[i]))
+        weighted.append(_vote(test, i, chosen, estimates.competence[i], "weighted"))
+        majority.append(_vote(test, i, chosen, estimates.competence[i], "majority"))
         calls.append(len(chosen))
         costs.append(float(test.cost[i, chosen].sum()) if test.cost is not None else float("nan"))
         scores.append(float(selection.scores.max()) if options.policy != "cascade" else float(selection.scores[0]))
@@ -69,7 +72,10 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
         "train_questions": len(train),
         "test_questions": len(test),
         "experts": list(test.experts),
-        "accuracy": _mean(voted),
+        "vote": options.vote,
+        "accuracy": _mean(weighted if options.vote == "weighted" else majority),
+        "weighted_vote_accuracy": _mean(weighted),
+        "majority_vote_accuracy": _mean(majority),
         "top1_accuracy": _mean(top1),
         "mean_experts": float(np.mean(calls)),
         "mean_cost": _mean(costs),
@@ -164,14 +170,17 @@ def _routellm(estimator: CompetenceEstimator, test: OutcomeTable) -> dict[str, o
     }
 
 
-def _vote(test: OutcomeTable, i: int, chosen: list[int], competence: np.ndarray) -> float:
-    """Competence-weighted vote of the chosen experts' stored answers (top-1 without answers)."""
+def _vote(test: OutcomeTable, i: int, chosen: list[int], competence: np.ndarray, vote: str) -> float:
+    """The live aggregator's vote over the chosen experts' stored answers (top-1 without answers).
+
+    ``weighted``: each vote weighs the log-odds of the router's competence estimate;
+    ``majority``: one expert, one vote. Both break ties toward the more competent expert.
+    """
     if test.preds is None or test.answers is None or len(chosen) == 1:
         return _outcome(test.correct[i, chosen[0]])
-    p = np.clip(competence[chosen], 1e-3, 1 - 1e-3)
-    # log-odds of being right, plus log(9): a vote for one of ten options is evidence even at p = 0.1
-    winner = weighted_vote([test.preds[i, j] for j in chosen], list(np.log(p / (1 - p)) + np.log(9.0)))
-    return float(winner == test.answers[i])
+    counting = weighted_vote if vote == "weighted" else majority_vote
+    outcome = counting([test.preds[i, j] for j in chosen], [float(c) for c in competence[chosen]])
+    return float(outcome.answer == test.answers[i])
 
 
 def _category_oracle(train: OutcomeTable, test: OutcomeTable) -> float | None:

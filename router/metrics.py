@@ -1,4 +1,4 @@
-"""Metrics for judging a router offline: weighted vote, and RouteLLM's APGR and CPT.
+"""Metrics for judging a router offline: RouteLLM's APGR and CPT (votes live in ``aggregator.vote``).
 
 RouteLLM's definitions: sort queries by the router's score (highest = most worth the strong
 model); calling the strong model for the top x share gives quality(x). APGR is the area
@@ -8,21 +8,7 @@ strong-call share whose quality recovers p of that gap.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
-
-
-def weighted_vote(predictions: Sequence[str | None], weights: Sequence[float]) -> str | None:
-    """The answer with the largest summed weight; ties go to the answer of the earliest voter."""
-    totals: dict[str, float] = {}
-    for prediction, weight in zip(predictions, weights):
-        if prediction is not None:
-            totals[prediction] = totals.get(prediction, 0.0) + weight
-    if not totals:
-        return None
-    best = max(totals.values())
-    return next(p for p in predictions if p is not None and totals[p] == best)
 
 
 def quality_curve(scores: np.ndarray, weak_correct: np.ndarray, strong_correct: np.ndarray) -> np.ndarray:

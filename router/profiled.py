@@ -147,6 +147,7 @@ class ProfiledRouter:
             scores=scores,
             fallback=selection.fallback,
             aggregator=self.pool.roles.aggregator if len(chosen) > 1 else None,
+            competence={self.names[i]: round(float(competence[i]), 4) for i in chosen},
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
         )
 

@@ -4,6 +4,7 @@ Keys (``moesaic:profiles:<pool>:...``):
   ``:v<N>``     one profile document (JSON), never modified once written
   ``:versions`` sorted set of the stored version numbers
   ``:current``  the version the router uses
+  ``:aggregators`` the measured aggregator choice (``moesaic bench-aggregators``)
 Saving writes a new version and makes it current in one transaction, so a router that
 reads ``current`` never sees half a profile.
 """
@@ -75,6 +76,15 @@ class ProfileStore:
             raise ProfileStoreError(f"pool {self.pool!r} has no profile version {version}; known: {self.versions()}")
         return ProfileSet.from_dict(json.loads(document), f"redis {self._key(f'v{version}')}")
 
+    def save_document(self, name: str, document: dict[str, Any]) -> None:
+        """Store a named companion document of this pool (e.g. ``aggregators``: the measured aggregator choice)."""
+        self._call(f"save {name}", self._redis.set, self._key(name), json.dumps(document))
+
+    def load_document(self, name: str) -> dict[str, Any] | None:
+        """A companion document, or None when none was stored."""
+        document = self._call(f"load {name}", self._redis.get, self._key(name))
+        return None if document is None else json.loads(document)
+
     def activate(self, version: int) -> None:
         """Roll the router to another stored version."""
         if version not in self.versions():
@@ -88,6 +98,11 @@ def export_json(profiles: ProfileSet, path: str | Path) -> None:
 
 def import_json(path: str | Path) -> ProfileSet:
     """Read a profile document; a broken file raises ``ValueError`` naming it."""
+    return ProfileSet.from_dict(import_document(path), str(path))
+
+
+def import_document(path: str | Path) -> dict[str, Any]:
+    """A JSON object from a file; a missing or broken file raises ``ValueError`` naming it."""
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
@@ -96,5 +111,5 @@ def import_json(path: str | Path) -> ProfileSet:
     except json.JSONDecodeError as error:
         raise ValueError(f"{path}: not JSON: {error}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: not a profile document: the top level must be an object")
-    return ProfileSet.from_dict(data, str(path))
+        raise ValueError(f"{path}: the top level must be a JSON object")
+    return data

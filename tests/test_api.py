@@ -21,7 +21,11 @@ QUESTION = [{"role": "user", "content": "What is 3 + 4?"}]
 
 def test_plain_completion_with_routing_metadata(openai_client: openai.OpenAI) -> None:
     raw = openai_client.chat.completions.with_raw_response.create(
-        model="moesaic", messages=QUESTION, max_tokens=16, temperature=0
+        model="moesaic",
+        messages=QUESTION,
+        max_tokens=16,
+        temperature=0,
+        extra_body={"moesaic": {"shortcut": False}},  # agreeing experts would skip the aggregator
     )
     completion = raw.parse()
     assert completion.object == "chat.completion" and completion.model == "moesaic"
@@ -44,6 +48,7 @@ def test_streaming_completion_with_usage_chunk(openai_client: openai.OpenAI) -> 
         temperature=0,
         stream=True,
         stream_options={"include_usage": True},
+        extra_body={"moesaic": {"shortcut": False}},
     )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"

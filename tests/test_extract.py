@@ -52,3 +52,36 @@ def test_exact_and_grading() -> None:
     assert is_correct("choice", "C", "c")
     assert not is_correct("choice", None, "C")
     assert strip_reasoning("<THINK>x</THINK>y") == "y"
+
+
+def test_free_text_and_pluggable_extractors() -> None:
+    from aggregator.extract import EXTRACTORS, extract_text, register_extractor
+
+    assert extract_text("<think>hmm</think> Blue whales.") == extract_text("blue whales") == "blue whales"
+    assert extract_text("<think>only thinking</think>") is None
+    register_extractor("yesno", lambda text: "yes" if "yes" in text.lower() else "no")
+    try:
+        assert EXTRACTORS["yesno"]("Yes, it is.") == "yes"
+        assert is_correct("yesno", "yes", "yes")  # type: ignore[arg-type]
+    finally:
+        del EXTRACTORS["yesno"]
+    with pytest.raises(ValueError, match="simple name"):
+        register_extractor("not a name", extract_text)
+
+
+@pytest.mark.parametrize(
+    ("question", "answers", "kind"),
+    [
+        ("Which is a mammal?\n(A) shark\n(B) whale", ["b", "c"], "choice"),
+        ("Which is a mammal?\nA. shark\nB. whale\nC. trout", ["x", "y"], "choice"),
+        ("How many legs do 3 cats have?", ["So \\boxed{12}", "The answer is 12."], "number"),
+        ("How many legs do 3 cats have?", ["So \\boxed{12}", "Twelve, I think"], "text"),
+        ("Capital of France?", ["Answer: Paris", "Final answer: paris"], "exact"),
+        ("Write a haiku about rain.", ["Rain on the roof...", "Grey sky weeps"], "text"),
+        ("A. Lincoln was president when?", ["1861", "1861"], "text"),  # one 'A.' is not a list of options
+    ],
+)
+def test_answer_kind_is_inferred(question: str, answers: list[str], kind: str) -> None:
+    from aggregator.extract import infer_answer_kind
+
+    assert infer_answer_kind(question, answers) == kind

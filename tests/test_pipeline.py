@@ -24,7 +24,7 @@ async def test_every_expert_runs_in_its_own_ready_actor(embedded_pool: ExpertPoo
 
 async def test_two_experts_answer_and_the_aggregator_synthesises(orchestrator: Orchestrator) -> None:
     request = PipelineRequest(
-        GenerationRequest([Message("user", "What is 12 * 7?")], max_tokens=24, temperature=0.0), k=2
+        GenerationRequest([Message("user", "What is 12 * 7?")], max_tokens=24, temperature=0.0), k=2, consensus=None
     )
     result = await orchestrator.run(request)
     assert result.decision.experts[0] == "math" and len(result.decision.experts) == 2
@@ -56,6 +56,7 @@ async def test_streaming_sends_decision_then_the_aggregators_text(orchestrator: 
             PipelineRequest(
                 GenerationRequest([Message("user", "Explain what a prime number is.")], max_tokens=16, temperature=0.0),
                 k=2,
+                consensus=None,  # the two experts may agree word for word: make the aggregator write
             )
         )
     ]

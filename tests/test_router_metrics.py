@@ -1,11 +1,11 @@
-"""RouteLLM metrics and the weighted vote, against hand-computed cases."""
+"""RouteLLM metrics against hand-computed cases."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from router.metrics import apgr, cpt, quality_curve, weighted_vote
+from router.metrics import apgr, cpt, quality_curve
 
 WEAK = np.array([1, 0, 1, 0])
 STRONG = np.array([1, 1, 0, 1])
@@ -29,11 +29,3 @@ def test_apgr_and_cpt_by_hand() -> None:
 
 def test_ties_in_scores_keep_question_order() -> None:
     assert quality_curve(np.zeros(4), WEAK, STRONG).tolist() == [0.5, 0.5, 0.75, 0.5, 0.75]
-
-
-def test_weighted_vote() -> None:
-    assert weighted_vote(["A", "B", "B"], [3.0, 1.0, 1.0]) == "A"
-    assert weighted_vote(["A", "B", "B"], [1.5, 1.0, 1.0]) == "B"
-    assert weighted_vote(["C", "D"], [1.0, 1.0]) == "C"  # tie: the earlier (better-ranked) voter
-    assert weighted_vote([None, "D"], [5.0, 0.1]) == "D"
-    assert weighted_vote([None, None], [1.0, 1.0]) is None

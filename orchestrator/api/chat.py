@@ -92,6 +92,9 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
         k=options.k if options else None,
         experts=options.experts if options else None,
         policy=policy_of(body.model, orchestrator),
+        strategy=options.strategy if options else None,
+        consensus=options.consensus_share() if options else "pool",
+        aggregator_max_tokens=options.aggregator_max_tokens if options else None,
     )
 
 
@@ -138,15 +141,24 @@ async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> 
 
 
 def pipeline_metadata(result: PipelineResult) -> dict[str, Any]:
-    """The ``moesaic`` field: routing, strategy, every call, timings and total cost."""
+    """The ``moesaic`` field: routing, how the answer was reached, every call, timings and total cost."""
+    verdict = result.verdict
     return {
         "decision": result.decision.model_dump(),
-        "strategy": result.strategy,
+        "strategy": verdict.strategy,
+        "shortcut": verdict.shortcut,
+        "aggregation": {
+            "answer": verdict.answer,
+            "answer_kind": verdict.answer_kind,
+            "votes": verdict.votes,
+            "agreement": verdict.agreement,
+            "chosen_expert": verdict.expert,
+        },
         "answers": [asdict(answer) for answer in result.answers],
         "calls": [asdict(call) for call in result.calls],
         "cost": result.usage.cost,
         "timings_ms": result.timings_ms,
-        "note": result.note,
+        "note": verdict.note,
     }
 
 

@@ -49,6 +49,22 @@ class MoesaicOptions(BaseModel):
     experts: Annotated[list[str], Field(min_length=1, max_length=16)] | None = Field(
         None, description="answer with exactly these experts, skipping routing"
     )
+    strategy: Literal["passthrough", "vote", "synthesize", "rank"] | None = Field(
+        None, description="how the answers become one (default: the pool's aggregation.strategy)"
+    )
+    consensus: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="share of agreeing answers that skips the aggregator (default: the pool's)"
+    )
+    shortcut: bool = Field(True, description="false: never take the consensus short-cut for this request")
+    aggregator_max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = Field(
+        None, description="the aggregator's own token budget (default: the pool's aggregation.max_tokens)"
+    )
+
+    def consensus_share(self) -> float | None | Literal["pool"]:
+        """What the pipeline's ``consensus`` gets: a share, None (never), or "pool" (the pool's setting)."""
+        if not self.shortcut:
+            return None
+        return "pool" if self.consensus is None else self.consensus
 
 
 class ChatCompletionRequest(BaseModel):
