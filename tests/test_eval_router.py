@@ -51,6 +51,18 @@ def test_mmlu_pro_slice_is_deterministic_and_complete(tmp_path: Path) -> None:
     assert first["random_accuracy"] <= first["oracle_accuracy"]
 
 
+def test_vote_strategies_same_experts(tmp_path: Path) -> None:
+    path = shared_slice(tmp_path, "mmlu_pro_dev.parquet", 600)
+    args = ("eval-router", "--outcomes", str(path), "--pool", "open-small", "-k", "5", "--max-experts", "5")
+    weighted, majority = run_json(*args), run_json(*args, "--vote", "majority")
+    assert weighted["vote"] == "weighted" and majority["vote"] == "majority"
+    assert weighted["accuracy"] == weighted["weighted_vote_accuracy"] == majority["weighted_vote_accuracy"]
+    assert majority["accuracy"] == majority["majority_vote_accuracy"] == weighted["majority_vote_accuracy"]
+    assert weighted["mean_experts"] == majority["mean_experts"] == 5.0  # the same experts, counted two ways
+    refused = CliRunner().invoke(app, [*args, "--vote", "loudest"])
+    assert refused.exit_code == 2 and "--vote 'loudest'" in refused.output
+
+
 def test_budget_caps_expected_cost(tmp_path: Path) -> None:
     path = shared_slice(tmp_path, "mmlu_pro_dev.parquet", 600)
     report = run_json("eval-router", "--outcomes", str(path), "--pool", "mixed", "--policy", "cost", "--budget", "0.5")
