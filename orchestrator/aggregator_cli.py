@@ -7,19 +7,11 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from aggregator.choice import AggregatorChoice, SyntheticCase
 from experts.spec import PoolSpec
-
-console = Console()
-errors = Console(stderr=True)
-
-
-def _fail(message: str) -> None:
-    errors.print(f"[red]error:[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(2)
+from orchestrator.router_cli import _fail, console
 
 
 def bench_aggregators(
