@@ -14,8 +14,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-# "moe" joins with the MoE kernel path; "echo" exists only for overhead benchmarks and fault injection.
-BackendName = Literal["litellm", "local", "echo"]
+# "moe": a local Mixture-of-Experts checkpoint on our MoE kernel path (experts/moe/);
+# "echo" exists only for overhead benchmarks and fault injection.
+BackendName = Literal["litellm", "local", "moe", "echo"]
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from experts.moe.options import RoutingOptions
+
 Role = Literal["system", "user", "assistant"]
 FinishReason = Literal["stop", "length", "error"]
 
@@ -37,6 +39,7 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     request_id: str = ""
+    moe_routing: RoutingOptions | None = None  # steers MoE experts (``moe`` backend); others ignore it
 
 
 @dataclass(frozen=True)

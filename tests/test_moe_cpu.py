@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from moe_models import FAMILIES, tiny_config, tiny_model
 
 from experts.moe.block import MoEBlock, install, moe_blocks, set_routing
 from experts.moe.reference import experts_grouped, experts_reference
 from experts.moe.routing import RoutingOptions, route
 from experts.moe.spec import UnsupportedMoEConfig, moe_spec
+from tests.moe_models import FAMILIES, tiny_config, tiny_model
 
 
 def test_spec_reads_each_familys_names() -> None:

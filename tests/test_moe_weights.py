@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from moe_models import FAMILIES, tiny_config, tiny_model
 from safetensors.torch import load_file, save_file
 
 from experts.moe.block import moe_blocks
 from experts.moe.loader import load_moe_model
 from experts.moe.spec import moe_spec
 from experts.moe.weights import CheckpointError, expert_weights
+from tests.moe_models import FAMILIES, tiny_config, tiny_model
 
 
 def _same_outputs(ours: torch.nn.Module, theirs: torch.nn.Module) -> None:

@@ -12,6 +12,10 @@ def create_backend(spec: ExpertSpec) -> Backend:
         from experts.backends.local import LocalBackend
 
         return LocalBackend(spec)
+    if spec.backend == "moe":
+        from experts.backends.moe import MoEBackend
+
+        return MoEBackend(spec)
     if spec.backend == "litellm":
         from experts.backends.litellm_backend import LiteLLMBackend
 

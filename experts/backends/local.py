@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from typing import Any
+from typing import Any, Callable
 
 from experts.backends.base import BackendError, DeltaSink
 from experts.spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, TextDelta, Usage
+
+TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
 
 
 class LocalBackend:
@@ -33,10 +35,8 @@ class LocalBackend:
     def _load_blocking(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk only
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from experts.embedded import prepare_model, resolve_model
         from experts.engine import BatchDecoder
 
         hf_logging.disable_progress_bar()  # one bar per actor per load only clutters the server log
@@ -49,14 +49,23 @@ class LocalBackend:
         dtype = getattr(torch, str(dtype_name), None)
         if not isinstance(dtype, torch.dtype):
             raise BackendError(f"expert {self.spec.name!r}: options.dtype {dtype_name!r} is not a torch dtype")
-        directory = prepare_model(resolve_model(self.spec.model))
-        tokenizer = AutoTokenizer.from_pretrained(directory)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
+        model, tokenizer, directory = self._load_model(device, dtype)
         model.eval()
         if tokenizer.chat_template is None:
             raise BackendError(f"{directory}: the tokenizer has no chat template; local experts need a chat model")
         self._decoder = BatchDecoder(model, tokenizer, device)
         self._device, self._dtype = device.type, str(dtype_name)
+
+    def _load_model(self, device: Any, dtype: Any) -> tuple[Any, Any, Any]:
+        """(model on ``device``, tokenizer, directory) for the pool entry's ``model``."""
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from experts.embedded import prepare_model, resolve_model
+
+        directory = prepare_model(resolve_model(self.spec.model))
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype).to(device)
+        return model, tokenizer, directory
 
     def describe(self) -> dict[str, object]:
         return {"backend": "local", "model": self.spec.model, "device": self._device, "dtype": self._dtype}
@@ -73,7 +82,7 @@ class LocalBackend:
 
         return await asyncio.to_thread(self._generate_blocking, batch, sink)
 
-    def _generate_blocking(self, batch: list[GenerationRequest], sink: Any) -> list[Completion]:
+    def _generate_blocking(self, batch: list[GenerationRequest], sink: TextSinkFn | None) -> list[Completion]:
         from experts.engine import SamplingParams
 
         decoder = self._decoder

@@ -41,7 +41,8 @@ class MoEBlock(nn.Module):
         self.register_buffer("correction_bias", correction_bias, persistent=False)  # follows .to(device)
         self.shared = shared
         self.shared_gate = shared_gate
-        self.engine = engine  # "grouped" (fast CPU/GPU path) or "reference" (fp32 loop)
+        _engine(engine)  # fail at build time, not on the first token
+        self.engine = engine  # "grouped" (torch grouped GEMMs), "triton" (our kernels, CUDA) or "reference" (fp32)
         self.options: RoutingOptions = NO_OPTIONS  # set per request by the backend
 
     @classmethod
@@ -68,14 +69,26 @@ class MoEBlock(nn.Module):
         else:
             logits = F.linear(x, self.router)
         weights, ids = route(logits, self.spec, self.correction_bias, self.options)
-        run = experts_grouped if self.engine == "grouped" else experts_reference
-        out = run(x, self.w13, self.w2, weights, ids, self.spec.activation)
+        out = _engine(self.engine)(x, self.w13, self.w2, weights, ids, self.spec.activation)
         if self.shared is not None:
             shared = self.shared(x)
             if self.shared_gate is not None:
                 shared = torch.sigmoid(self.shared_gate(x)) * shared
             out = out + shared
         return out.reshape(shape)
+
+
+def _engine(name: str):  # noqa: ANN202 - one of the experts_* functions
+    """The expert computation an engine name stands for (Triton is imported only when asked for)."""
+    if name == "grouped":
+        return experts_grouped
+    if name == "reference":
+        return experts_reference
+    if name == "triton":
+        from experts.moe.fused import experts_triton
+
+        return experts_triton
+    raise ValueError(f"MoE engine {name!r} is not one of grouped, reference, triton")
 
 
 def moe_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:

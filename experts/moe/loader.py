@@ -68,9 +68,8 @@ def load_moe_model(
                 raise CheckpointError(f"{root}: tensor {place.source} has no place in the {spec.family} model")
             view = target[place.index]
             if view.shape != place.tensor.shape:
-                raise CheckpointError(
-                    f"{root}: {place.source} has shape {tuple(place.tensor.shape)}, the model expects {tuple(view.shape)}"
-                )
+                shapes = f"{tuple(place.tensor.shape)}, the model expects {tuple(view.shape)}"
+                raise CheckpointError(f"{root}: {place.source} has shape {shapes}")
             view.copy_(place.tensor)
             filled.add(place.target)
     _check_filled(model, tensors, filled, root)
@@ -89,7 +88,7 @@ def _block_prefixes(model: nn.Module) -> dict[int, str]:
 
 
 def _ignorable(target: str, num_layers: int) -> bool:
-    """Tensors a checkpoint may carry that inference does not use: extra (multi-token prediction) layers, rotary caches."""
+    """Tensors inference does not use: extra (multi-token prediction) layers, rope caches."""
     layer = _LAYER.search(target)
     return (layer is not None and int(layer.group(1)) >= num_layers) or target.endswith("rotary_emb.inv_freq")
 

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 PIPELINE_MODEL = "moesaic"
 EXPERT_PREFIX = "expert/"
+# expert failures that are the caller's mistake (400, naming the field), not the expert's (502)
+CLIENT_ERROR_PARAMS = {"context_length_exceeded": "messages", "invalid_moe_routing": "moesaic.moe_routing"}
 
 router = APIRouter()
 
@@ -107,6 +109,7 @@ def _generation(body: ChatCompletionRequest) -> GenerationRequest:
         top_p=body.top_p,
         stop=body.stop_list,
         seed=body.seed,
+        moe_routing=body.moesaic.moe_routing.to_options() if body.moesaic and body.moesaic.moe_routing else None,
     )
 
 
@@ -170,8 +173,9 @@ def _pipeline_error(error: Exception) -> APIError:
     if isinstance(error, NoExpertAvailable):
         return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
     if isinstance(error, AllExpertsFailed):
-        if error.codes and all(code == "context_length_exceeded" for code in error.codes):
-            return APIError(400, str(error), param="messages", code="context_length_exceeded")
+        codes = set(error.codes or ())
+        if len(codes) == 1 and (code := codes.pop()) in CLIENT_ERROR_PARAMS:
+            return APIError(400, str(error), param=CLIENT_ERROR_PARAMS[code], code=code)
         return APIError(502, str(error), "upstream_error", code="experts_failed")
     log.exception("pipeline failed", exc_info=error)
     return APIError(500, f"internal error: {type(error).__name__}: {error}", "internal_error")
@@ -243,8 +247,8 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
 def _direct_error(error: Exception) -> APIError:
     if isinstance(error, ExpertUnavailable):
         return APIError(503, str(error), "service_unavailable", code="expert_unhealthy")
-    if isinstance(error, ExpertCallFailed) and error.code == "context_length_exceeded":
-        return APIError(400, str(error), param="messages", code="context_length_exceeded")
+    if isinstance(error, ExpertCallFailed) and error.code in CLIENT_ERROR_PARAMS:
+        return APIError(400, str(error), param=CLIENT_ERROR_PARAMS[error.code], code=error.code)
     return APIError(502, str(error), "upstream_error", code="expert_failed")
 
 

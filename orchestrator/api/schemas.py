@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from experts.moe.options import RoutingOptions
 from experts.types import Message
 
 
@@ -40,6 +41,51 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+ExpertIndex = Annotated[int, Field(ge=0, le=4095)]
+
+
+class MoERoutingIn(BaseModel):
+    """Steering for experts served by the ``moe`` backend: how their MoE layers pick experts.
+
+    Ranges against a particular model (how many experts it has) are checked by the expert;
+    a request that does not fit gets a 400 naming the problem.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_p: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
+        None, description="keep each token's best experts until their probability reaches top_p"
+    )
+    min_weight: Annotated[float, Field(ge=0.0, le=1.0)] | None = Field(
+        None, description="null experts: drop routing slots whose weight is below this floor"
+    )
+    disabled: Annotated[list[ExpertIndex], Field(max_length=4096)] = Field(
+        default_factory=list, description="expert indices never chosen"
+    )
+    forced: Annotated[list[ExpertIndex], Field(max_length=64)] = Field(
+        default_factory=list, description="expert indices always chosen"
+    )
+    max_experts: Annotated[int, Field(ge=1, le=64)] | None = Field(
+        None, description="routing slots per token (default: the model's top-k)"
+    )
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> MoERoutingIn:
+        both = sorted(set(self.disabled) & set(self.forced))
+        if both:
+            raise ValueError(f"experts {both} are both disabled and forced")
+        return self
+
+    def to_options(self) -> RoutingOptions:
+        return RoutingOptions(
+            top_p=self.top_p,
+            min_weight=self.min_weight,
+            disabled=tuple(sorted(set(self.disabled))),
+            forced=tuple(dict.fromkeys(self.forced)),
+            max_experts=self.max_experts,
+        )
+
+
 class MoesaicOptions(BaseModel):
     """Per-request control of the pipeline (``extra_body={"moesaic": {...}}`` in the openai client)."""
 
@@ -59,6 +105,7 @@ class MoesaicOptions(BaseModel):
     aggregator_max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = Field(
         None, description="the aggregator's own token budget (default: the pool's aggregation.max_tokens)"
     )
+    moe_routing: MoERoutingIn | None = Field(None, description="steer experts on the moe backend (others ignore it)")
 
     def consensus_share(self) -> float | None | Literal["pool"]:
         """What the pipeline's ``consensus`` gets: a share, None (never), or "pool" (the pool's setting)."""
