@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from experts.moe import cpu_packed
 from experts.moe.block import MoEBlock, install, moe_blocks, set_routing
 from experts.moe.reference import experts_grouped, experts_reference
 from experts.moe.routing import RoutingOptions, route
@@ -143,3 +144,40 @@ def test_edge_shapes_of_the_grouped_path() -> None:
         hidden.bfloat16(), w13.bfloat16(), w2.bfloat16(), torch.rand(5, 2), torch.randint(0, 6, (5, 2))
     )
     assert bf16.dtype == torch.bfloat16
+
+
+@pytest.mark.skipif(cpu_packed.available(torch.bfloat16) is not None, reason="no oneDNN bf16 packing in this torch")
+def test_packed_cpu_engine_matches_the_reference_in_bf16() -> None:
+    torch.manual_seed(2)
+    hidden = torch.randn(7, 32).bfloat16()
+    w13, w2 = (torch.randn(6, 32, 32) * 0.1).bfloat16(), (torch.randn(6, 32, 16) * 0.1).bfloat16()
+    packed = cpu_packed.PackedExperts.pack(w13, w2)
+    cases = {
+        "an expert with no tokens, k = 1": torch.tensor([[0], [0], [2], [2], [5], [0], [2]]),
+        "all tokens on one expert": torch.full((7, 2), 3),
+        "dropped slots point at the sentinel": torch.tensor([[1, 6]] * 3 + [[4, 2]] * 4),
+        "spread": torch.stack([torch.randperm(6)[:3] for _ in range(7)]),
+    }
+    for name, ids in cases.items():
+        weights = torch.rand(ids.shape).masked_fill(ids == 6, 0.0)
+        ours = cpu_packed.experts_packed(hidden, packed, weights, ids)
+        expected = experts_reference(hidden, w13, w2, weights, ids)
+        assert ours.dtype == torch.bfloat16
+        torch.testing.assert_close(ours.float(), expected.float(), atol=2e-2, rtol=2e-2, msg=name)
+
+
+@pytest.mark.skipif(cpu_packed.available(torch.bfloat16) is not None, reason="no oneDNN bf16 packing in this torch")
+def test_packed_engine_runs_a_whole_bf16_model_like_the_grouped_engine() -> None:
+    model = tiny_model("qwen3_moe").to(torch.bfloat16)
+    prompt = torch.randint(2, 128, (2, 7))
+    blocks = install(model, engine="grouped")
+    with torch.no_grad():
+        grouped = model(prompt).logits.float()
+        for block in blocks:
+            block.engine = "packed"
+        packed = model(prompt).logits.float()
+    torch.testing.assert_close(packed, grouped, atol=3e-2, rtol=3e-2)
+    with pytest.raises(ValueError, match="runs bf16 weights only"):
+        MoEBlock(
+            blocks[0].spec, blocks[0].router, torch.nn.Parameter(blocks[0].w13.float()), blocks[0].w2, engine="packed"
+        )

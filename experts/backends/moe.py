@@ -5,8 +5,9 @@ streaming, stop strings and context checks. The model is built by ``experts.moe.
 (our safetensors loader, our ``MoEBlock``\\ s) and its expert computation runs on the
 engine the pool file names in ``options.engine``:
 
-- ``auto`` (default): the Triton kernels on a CUDA device, the grouped-GEMM path on CPU;
-- ``triton`` / ``grouped`` / ``reference`` (fp32 per-expert loop, for checking).
+- ``auto`` (default): the Triton kernels on a CUDA device; on CPU the oneDNN-packed path for
+  bf16 weights, the grouped-GEMM path otherwise;
+- ``triton`` / ``packed`` / ``grouped`` / ``reference`` (fp32 per-expert loop, for checking).
 
 Requests may steer the model's routing (``moe_routing``: top-p, weight floor, experts
 switched off or forced on). The routing controls apply to a whole forward pass, so a batch
@@ -23,7 +24,7 @@ from experts.moe.options import NO_OPTIONS, RoutingOptions
 from experts.spec import ExpertSpec
 from experts.types import Completion, GenerationRequest
 
-ENGINES = ("auto", "triton", "grouped", "reference")
+ENGINES = ("auto", "triton", "packed", "grouped", "reference")
 
 
 class MoEBackend(LocalBackend):
@@ -52,7 +53,7 @@ class MoEBackend(LocalBackend):
                 f"expert {self.spec.name!r}: moe model {self.spec.model!r} is not a directory; give a local Hugging "
                 "Face checkpoint (config.json, tokenizer, *.safetensors); nothing is downloaded at run time"
             )
-        engine = self._resolve_engine(device)
+        engine = self._resolve_engine(device, dtype)
         try:
             loaded = load_moe_model(directory, dtype=dtype, device=device, engine=engine)
         except (CheckpointError, UnsupportedMoEConfig) as error:
@@ -60,9 +61,15 @@ class MoEBackend(LocalBackend):
         self._blocks, self._engine, self._load_seconds = loaded.blocks, engine, loaded.seconds
         return loaded.model, AutoTokenizer.from_pretrained(directory), directory
 
-    def _resolve_engine(self, device: Any) -> str:
+    def _resolve_engine(self, device: Any, dtype: Any) -> str:
+        from experts.moe import cpu_packed
+
         if self._engine == "auto":
-            return "triton" if device.type == "cuda" and _triton_available() else "grouped"
+            if device.type == "cuda":
+                return "triton" if _triton_available() else "grouped"
+            return "packed" if cpu_packed.available(dtype) is None else "grouped"
+        if self._engine == "packed" and (reason := cpu_packed.available(dtype)) is not None:
+            raise BackendError(f"expert {self.spec.name!r}: {reason}")
         if self._engine == "triton" and (device.type != "cuda" or not _triton_available()):
             raise BackendError(
                 f"expert {self.spec.name!r}: options.engine triton needs a CUDA device and the triton package "

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from experts.moe import cpu_packed
 from experts.moe.reference import experts_grouped, experts_reference
 from experts.moe.routing import NO_OPTIONS, RoutingOptions, route
 from experts.moe.spec import MoESpec, moe_spec
@@ -41,8 +42,16 @@ class MoEBlock(nn.Module):
         self.register_buffer("correction_bias", correction_bias, persistent=False)  # follows .to(device)
         self.shared = shared
         self.shared_gate = shared_gate
-        _engine(engine)  # fail at build time, not on the first token
-        self.engine = engine  # "grouped" (torch grouped GEMMs), "triton" (our kernels, CUDA) or "reference" (fp32)
+        if engine == "packed":
+            reason = cpu_packed.available(w13.dtype)
+            if reason is not None:
+                raise ValueError(reason)
+        else:
+            _engine(engine)  # fail at build time, not on the first token
+        # "packed" (oneDNN-packed CPU GEMMs), "grouped" (torch grouped GEMMs), "triton" (our kernels, CUDA),
+        # "reference" (fp32 loop)
+        self.engine = engine
+        self._packed: cpu_packed.PackedExperts | None = None  # packed at the first forward, after weights load
         self.options: RoutingOptions = NO_OPTIONS  # set per request by the backend
 
     @classmethod
@@ -61,6 +70,10 @@ class MoEBlock(nn.Module):
             engine=engine,
         )
 
+    def invalidate_packed(self) -> None:
+        """Drop the packed copy of the weights (the ``packed`` engine re-packs at the next forward)."""
+        self._packed = None
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
@@ -69,7 +82,12 @@ class MoEBlock(nn.Module):
         else:
             logits = F.linear(x, self.router)
         weights, ids = route(logits, self.spec, self.correction_bias, self.options)
-        out = _engine(self.engine)(x, self.w13, self.w2, weights, ids, self.spec.activation)
+        if self.engine == "packed":
+            if self._packed is None:
+                self._packed = cpu_packed.PackedExperts.pack(self.w13, self.w2)
+            out = cpu_packed.experts_packed(x, self._packed, weights, ids, self.spec.activation)
+        else:
+            out = _engine(self.engine)(x, self.w13, self.w2, weights, ids, self.spec.activation)
         if self.shared is not None:
             shared = self.shared(x)
             if self.shared_gate is not None:
@@ -88,7 +106,7 @@ def _engine(name: str):  # noqa: ANN202 - one of the experts_* functions
         from experts.moe.fused import experts_triton
 
         return experts_triton
-    raise ValueError(f"MoE engine {name!r} is not one of grouped, reference, triton")
+    raise ValueError(f"MoE engine {name!r} is not one of packed, grouped, reference, triton")
 
 
 def moe_blocks(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
