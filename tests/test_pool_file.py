@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from experts.spec import PoolFileError, load_pool
+from experts.spec import POOLS_DIR, PoolFileError, load_pool
 from orchestrator.cli import app
 
 GOOD_EXPERT = "  - {name: a, backend: local, model: embedded:smollm2-135m-instruct, skills: [math]}\n"
@@ -105,3 +105,9 @@ def test_cli_lists_experts_of_the_default_pool() -> None:
     assert result.exit_code == 0, result.output
     for name in ("math", "coder", "writer", "generalist", "conductor", "aggregator"):
         assert name in result.output
+
+
+@pytest.mark.parametrize("example", sorted((POOLS_DIR / "examples").glob("*.yaml")), ids=lambda path: path.name)
+def test_example_pools_are_valid(example: Path) -> None:
+    pool = load_pool(example)
+    assert pool.experts and all(expert.name for expert in pool.experts)
