@@ -5,55 +5,22 @@ max_tokens, temperature, top_p, seed and stop strings, finished rows leave the b
 its KV cache) at once, and every row can stream its text as it is produced. Prompts are
 left-padded so all rows decode in lock-step; explicit position ids keep padding from
 shifting positions.
+
+This is the *static* engine: a batch runs from start to end and nobody joins it. The
+``local`` backend uses ``experts.continuous.ContinuousEngine`` by default; the ``moe``
+backend, and ``local`` with ``options.engine: static``, use this one. What both engines do
+per request (sampling, stop strings, streaming hold-back) is in ``experts.decoding``.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
-from experts.types import FinishReason
+from experts.decoding import EngineOutput, RowDecoder, RowState, SamplingParams, TextSink
 
-
-@dataclass
-class SamplingParams:
-    """Per-request decoding settings (already merged with the expert's defaults)."""
-
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    stop: list[str] = field(default_factory=list)
-    seed: int | None = None
-
-
-@dataclass
-class EngineOutput:
-    """What one row of a batch produced."""
-
-    text: str
-    token_ids: list[int]
-    finish_reason: FinishReason
-    prompt_tokens: int
-
-
-@dataclass
-class _Row:
-    """Decoding state of one request while it is in the batch."""
-
-    index: int
-    params: SamplingParams
-    prompt_tokens: int
-    generator: torch.Generator
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    finish_reason: FinishReason | None = None
-
-
-TextSink = Callable[[int, str], None]
+__all__ = ["BatchDecoder", "EngineOutput", "SamplingParams", "TextSink"]
 
 
 class BatchDecoder:
@@ -63,13 +30,9 @@ class BatchDecoder:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        eos = model.generation_config.eos_token_id
-        eos_ids = eos if isinstance(eos, list) else [eos]
-        if tokenizer.eos_token_id is not None:
-            eos_ids.append(tokenizer.eos_token_id)
-        self.eos_ids = {int(token) for token in eos_ids if token is not None}
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
-        self.pad_id = int(pad)
+        self.rows = RowDecoder(model, tokenizer)
+        self.eos_ids = self.rows.eos_ids
+        self.pad_id = self.rows.pad_id
 
     @property
     def context_window(self) -> int:
@@ -80,7 +43,7 @@ class BatchDecoder:
         self, prompts: list[list[int]], params: list[SamplingParams], on_text: TextSink | None = None
     ) -> list[EngineOutput]:
         """Decode every prompt; ``on_text(index, new_text)`` receives streamed text."""
-        rows = [_Row(index, p, len(ids), _generator_for(p.seed)) for index, (ids, p) in enumerate(zip(prompts, params))]
+        rows = [RowState.start(index, p, len(ids)) for index, (ids, p) in enumerate(zip(prompts, params))]
         input_ids, attention_mask = self._left_pad(prompts)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
@@ -88,9 +51,12 @@ class BatchDecoder:
         active = list(rows)
         last_positions = positions[:, -1:]
         while True:
-            next_tokens = self._sample(out.logits[:, -1, :], active)
-            for row, token in zip(active, next_tokens.tolist()):
-                self._advance(row, token, on_text)
+            chosen = self.rows.sample(out.logits[:, -1, :], active)
+            for row, token in zip(active, chosen):
+                piece = self.rows.advance(row, token, streaming=on_text is not None)
+                if piece and on_text is not None:
+                    on_text(row.index, piece)
+            next_tokens = torch.tensor(chosen, dtype=torch.long, device=self.device)
             keep = [i for i, row in enumerate(active) if row.finish_reason is None]
             if not keep:
                 break
@@ -111,7 +77,7 @@ class BatchDecoder:
                 use_cache=True,
             )
             cache = out.past_key_values
-        return [EngineOutput(row.text, row.tokens, row.finish_reason or "stop", row.prompt_tokens) for row in rows]
+        return [row.output(batch_size=len(rows)) for row in rows]
 
     def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
         width = max(len(ids) for ids in prompts)
@@ -121,62 +87,3 @@ class BatchDecoder:
             input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
             attention_mask[row, width - len(ids) :] = 1
         return input_ids.to(self.device), attention_mask.to(self.device)
-
-    def _sample(self, logits: torch.Tensor, rows: list[_Row]) -> torch.Tensor:
-        logits = logits.float()
-        chosen = logits.argmax(dim=-1)
-        for i, row in enumerate(rows):
-            if row.params.temperature <= 0.0:
-                continue
-            probs = torch.softmax(logits[i] / row.params.temperature, dim=-1)
-            if row.params.top_p < 1.0:
-                sorted_probs, order = probs.sort(descending=True)
-                outside = sorted_probs.cumsum(0) - sorted_probs > row.params.top_p
-                sorted_probs[outside] = 0.0
-                probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-            chosen[i] = torch.multinomial(probs.cpu(), 1, generator=row.generator).item()
-        return chosen
-
-    def _advance(self, row: _Row, token: int, on_text: TextSink | None) -> None:
-        if token in self.eos_ids:
-            row.finish_reason = "stop"
-        else:
-            row.tokens.append(token)
-            row.text = self.tokenizer.decode(row.tokens, skip_special_tokens=True)
-            cut = _first_stop(row.text, row.params.stop)
-            if cut is not None:
-                row.text = row.text[:cut]
-                row.finish_reason = "stop"
-            elif len(row.tokens) >= row.params.max_tokens:
-                row.finish_reason = "length"
-        if on_text is None:
-            return
-        # Hold back what may still change: a half-decoded character, or the start of a stop string.
-        safe = len(row.text) if row.finish_reason else _safe_prefix(row.text, row.params.stop)
-        if safe > row.emitted:
-            on_text(row.index, row.text[row.emitted : safe])
-            row.emitted = safe
-
-
-def _generator_for(seed: int | None) -> torch.Generator:
-    generator = torch.Generator()
-    generator.manual_seed(seed if seed is not None else random.getrandbits(63))
-    return generator
-
-
-def _first_stop(text: str, stops: list[str]) -> int | None:
-    positions = [text.find(stop) for stop in stops if stop]
-    found = [position for position in positions if position >= 0]
-    return min(found) if found else None
-
-
-def _safe_prefix(text: str, stops: list[str]) -> int:
-    end = len(text)
-    while end > 0 and text[end - 1] == "\ufffd":
-        end -= 1
-    for stop in stops:
-        for length in range(min(len(stop) - 1, end), 0, -1):
-            if text[:end].endswith(stop[:length]):
-                end -= length
-                break
-    return end

@@ -4,6 +4,18 @@ Generation is CPU/GPU-bound and blocking, so it runs in a worker thread; the act
 event loop stays free to queue the next batch. torch's thread count is set here, per
 actor, on purpose: on small CPUs several actors with many threads each are much slower
 than one thread each.
+
+Two engines (pool file ``options.engine``, ``local`` backend only):
+
+- ``continuous`` (default): one ``experts.continuous.ContinuousEngine`` per model, a decode
+  loop over ``options.max_slots`` slots (default: ``batching.max_batch_size``) of
+  ``options.max_len`` tokens (default: the model's context, at most 2048). Every batch the
+  actor hands over is submitted to the running loop and joins it between two decode steps,
+  so the actor lets several batches through at once (``joins_running_batch``). A
+  completion's ``batch_size`` is the most requests that shared a forward with it; its
+  ``latency_s`` runs from this call to its own last token.
+- ``static``: ``experts.engine.BatchDecoder``, one batch per call, run to its end in a
+  worker thread. The ``moe`` backend always uses it (its routing options apply per forward).
 """
 
 from __future__ import annotations
@@ -19,6 +31,8 @@ from experts.types import Completion, GenerationRequest, TextDelta, Usage
 
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
 
+ENGINES = ("continuous", "static")
+
 
 class LocalBackend:
     """Runs one local model with batched decoding (see ``experts.engine``)."""
@@ -28,9 +42,39 @@ class LocalBackend:
         self._decoder: Any = None
         self._device = "cpu"
         self._dtype = "float32"
+        self._continuous: Any = None  # ContinuousEngine while the model is resident (continuous engine)
+        # options.engine means the MoE kernels to the moe backend; only ``local`` reads it as the decode engine.
+        self._engine_kind = str(spec.options.get("engine", "continuous")) if spec.backend == "local" else "static"
+        if self._engine_kind not in ENGINES:
+            raise BackendError(f"expert {spec.name!r}: options.engine {self._engine_kind!r} is not one of {ENGINES}")
+        self.max_slots = _positive_option(spec, "max_slots", spec.batching.max_batch_size)
+
+    @property
+    def joins_running_batch(self) -> bool:
+        """True when batches join one running decode loop, so the actor should hand over several at once."""
+        return self._engine_kind == "continuous"
 
     async def load(self) -> None:
+        if self._decoder is not None:  # parked (or already resident): back onto its device, no disk read
+            await asyncio.to_thread(self._decoder.model.to, self._device)
+            await asyncio.to_thread(self._start_engine)
+            return
         await asyncio.to_thread(self._load_blocking)
+
+    async def park(self) -> bool:
+        """Weights to host RAM so a later ``load`` is fast; False on CPU, where parking would free nothing."""
+        if self._decoder is None or self._device != "cuda":
+            return False
+        await asyncio.to_thread(self._stop_engine)  # its KV cache is on the GPU too
+        await asyncio.to_thread(self._decoder.model.to, "cpu")
+        await asyncio.to_thread(_free_cuda_cache)
+        return True
+
+    async def unload(self) -> None:
+        """Drop the model; its memory returns to the system (and to the GPU's allocator)."""
+        await asyncio.to_thread(self._stop_engine)
+        self._decoder = None
+        await asyncio.to_thread(_free_cuda_cache)
 
     def _load_blocking(self) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk only
@@ -55,6 +99,35 @@ class LocalBackend:
             raise BackendError(f"{directory}: the tokenizer has no chat template; local experts need a chat model")
         self._decoder = BatchDecoder(model, tokenizer, device)
         self._device, self._dtype = device.type, str(dtype_name)
+        self._start_engine()
+
+    def _start_engine(self) -> None:
+        """Start the continuous engine on the loaded model (no-op for the static engine or if running)."""
+        if not self.joins_running_batch or self._continuous is not None:
+            return
+        from experts.continuous import ContinuousEngine
+
+        context = self._decoder.context_window
+        max_len = _positive_option(self.spec, "max_len", min(context, 2048))
+        try:
+            self._continuous = ContinuousEngine(
+                self._decoder.model,
+                self._decoder.tokenizer,
+                self._decoder.device,
+                max_slots=self.max_slots,
+                max_len=max_len,
+            )
+        except ValueError as error:
+            raise BackendError(f"expert {self.spec.name!r}: {error}") from None
+
+    def _stop_engine(self) -> None:
+        engine, self._continuous = self._continuous, None
+        if engine is not None:
+            engine.close()
+
+    def close(self) -> None:
+        """Stop the continuous engine's thread (requests still running fail); the model stays loaded."""
+        self._stop_engine()
 
     def _load_model(self, device: Any, dtype: Any) -> tuple[Any, Any, Any]:
         """(model on ``device``, tokenizer, directory) for the pool entry's ``model``."""
@@ -68,7 +141,11 @@ class LocalBackend:
         return model, tokenizer, directory
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "local", "model": self.spec.model, "device": self._device, "dtype": self._dtype}
+        facts: dict[str, object] = {"backend": "local", "model": self.spec.model, "device": self._device}
+        facts.update(dtype=self._dtype, engine=self._engine_kind)
+        if self.joins_running_batch:
+            facts["max_slots"] = self.max_slots
+        return facts
 
     async def generate(self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None) -> list[Completion]:
         if self._decoder is None:
@@ -80,36 +157,94 @@ class LocalBackend:
             def sink(index: int, text: str) -> None:
                 loop.call_soon_threadsafe(on_delta, TextDelta(index, text))
 
+        if self._continuous is not None:
+            return await self._generate_continuous(batch, sink)
         return await asyncio.to_thread(self._generate_blocking, batch, sink)
 
-    def _generate_blocking(self, batch: list[GenerationRequest], sink: TextSinkFn | None) -> list[Completion]:
-        from experts.engine import SamplingParams
+    async def _generate_continuous(self, batch: list[GenerationRequest], sink: TextSinkFn | None) -> list[Completion]:
+        """Submit every request to the running decode loop and wait for all of them."""
+        engine, started = self._continuous, time.perf_counter()
+        results: list[Completion | None] = [None] * len(batch)
+        submitted = await asyncio.to_thread(self._submit_all, engine, batch, sink, results)
+        queued_s = time.perf_counter() - started
+        try:
+            outputs = await asyncio.gather(*(asyncio.wrap_future(future) for _, future in submitted))
+        except asyncio.CancelledError:  # the caller went away: free the slots
+            for _, future in submitted:
+                engine.cancel(future)
+            raise
+        for (position, _), output in zip(submitted, outputs):
+            results[position] = self._completion(output, queued_s + output.seconds, output.batch_size)
+        return [result for result in results if result is not None]
 
+    def _submit_all(
+        self, engine: Any, batch: list[GenerationRequest], sink: TextSinkFn | None, results: list[Completion | None]
+    ) -> list[tuple[int, Any]]:
+        """Tokenise and submit; requests that cannot fit get a failed completion in ``results`` instead."""
+        submitted = []
+        try:
+            for position, request in enumerate(batch):
+                ids, params = self._tokenise(request), self._params(request)
+                failure = self._context_error(ids, params.max_tokens, engine.context_window)
+                if failure is not None:
+                    results[position] = failure
+                    continue
+                on_text = (lambda text, position=position: sink(position, text)) if sink else None
+                submitted.append((position, engine.submit(ids, params, on_text)))
+        except Exception:  # e.g. the model was unloaded meanwhile: do not leave the others running
+            for _, future in submitted:
+                engine.cancel(future)
+            raise
+        return submitted
+
+    def _params(self, request: GenerationRequest) -> Any:
+        from experts.decoding import SamplingParams
+
+        return SamplingParams(
+            max_tokens=request.max_tokens or self.spec.generation.max_tokens,
+            temperature=request.temperature if request.temperature is not None else 0.0,
+            top_p=request.top_p if request.top_p is not None else 1.0,
+            stop=list(request.stop),
+            seed=request.seed,
+        )
+
+    def _context_error(self, ids: list[int], budget: int, window: int) -> Completion | None:
+        if len(ids) + budget <= window:
+            return None
+        context = self._decoder.context_window
+        limit = f"{window} tokens" + (f" (options.max_len; the model allows {context})" if window < context else "")
+        return Completion.failed(
+            f"prompt of {len(ids)} tokens plus max_tokens {budget} exceeds the context window of {limit} of "
+            f"{self.spec.model}; shorten the conversation or max_tokens",
+            self.spec.model,
+            code="context_length_exceeded",
+        )
+
+    def _completion(self, output: Any, latency_s: float, batch_size: int) -> Completion:
+        prompt_tokens, completion_tokens = output.prompt_tokens, len(output.token_ids)
+        return Completion(
+            text=output.text,
+            finish_reason=output.finish_reason,
+            usage=Usage(prompt_tokens, completion_tokens, self.spec.cost_of(prompt_tokens, completion_tokens) or 0.0),
+            model=self.spec.model,
+            latency_s=latency_s,
+            batch_size=batch_size,
+        )
+
+    def _generate_blocking(self, batch: list[GenerationRequest], sink: TextSinkFn | None) -> list[Completion]:
+        """The static engine: the whole batch in one ``BatchDecoder.generate``."""
         decoder = self._decoder
         started = time.perf_counter()
         results: list[Completion | None] = [None] * len(batch)
         prompts, params, positions = [], [], []
         for position, request in enumerate(batch):
-            ids = self._tokenise(request)
-            budget = request.max_tokens or self.spec.generation.max_tokens
-            if len(ids) + budget > decoder.context_window:
-                results[position] = Completion.failed(
-                    f"prompt of {len(ids)} tokens plus max_tokens {budget} exceeds the context window of "
-                    f"{decoder.context_window} tokens of {self.spec.model}; shorten the conversation or max_tokens",
-                    self.spec.model,
-                    code="context_length_exceeded",
-                )
+            ids, request_params = self._tokenise(request), self._params(request)
+            failure = self._context_error(ids, request_params.max_tokens, decoder.context_window)
+            if failure is not None:
+                results[position] = failure
                 continue
             prompts.append(ids)
-            params.append(
-                SamplingParams(
-                    max_tokens=budget,
-                    temperature=request.temperature if request.temperature is not None else 0.0,
-                    top_p=request.top_p if request.top_p is not None else 1.0,
-                    stop=list(request.stop),
-                    seed=request.seed,
-                )
-            )
+            params.append(request_params)
             positions.append(position)
         if prompts:
             # The decoder numbers rows 0..n-1; map them back to positions in the caller's batch.
@@ -117,17 +252,7 @@ class LocalBackend:
             outputs = decoder.generate(prompts, params, row_sink)
             elapsed = time.perf_counter() - started
             for position, output in zip(positions, outputs):
-                prompt_tokens, completion_tokens = output.prompt_tokens, len(output.token_ids)
-                results[position] = Completion(
-                    text=output.text,
-                    finish_reason=output.finish_reason,
-                    usage=Usage(
-                        prompt_tokens, completion_tokens, self.spec.cost_of(prompt_tokens, completion_tokens) or 0.0
-                    ),
-                    model=self.spec.model,
-                    latency_s=elapsed,
-                    batch_size=len(prompts),
-                )
+                results[position] = self._completion(output, elapsed, len(prompts))
         return [result for result in results if result is not None]
 
     def _tokenise(self, request: GenerationRequest) -> list[int]:
@@ -135,3 +260,20 @@ class LocalBackend:
         messages = [{"role": message.role, "content": message.content} for message in request.messages]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _free_cuda_cache() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _positive_option(spec: ExpertSpec, name: str, default: int) -> int:
+    value = spec.options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise BackendError(f"expert {spec.name!r}: options.{name} must be a positive integer, not {value!r}")
+    return value
