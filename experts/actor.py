@@ -3,6 +3,10 @@
 ``ExpertActor`` is a plain class so it can be tested in-process; ``ExpertPool`` turns it
 into a Ray actor with the resources from the pool file. Every request for an expert goes
 through its actor's ``RequestBatcher``, so requests are batched by assigned expert.
+
+In a pool with a ``residency`` section the actor starts without loading its model (it only
+measures what the model will occupy); the dispatcher then calls ``load``, ``park`` and
+``unload`` (``experts/lifecycle.py``) as its queues say which experts are needed next.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any, AsyncIterator
 
 from experts.backends import create_backend
 from experts.batcher import RequestBatcher
+from experts.lifecycle import ModelLifecycle, weights_gb
 from experts.spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, Message, TextDelta
 
@@ -21,24 +26,34 @@ from experts.types import Completion, GenerationRequest, Message, TextDelta
 class ExpertActor:
     """Hosts one expert: loads its backend, fills in its defaults, batches its requests."""
 
-    def __init__(self, spec_data: dict[str, Any]) -> None:
+    def __init__(self, spec_data: dict[str, Any], load_at_start: bool = True) -> None:
         self.spec = ExpertSpec.model_validate(spec_data)
         self.backend = create_backend(self.spec)
+        self.lifecycle = ModelLifecycle(self.backend, self.spec)
+        self.load_at_start = load_at_start
+        self.memory_gb: float | None = None
+        concurrency = self.spec.concurrency
+        if getattr(self.backend, "joins_running_batch", False):
+            # batches join one running decode loop: let as many reach it at once as it has slots
+            concurrency = max(concurrency, int(getattr(self.backend, "max_slots", 1)))
         self.batcher = RequestBatcher(
-            self.backend.generate,
+            self._timed_generate,
             max_batch_size=self.spec.batching.max_batch_size,
             max_wait_s=self.spec.batching.max_wait_ms / 1000.0,
-            concurrency=self.spec.concurrency,
+            concurrency=concurrency,
         )
         self.state = "starting"
         self.error: str | None = None
         self.load_seconds: float | None = None
 
     async def start(self) -> dict[str, Any]:
-        """Load the model; report health (never raises, so the pool can report what failed)."""
+        """Load the model (or, residency-managed, measure it); report health (never raises)."""
         started = time.perf_counter()
         try:
-            await self.backend.load()
+            if self.load_at_start:
+                await self.lifecycle.load()
+            else:
+                self.memory_gb = await asyncio.to_thread(weights_gb, self.spec)
         except Exception as error:
             self.state, self.error = "failed", f"{type(error).__name__}: {error}"
         else:
@@ -58,8 +73,35 @@ class ExpertActor:
             "requests": stats.requests,
             "largest_batch": stats.largest_batch,
             "failed_batches": stats.failed_batches,
+            "memory_gb": self.memory_gb,
+            "node": _node_id(),
+            **self.lifecycle.facts(),
             **self.backend.describe(),
         }
+
+    async def load(self) -> dict[str, Any]:
+        """Bring the model into memory (residency-managed pools); returns the timing and the counters."""
+        return await self.lifecycle.load()
+
+    async def park(self) -> dict[str, Any]:
+        """Weights to host RAM on a GPU; on a CPU the same as ``unload``."""
+        return await self.lifecycle.park()
+
+    async def unload(self) -> dict[str, Any]:
+        return await self.lifecycle.unload()
+
+    async def generate_batch(self, requests: list[GenerationRequest]) -> list[Completion | BaseException]:
+        """Queue several requests in one go, so the batcher sees them together; failures come back in place."""
+        self._require_ready()
+        calls = [self.batcher.submit(self._with_defaults(request)) for request in requests]
+        return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    async def _timed_generate(self, batch: list[GenerationRequest], on_delta: Any = None) -> list[Completion]:
+        started = time.perf_counter()
+        try:
+            return await self.backend.generate(batch, on_delta)
+        finally:
+            self.lifecycle.add_generate_time(time.perf_counter() - started)
 
     async def generate(self, request: GenerationRequest) -> Completion:
         self._require_ready()
@@ -86,6 +128,11 @@ class ExpertActor:
     def _require_ready(self) -> None:
         if self.state != "ready":
             raise RuntimeError(f"expert {self.spec.name!r} is {self.state}: {self.error or 'not started'}")
+        if self.lifecycle.state != "resident":
+            raise RuntimeError(
+                f"expert {self.spec.name!r} is not loaded ({self.lifecycle.state}): its pool manages residency, so "
+                "call it through the Dispatcher (the Orchestrator does), which loads it first"
+            )
 
     def _with_defaults(self, request: GenerationRequest) -> GenerationRequest:
         """Fill unset sampling parameters and the expert's system prompt from the pool file."""
@@ -101,3 +148,10 @@ class ExpertActor:
             top_p=defaults.top_p if request.top_p is None else request.top_p,
             stop=list(request.stop or defaults.stop),
         )
+
+
+def _node_id() -> str:
+    """The Ray node this actor runs on (residency budgets are per node); "local" outside Ray."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"

@@ -4,6 +4,8 @@ The pool starts a local Ray instance (or joins a cluster given ``ray_address``),
 one ``ExpertActor`` per expert with the resources its pool entry asks for, and keeps a
 health table. Callers use expert names; the pool turns them into actor calls and Ray's
 failures into ``ExpertUnavailable``/``ExpertCallFailed`` with the expert's name in them.
+In a pool with a ``residency`` section the local experts' actors start without loading;
+``experts.dispatcher.Dispatcher`` then drives ``control`` (load/park/unload) and ``generate_batch``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import signal
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Iterator, Literal
 
 from experts.actor import ExpertActor
 from experts.spec import ExpertSpec, PoolSpec
@@ -53,6 +55,7 @@ class ExpertPool:
         self._actors: dict[str, Any] = {}
         self._health: dict[str, dict[str, Any]] = {}
         self._owns_ray = False
+        self.dispatcher: Any = None  # its one Dispatcher, if any (experts.dispatcher.dispatching)
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> dict[str, dict[str, Any]]:
@@ -71,7 +74,9 @@ class ExpertPool:
             self._owns_ray = True
         remote_class = ray.remote(ExpertActor)
         for expert in self.spec.experts:
-            self._actors[expert.name] = remote_class.options(**_actor_options(expert)).remote(expert.model_dump())
+            load_at_start = not self.spec.residency_managed(expert.name)
+            options = _actor_options(expert)
+            self._actors[expert.name] = remote_class.options(**options).remote(expert.model_dump(), load_at_start)
         names = list(self._actors)
         starts = [self._actors[name].start.remote() for name in names]
         results = await asyncio.wait_for(asyncio.gather(*starts, return_exceptions=True), self.start_timeout_s)
@@ -94,6 +99,7 @@ class ExpertPool:
                 log.debug("kill failed: %s", error)
         self._actors.clear()
         self._health.clear()
+        self.dispatcher = None  # its view of the (now gone) actors
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
@@ -142,6 +148,26 @@ class ExpertPool:
             return await actor.generate.remote(request)
         except Exception as error:
             raise ExpertCallFailed(f"expert {name!r} failed: {_root_message(error)}") from error
+
+    async def generate_batch(self, name: str, requests: list[GenerationRequest]) -> list[Completion | Exception]:
+        """Several requests to one expert in one actor call (its batcher sees them together); failures in place."""
+        actor = self._actor(name)
+        try:
+            results = await actor.generate_batch.remote(requests)
+        except Exception as error:
+            raise ExpertCallFailed(f"expert {name!r} failed: {_root_message(error)}") from error
+        return [
+            ExpertCallFailed(f"expert {name!r} failed: {type(r).__name__}: {r}") if isinstance(r, BaseException) else r
+            for r in results
+        ]
+
+    async def control(self, name: str, action: Literal["load", "park", "unload"]) -> dict[str, Any]:
+        """Load, park or unload an expert's model (residency-managed pools); returns the actor's timing report."""
+        actor = self._actor(name)
+        try:
+            return await getattr(actor, action).remote()
+        except Exception as error:
+            raise ExpertCallFailed(f"expert {name!r} could not {action}: {_root_message(error)}") from error
 
     async def stream(self, name: str, request: GenerationRequest) -> AsyncIterator[str | Completion]:
         """Yield text pieces from the expert's actor, then its ``Completion``."""

@@ -57,6 +57,14 @@ class ResourceSpec(_Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
 
+class ExpertResidencySpec(_Strict):
+    """What a residency-managed expert occupies when resident (see ``ResidencySpec``)."""
+
+    memory_gb: Annotated[float, Field(ge=0.0)] | None = Field(
+        None, description="memory the loaded expert takes; default: measured from its weights on disk"
+    )
+
+
 class PriceSpec(_Strict):
     """Price in currency units per one million tokens (0 for self-hosted models)."""
 
@@ -88,6 +96,7 @@ class ExpertSpec(_Strict):
         default_factory=dict, description="backend-specific options (api_base, api_key_env, dtype...)"
     )
     profile_name: str | None = Field(None, description="this expert's name in the measured profiles (default: name)")
+    residency: ExpertResidencySpec = ExpertResidencySpec()
 
     @field_validator("name")
     @classmethod
@@ -153,6 +162,30 @@ class RoutingSpec(_Strict):
     profiles: ProfileSource | None = None
 
 
+class ResidencySpec(_Strict):
+    """Pool-wide residency: local experts load on demand within a memory budget per node (experts/residency.py).
+
+    Without this section every expert loads at start and stays loaded. With it, the actors of
+    local experts start empty and a dispatcher loads, parks and unloads them as work arrives.
+    """
+
+    budget_gb: Annotated[float, Field(gt=0.0)] = Field(
+        description="memory per node for resident experts: GPU memory for experts on GPUs, else host RAM"
+    )
+    host_budget_gb: Annotated[float, Field(ge=0.0)] | None = Field(
+        None, description="host RAM for parked GPU experts (null: no limit); on CPU nodes eviction goes to disk"
+    )
+    latency_bound_s: Annotated[float, Field(gt=0.0)] = Field(
+        30.0, description="a request queued longer than this makes its expert run next"
+    )
+    max_running: Annotated[int, Field(ge=1, le=64)] = Field(2, description="experts generating at the same time")
+    prefetch: bool = Field(True, description="load the expert needed next while another one runs, if it fits")
+
+
+# backends whose actors the residency manager loads and unloads (echo: for tests and benchmarks only)
+RESIDENCY_BACKENDS = ("local", "moe", "echo")
+
+
 Strategy = Literal["passthrough", "vote", "synthesize", "rank"]
 
 
@@ -204,6 +237,7 @@ class PoolSpec(_Strict):
     skill_keywords: dict[str, list[str]] = Field(
         default_factory=dict, description="extra lexical keywords per skill, merged over the built-in ones"
     )
+    residency: ResidencySpec | None = Field(None, description="load local experts on demand within a budget")
     experts: Annotated[list[ExpertSpec], Field(min_length=1)]
     _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -236,6 +270,10 @@ class PoolSpec(_Strict):
     @property
     def routable_experts(self) -> list[ExpertSpec]:
         return [expert for expert in self.experts if expert.routable]
+
+    def residency_managed(self, name: str) -> bool:
+        """True when the pool has a ``residency`` section and ``name`` runs on a backend it loads and unloads."""
+        return self.residency is not None and self.expert(name).backend in RESIDENCY_BACKENDS
 
 
 def resolve_pool_path(pool: str | Path) -> Path:

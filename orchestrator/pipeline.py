@@ -13,6 +13,7 @@ from typing import Any, AsyncIterator, Union
 
 from aggregator.strategies import AggregationSettings, Aggregator
 from aggregator.synthesize import Sampling
+from experts.dispatcher import Dispatcher, dispatching
 from experts.pool import ExpertPool
 from experts.spec import PoolSpec
 from experts.types import Completion, GenerationRequest
@@ -43,12 +44,12 @@ PipelineEvent = Union[DecisionEvent, TextEvent, DoneEvent]
 class Orchestrator:
     """Runs requests through the pipeline graph over one ``ExpertPool``."""
 
-    def __init__(self, pool: ExpertPool) -> None:
-        self.pool = pool
+    def __init__(self, pool: ExpertPool | Dispatcher) -> None:
+        self.pool = dispatching(pool)  # a pool file with a residency section: queues and on-demand loading
         self.router = build_router(pool.spec)
         self.aggregator = build_aggregator(pool.spec)
         self.aggregators = load_aggregator_choice(pool.spec)
-        self.graph = build_graph(PipelineNodes(pool, self.router, self.aggregator, self.aggregators))
+        self.graph = build_graph(PipelineNodes(self.pool, self.router, self.aggregator, self.aggregators))
 
     async def run(self, request: PipelineRequest) -> PipelineResult:
         started = time.perf_counter()

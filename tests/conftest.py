@@ -163,3 +163,47 @@ def redis_url() -> Iterator[str]:
     yield url
     process.terminate()
     process.wait(timeout=10)
+
+
+def embedded_residency_spec(budget_gb: float = 1.1) -> PoolSpec:
+    """Three local experts on the embedded model (~0.5 GB each in fp32) under a budget that holds two."""
+    prompts = {
+        "maths": ("You are a careful mathematician.", "math"),
+        "writer": ("You are a skilled writer.", "writing"),
+        "helper": ("You are a knowledgeable assistant.", "general_knowledge"),
+    }
+    experts = [
+        {
+            "name": name,
+            "backend": "local",
+            "model": "embedded:smollm2-135m-instruct",
+            "system_prompt": prompt,
+            "skills": [skill],
+            "generation": {"max_tokens": 8, "temperature": 0.0},
+            "batching": {"max_batch_size": 16, "max_wait_ms": 10},
+            "resources": {"num_cpus": 0, "torch_threads": 1},
+        }
+        for name, (prompt, skill) in prompts.items()
+    ]
+    return parse_pool(
+        {
+            "name": "residency-test",
+            "roles": {"aggregator": "helper"},
+            "aggregation": {"strategy": "synthesize", "max_tokens": 8},
+            "residency": {"budget_gb": budget_gb, "max_running": 1, "latency_bound_s": 30},
+            "experts": experts,
+        },
+        "<embedded residency pool>",
+    )
+
+
+@pytest.fixture(scope="session")
+async def residency_pool(ray_session: None) -> AsyncIterator[Any]:
+    """The embedded residency pool's ``Dispatcher`` (one per pool: it owns the view of what is resident)."""
+    from experts.dispatcher import dispatching
+
+    pool = ExpertPool(embedded_residency_spec())
+    health = await pool.start()
+    assert all(h["state"] == "ready" for h in health.values()), health
+    yield dispatching(pool)
+    await pool.shutdown()

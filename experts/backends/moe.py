@@ -77,6 +77,10 @@ class MoEBackend(LocalBackend):
             )
         return self._engine
 
+    async def unload(self) -> None:
+        self._blocks = []  # they hold the expert weights too
+        await super().unload()
+
     def describe(self) -> dict[str, object]:
         facts = {**super().describe(), "backend": "moe", "engine": self._engine}
         if self._blocks:
