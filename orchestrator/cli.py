@@ -173,12 +173,14 @@ def _explain(result) -> None:  # type: ignore[no-untyped-def]
 
 
 from orchestrator.aggregator_cli import bench_aggregators  # noqa: E402
+from orchestrator.batch_cli import batch  # noqa: E402
 from orchestrator.router_cli import eval_router, profile, route  # noqa: E402
 
 app.command("profile")(profile)
 app.command("eval-router")(eval_router)
 app.command("route")(route)
 app.command("bench-aggregators")(bench_aggregators)
+app.command("batch")(batch)
 
 
 def main() -> None:
