@@ -19,6 +19,7 @@ from experts.spec import load_pool
 from orchestrator.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.api.chat import router as chat_router
 from orchestrator.api.errors import APIError, install_error_handlers
+from orchestrator.api.metrics import router as metrics_router
 from orchestrator.api.route import router as route_router
 from orchestrator.api.schemas import ModelCard, ModelList
 from orchestrator.config import ServeSettings
@@ -50,6 +51,7 @@ def create_app(settings: ServeSettings | None = None, orchestrator: Orchestrator
     install_error_handlers(app)
     app.include_router(chat_router)
     app.include_router(route_router)
+    app.include_router(metrics_router)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> ModelList:
