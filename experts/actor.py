@@ -12,6 +12,7 @@ measures what the model will occupy); the dispatcher then calls ``load``, ``park
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import replace
 from typing import Any, AsyncIterator
@@ -19,14 +20,19 @@ from typing import Any, AsyncIterator
 from experts.backends import create_backend
 from experts.batcher import RequestBatcher
 from experts.lifecycle import ModelLifecycle, weights_gb
+from experts.log_format import configure_from_env
 from experts.spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, Message, TextDelta
+
+log = logging.getLogger(__name__)
 
 
 class ExpertActor:
     """Hosts one expert: loads its backend, fills in its defaults, batches its requests."""
 
     def __init__(self, spec_data: dict[str, Any], load_at_start: bool = True) -> None:
+        if _in_ray_actor():  # its own process: log as the serving process does (JSON lines by default)
+            configure_from_env()
         self.spec = ExpertSpec.model_validate(spec_data)
         self.backend = create_backend(self.spec)
         self.lifecycle = ModelLifecycle(self.backend, self.spec)
@@ -73,6 +79,7 @@ class ExpertActor:
             "requests": stats.requests,
             "largest_batch": stats.largest_batch,
             "failed_batches": stats.failed_batches,
+            "dropped": stats.dropped,  # requests cancelled while queued, never generated
             "memory_gb": self.memory_gb,
             "node": _node_id(),
             **self.lifecycle.facts(),
@@ -98,10 +105,34 @@ class ExpertActor:
 
     async def _timed_generate(self, batch: list[GenerationRequest], on_delta: Any = None) -> list[Completion]:
         started = time.perf_counter()
+        outcome = "error"
         try:
-            return await self.backend.generate(batch, on_delta)
+            completions = await self.backend.generate(batch, on_delta)
+            failed = sum(completion.error is not None for completion in completions)
+            outcome = "ok" if not failed else f"{failed} of {len(batch)} failed"
+            return completions
         finally:
-            self.lifecycle.add_generate_time(time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            self.lifecycle.add_generate_time(elapsed)
+            self._log_batch(batch, elapsed, outcome)
+
+    def _log_batch(self, batch: list[GenerationRequest], elapsed: float, outcome: str) -> None:
+        """One line per batch, naming the HTTP requests it served: a request id leads from the access log here."""
+        ids = [request.request_id for request in batch]
+        log.info(
+            "expert %s ran a batch of %d (%s)",
+            self.spec.name,
+            len(batch),
+            outcome,
+            extra={
+                "request_id": ids[0] if len(set(ids)) == 1 and ids[0] else None,
+                "request_ids": ids,
+                "expert": self.spec.name,
+                "batch_size": len(batch),
+                "duration_ms": round(elapsed * 1000, 3),
+                "outcome": outcome,
+            },
+        )
 
     async def generate(self, request: GenerationRequest) -> Completion:
         self._require_ready()
@@ -116,14 +147,20 @@ class ExpertActor:
             pieces.put_nowait(delta.text)
 
         task = asyncio.create_task(self.batcher.submit(self._with_defaults(request), on_delta))
-        while not (task.done() and pieces.empty()):
-            getter = asyncio.ensure_future(pieces.get())
-            done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
-            if getter in done:
-                yield getter.result()
-            else:
+        getter: asyncio.Future[str] | None = None
+        try:
+            while not (task.done() and pieces.empty()):
+                getter = asyncio.ensure_future(pieces.get())
+                done, _ = await asyncio.wait({getter, task}, return_when=asyncio.FIRST_COMPLETED)
+                if getter in done:
+                    yield getter.result()
+                else:
+                    getter.cancel()
+            yield task.result()
+        finally:  # the caller stopped listening (cancelled): a request still queued is dropped
+            task.cancel()
+            if getter is not None:
                 getter.cancel()
-        yield task.result()
 
     def _require_ready(self) -> None:
         if self.state != "ready":
@@ -148,6 +185,12 @@ class ExpertActor:
             top_p=defaults.top_p if request.top_p is None else request.top_p,
             stop=list(request.stop or defaults.stop),
         )
+
+
+def _in_ray_actor() -> bool:
+    import ray
+
+    return ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None
 
 
 def _node_id() -> str:

@@ -3,6 +3,8 @@
 Requests arrive one at a time; the model is fastest when it sees many at once. A worker
 takes the first waiting request, keeps collecting for at most ``max_wait_s`` or until
 ``max_batch_size`` are in hand, runs them as one backend call, and answers each caller.
+A request whose caller gave up while it waited (its task was cancelled: the client went
+away, or the pool cancelled the Ray task) is dropped, never generated, and counted.
 Pure asyncio, no Ray: the actor wraps it, the tests drive it directly.
 """
 
@@ -33,6 +35,7 @@ class BatchStats:
     requests: int = 0
     largest_batch: int = 0
     failed_batches: int = 0
+    dropped: int = 0  # requests cancelled while queued: never generated
     batch_sizes: list[int] = field(default_factory=list)
 
     def record(self, size: int) -> None:
@@ -75,21 +78,34 @@ class RequestBatcher:
 
     async def _collect(self) -> list[_Pending]:
         assert self._queue is not None
-        batch = [await self._queue.get()]
+        batch = [await self._next_live()]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.max_wait_s
         while len(batch) < self.max_batch_size:
             if not self._queue.empty():
                 batch.append(self._queue.get_nowait())
-                continue
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                break
-            try:
-                batch.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
-                break
-        return [pending for pending in batch if not pending.future.cancelled()]
+            else:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), remaining))
+                except asyncio.TimeoutError:
+                    break
+            batch = self._live(batch)  # a cancelled request does not take a place in the batch
+        return self._live(batch)
+
+    async def _next_live(self) -> _Pending:
+        assert self._queue is not None
+        while True:
+            pending = await self._queue.get()
+            if self._live([pending]):
+                return pending
+
+    def _live(self, batch: list[_Pending]) -> list[_Pending]:
+        live = [pending for pending in batch if not pending.future.cancelled()]
+        self.stats.dropped += len(batch) - len(live)
+        return live
 
     async def _work(self) -> None:
         while True:

@@ -89,6 +89,15 @@ class Dispatcher:
     def healthy_names(self) -> list[str]:
         return self.pool.healthy_names()
 
+    def breaker_states(self) -> dict[str, str]:
+        """The pool's circuit breakers ("closed", "open", "half_open" per expert)."""
+        return self.pool.breaker_states()
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """The pool's actor restarts per expert."""
+        return self.pool.restarts
+
     async def start(self) -> dict[str, dict[str, Any]]:
         return await self.pool.start()
 

@@ -1,9 +1,14 @@
-"""``ExpertPool``: the experts of a pool file, each in its own Ray actor.
+"""``ExpertPool``: the experts of a pool file, each in its own Ray actor, called with failure handling.
 
 The pool starts a local Ray instance (or joins a cluster given ``ray_address``), starts
 one ``ExpertActor`` per expert with the resources its pool entry asks for, and keeps a
 health table. Callers use expert names; the pool turns them into actor calls and Ray's
 failures into ``ExpertUnavailable``/``ExpertCallFailed`` with the expert's name in them.
+
+Every call goes through the expert's ``GuardedExpert`` (``experts/guarded.py``): a timeout per
+try, retries of transient failures with backoff, a circuit breaker that makes a failing expert
+unroutable for a cool-down, and a new actor when the old one died (``experts/actor_handle.py``).
+Settings come from the pool file's ``resilience`` sections (``experts/resilience_spec.py``).
 In a pool with a ``residency`` section the local experts' actors start without loading;
 ``experts.dispatcher.Dispatcher`` then drives ``control`` (load/park/unload) and ``generate_batch``.
 """
@@ -13,29 +18,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import signal
 import threading
+import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Literal
 
 from experts.actor import ExpertActor
+from experts.actor_handle import ActorHandle
+from experts.breaker import BreakerState
+from experts.errors import ExpertCallFailed, ExpertUnavailable
+from experts.guarded import GuardedExpert
+from experts.placement import ExpertPlacement
 from experts.spec import ExpertSpec, PoolSpec
 from experts.types import Completion, GenerationRequest
 
+__all__ = ["ExpertCallFailed", "ExpertPool", "ExpertUnavailable"]
+
 log = logging.getLogger(__name__)
-
-
-class ExpertUnavailable(RuntimeError):
-    """The expert does not exist or is not healthy."""
-
-
-class ExpertCallFailed(RuntimeError):
-    """The expert could not answer; ``code`` says when it was the request's fault."""
-
-    def __init__(self, message: str, code: str | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class ExpertPool:
@@ -47,15 +50,20 @@ class ExpertPool:
         ray_address: str | None = None,
         num_cpus: int | None = None,
         start_timeout_s: float = 900.0,
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
     ) -> None:
         self.spec = spec
         self.ray_address = ray_address
         self.num_cpus = num_cpus
         self.start_timeout_s = start_timeout_s
-        self._actors: dict[str, Any] = {}
-        self._health: dict[str, dict[str, Any]] = {}
+        self.clock = clock  # the circuit breakers' time (tests step it by hand)
+        self.rng = rng or random.Random()  # retry jitter
+        self._experts: dict[str, GuardedExpert] = {}
+        self._remote_class: Any = None
         self._owns_ray = False
         self.dispatcher: Any = None  # its one Dispatcher, if any (experts.dispatcher.dispatching)
+        self._placement = ExpertPlacement(spec.name)  # placement groups of multi-GPU experts
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> dict[str, dict[str, Any]]:
@@ -72,33 +80,48 @@ class ExpertPool:
                     runtime_env=self._runtime_env(),
                 )
             self._owns_ray = True
-        remote_class = ray.remote(ExpertActor)
+        self._remote_class = ray.remote(ExpertActor)
         for expert in self.spec.experts:
-            load_at_start = not self.spec.residency_managed(expert.name)
-            options = _actor_options(expert)
-            self._actors[expert.name] = remote_class.options(**options).remote(expert.model_dump(), load_at_start)
-        names = list(self._actors)
-        starts = [self._actors[name].start.remote() for name in names]
-        results = await asyncio.wait_for(asyncio.gather(*starts, return_exceptions=True), self.start_timeout_s)
-        for name, result in zip(names, results):
-            if isinstance(result, BaseException):
-                result = {"name": name, "state": "failed", "error": f"actor did not start: {result}"}
-            self._health[name] = result
-            if result["state"] != "ready":
-                log.error("expert %s failed to start: %s", name, result.get("error"))
-        return dict(self._health)
+            handle = ActorHandle(expert.name, self._creator(expert), self._boot(expert.name), self.start_timeout_s)
+            self._experts[expert.name] = GuardedExpert(
+                handle,
+                self.spec.resilience_for(expert.name),
+                expert.batching.max_batch_size,
+                clock=self.clock,
+                rng=self.rng,
+            )
+        reports = await asyncio.gather(*(guarded.handle.start() for guarded in self._experts.values()))
+        for name, report in zip(self._experts, reports):
+            if report["state"] != "ready":
+                log.error("expert %s failed to start: %s", name, report.get("error"))
+        return self._table()
+
+    def _creator(self, expert: ExpertSpec) -> Callable[[], Any]:
+        load_at_start = not self.spec.residency_managed(expert.name)
+        options = {**_actor_options(expert), **self._placement.actor_options(expert)}  # multi-GPU: its group
+        return lambda: self._remote_class.options(**options).remote(expert.model_dump(), load_at_start)
+
+    def _boot(self, name: str) -> Callable[[Any], Any]:
+        async def boot(actor: Any) -> dict[str, Any]:
+            report: dict[str, Any] = await actor.start.remote()
+            # a restarted residency-managed expert the dispatcher counts as resident is loaded again
+            residency = getattr(self.dispatcher, "residency", None)
+            if report.get("state") == "ready" and residency is not None and name in residency:
+                if residency.state(name) == "resident":
+                    await actor.load.remote()
+                    report = await actor.health.remote()
+            return report
+
+        return boot
 
     async def shutdown(self) -> None:
         """Stop every actor; stop Ray too if this pool started it."""
         import ray
 
-        for actor in self._actors.values():
-            try:
-                ray.kill(actor)
-            except Exception as error:  # already dead: nothing left to stop
-                log.debug("kill failed: %s", error)
-        self._actors.clear()
-        self._health.clear()
+        for guarded in self._experts.values():
+            await guarded.handle.close()
+        self._experts.clear()
+        self._placement.release()  # multi-GPU experts' reserved GPUs go back to the cluster
         self.dispatcher = None  # its view of the (now gone) actors
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
@@ -118,65 +141,71 @@ class ExpertPool:
         return [expert.name for expert in self.spec.experts]
 
     def is_healthy(self, name: str) -> bool:
-        return self._health.get(name, {}).get("state") == "ready"
+        """Routable now: its actor is ready (not restarting) and its circuit breaker lets calls through."""
+        guarded = self._experts.get(name)
+        return guarded is not None and guarded.available()
 
     def healthy_names(self) -> list[str]:
         return [name for name in self.expert_names if self.is_healthy(name)]
 
+    def breaker_states(self) -> dict[str, str]:
+        """Each expert's circuit: "closed", "open" or "half_open"."""
+        return {name: guarded.breaker.state for name, guarded in self._experts.items()}
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """How often each expert's actor died and was replaced."""
+        return {name: guarded.handle.restarts for name, guarded in self._experts.items()}
+
     async def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
-        """Ask every actor for its health now; an actor that does not answer is 'unreachable'."""
-        names = list(self._actors)
-        calls = [asyncio.wait_for(_await_ref(self._actors[name].health.remote()), timeout_s) for name in names]
-        for name, result in zip(names, await asyncio.gather(*calls, return_exceptions=True)):
-            if isinstance(result, BaseException):
-                result = {**self._health.get(name, {}), "name": name, "state": "unreachable", "error": str(result)}
-            self._health[name] = result
-        return dict(self._health)
+        """Ask every actor for its health now.
+
+        A probe that times out keeps the last known state and says ``"probe": "slow"`` (a busy
+        machine loading models is not a lost actor); a dead actor is restarted ("restarting").
+        """
+        names = list(self._experts)
+        probes = await asyncio.gather(*(self._experts[name].handle.probe(timeout_s) for name in names))
+        return {name: self._entry(name, report) for name, report in zip(names, probes)}
+
+    def _table(self) -> dict[str, dict[str, Any]]:
+        return {name: self._entry(name, guarded.handle.report) for name, guarded in self._experts.items()}
+
+    def _entry(self, name: str, report: dict[str, Any]) -> dict[str, Any]:
+        guarded = self._experts[name]
+        breaker: BreakerState = guarded.breaker.state
+        return {**report, "breaker": breaker, "restarts": guarded.handle.restarts, "retries": guarded.retries}
 
     # -- calls -----------------------------------------------------------------------------
-    def _actor(self, name: str) -> Any:
-        if name not in self._actors:
+    def _guarded(self, name: str) -> GuardedExpert:
+        guarded = self._experts.get(name)
+        if guarded is None:
+            if name in self.expert_names:
+                raise ExpertUnavailable(f"expert {name!r} is not healthy: not started")
             raise ExpertUnavailable(f"no expert named {name!r} in pool {self.spec.name!r}")
-        if not self.is_healthy(name):
-            error = self._health.get(name, {}).get("error")
-            raise ExpertUnavailable(f"expert {name!r} is not healthy: {error or 'not started'}")
-        return self._actors[name]
+        if not guarded.handle.ready:
+            raise ExpertUnavailable(f"expert {name!r} is not healthy: {guarded.why_unavailable()}")
+        return guarded
+
+    @property
+    def _actors(self) -> dict[str, Any]:
+        """The current Ray actor of each expert (fault tests kill them)."""
+        return {name: guarded.handle.actor for name, guarded in self._experts.items()}
 
     async def generate(self, name: str, request: GenerationRequest) -> Completion:
-        actor = self._actor(name)
-        try:
-            return await actor.generate.remote(request)
-        except Exception as error:
-            raise ExpertCallFailed(f"expert {name!r} failed: {_root_message(error)}") from error
+        return await self._guarded(name).generate(request)
 
     async def generate_batch(self, name: str, requests: list[GenerationRequest]) -> list[Completion | Exception]:
         """Several requests to one expert in one actor call (its batcher sees them together); failures in place."""
-        actor = self._actor(name)
-        try:
-            results = await actor.generate_batch.remote(requests)
-        except Exception as error:
-            raise ExpertCallFailed(f"expert {name!r} failed: {_root_message(error)}") from error
-        return [
-            ExpertCallFailed(f"expert {name!r} failed: {type(r).__name__}: {r}") if isinstance(r, BaseException) else r
-            for r in results
-        ]
+        return list(await self._guarded(name).generate_batch(requests))
 
     async def control(self, name: str, action: Literal["load", "park", "unload"]) -> dict[str, Any]:
         """Load, park or unload an expert's model (residency-managed pools); returns the actor's timing report."""
-        actor = self._actor(name)
-        try:
-            return await getattr(actor, action).remote()
-        except Exception as error:
-            raise ExpertCallFailed(f"expert {name!r} could not {action}: {_root_message(error)}") from error
+        return await self._guarded(name).control(action)
 
     async def stream(self, name: str, request: GenerationRequest) -> AsyncIterator[str | Completion]:
         """Yield text pieces from the expert's actor, then its ``Completion``."""
-        actor = self._actor(name)
-        try:
-            async for ref in actor.stream.remote(request):
-                yield await ref
-        except Exception as error:
-            raise ExpertCallFailed(f"expert {name!r} failed: {_root_message(error)}") from error
+        async for item in self._guarded(name).stream(request):
+            yield item
 
 
 @contextmanager
@@ -208,15 +237,3 @@ def _actor_options(expert: ExpertSpec) -> dict[str, Any]:
     if key_env and os.environ.get(key_env):
         options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
     return options
-
-
-async def _await_ref(ref: Any) -> Any:
-    return await ref
-
-
-def _root_message(error: BaseException) -> str:
-    """Ray wraps an actor's exception in a long traceback; keep the original message."""
-    cause = getattr(error, "cause", None)
-    if isinstance(cause, BaseException):
-        return f"{type(cause).__name__}: {cause}"
-    return str(error).strip().splitlines()[-1] if str(error).strip() else type(error).__name__

@@ -2,7 +2,10 @@
 
 Each node is a small async method; the graph only wires them. The recruit step fans out
 with one ``Send`` per chosen expert, so the experts run concurrently and their answers
-are gathered by the state's reducers. When the caller streams, nodes publish events
+are gathered by the state's reducers. An expert that fails (after the pool's own retries)
+is replaced at once by the next best healthy expert the router ranked
+(``orchestrator/replacements.py``); the answer is flagged ``partial`` when a recruited
+expert's place stayed empty while others answered. When the caller streams, nodes publish events
 through LangGraph's custom stream: the routing decision first, then text deltas (the
 single expert's when k = 1, the synthesising aggregator's, or the text a vote, the
 consensus short-cut or the judge chose).
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from langgraph.config import get_stream_writer
@@ -23,15 +26,19 @@ from aggregator.choice import AggregatorChoice
 from aggregator.strategies import Aggregator, ModelStep, Verdict
 from aggregator.synthesize import Candidate
 from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
+from experts.retry import is_client_mistake
 from experts.types import Completion, GenerationRequest
+from orchestrator.replacements import Reserve, unfilled, with_replacements
 from orchestrator.state import (
     CallRecord,
     ExpertAnswer,
     ExpertTask,
     PipelineRequest,
     PipelineState,
+    Replacement,
     stream_event,
 )
+from orchestrator.tool_calls import tool_call_verdict, tool_caller
 from router.decision import ExpertScore, RoutingDecision
 from router.factory import Router
 from router.keywords import KeywordExtractor
@@ -62,11 +69,13 @@ class PipelineNodes:
     async def understand(self, state: PipelineState) -> dict[str, Any]:
         started = time.perf_counter()
         query = state["request"].query
-        hint, calls = await self._keyword_skills(query)
+        hint, calls = await self._keyword_skills(query, state["request"].generation.request_id)
         estimate = self.router.understand(query, hint=hint)
         return {"estimate": estimate, "calls": calls, "timings_ms": {"understand": _ms_since(started)}}
 
-    async def _keyword_skills(self, query: str) -> tuple[dict[str, float] | None, list[CallRecord]]:
+    async def _keyword_skills(
+        self, query: str, request_id: str = ""
+    ) -> tuple[dict[str, float] | None, list[CallRecord]]:
         """The LLM path: when the pool has a keyword expert, ask it (n samples, batched by its actor)."""
         name = self.pool.spec.roles.keywords
         if name is None or not self.pool.is_healthy(name):
@@ -74,7 +83,11 @@ class PipelineNodes:
         extractor = KeywordExtractor(self.router.vocabulary)
         started = time.perf_counter()
         outcomes = await asyncio.gather(
-            *(self.pool.generate(name, request) for request in extractor.requests(query)), return_exceptions=True
+            *(
+                self.pool.generate(name, replace(request, request_id=request_id))
+                for request in extractor.requests(query)
+            ),
+            return_exceptions=True,
         )
         answers = [o for o in outcomes if isinstance(o, Completion) and o.error is None]
         calls = [CallRecord.of(name, "keywords", answer) for answer in answers]
@@ -97,37 +110,59 @@ class PipelineNodes:
             decision = with_measured_aggregator(decision, self.aggregators)
         if request.stream:
             get_stream_writer()(stream_event("decision", decision=decision))
-        return {"decision": decision, "timings_ms": {"recruit": _ms_since(started)}}
+        reserve = Reserve(decision, self.pool.spec.resilience.replacement_rounds)
+        return {"decision": decision, "reserve": reserve, "timings_ms": {"recruit": _ms_since(started)}}
 
     def fan_out(self, state: PipelineState) -> list[Send]:
         decision = state["decision"]
         stream_single = state["request"].stream and len(decision.experts) == 1
         return [
-            Send("ask_expert", ExpertTask(request=state["request"], expert=name, stream=stream_single))
+            Send(
+                "ask_expert",
+                ExpertTask(request=state["request"], expert=name, stream=stream_single, reserve=state.get("reserve")),
+            )
             for name in decision.experts
         ]
 
     async def ask_expert(self, task: ExpertTask) -> dict[str, Any]:
-        started = time.perf_counter()
-        request, name = task["request"], task["expert"]
-        try:
-            completion = await self._call(name, request.generation, task["stream"])
-        except (ExpertCallFailed, ExpertUnavailable) as error:
-            elapsed = time.perf_counter() - started
-            return {
-                "answers": [ExpertAnswer(name, "", "error", str(error), getattr(error, "code", None))],
-                "calls": [CallRecord.failure(name, "expert", str(error), elapsed)],
-                "timings_ms": {f"expert:{name}": _ms_since(started)},
-            }
-        return {
-            "answers": [ExpertAnswer(name, completion.text, completion.finish_reason, completion.error)],
-            "calls": [CallRecord.of(name, "expert", completion)],
-            "timings_ms": {f"expert:{name}": _ms_since(started)},
-        }
+        """Ask one recruited expert; if it fails, ask the next best healthy one in its place (rounds permitting)."""
+        request, name, reserve = task["request"], task["expert"], task.get("reserve")
+        answers: list[ExpertAnswer] = []
+        calls: list[CallRecord] = []
+        replacements: list[Replacement] = []
+        timings: dict[str, float] = {}
+        rounds_left = reserve.rounds if reserve is not None else 0
+        while True:
+            started = time.perf_counter()
+            streamed = _Streamed()
+            try:
+                completion = await self._call(name, request.generation, task["stream"], streamed)
+            except (ExpertCallFailed, ExpertUnavailable) as error:
+                code = getattr(error, "code", None)
+                answers.append(ExpertAnswer(name, "", "error", str(error), code))
+                calls.append(CallRecord.failure(name, "expert", str(error), time.perf_counter() - started))
+            else:
+                answer = ExpertAnswer(name, completion.text, completion.finish_reason, completion.error)
+                answers.append(replace(answer, tool_calls=completion.tool_calls))
+                calls.append(CallRecord.of(name, "expert", completion))
+            timings[f"expert:{name}"] = _ms_since(started)
+            failed = answers[-1]
+            # no replacement for an answer, a caller's mistake (it would fail alike) or a stream already begun
+            if failed.error is None or is_client_mistake(failed.error_code) or streamed.pieces or rounds_left <= 0:
+                break
+            assert reserve is not None
+            replacement = reserve.take(self.pool.is_healthy)
+            if replacement is None:
+                break
+            replacements.append(Replacement(name, replacement, failed.error))
+            name, rounds_left = replacement, rounds_left - 1
+        return {"answers": answers, "calls": calls, "replacements": replacements, "timings_ms": timings}
 
     async def aggregate(self, state: PipelineState) -> dict[str, Any]:
         started = time.perf_counter()
-        request, decision = state["request"], state["decision"]
+        request, recruited = state["request"], state["decision"]
+        replacements = state.get("replacements", [])
+        decision = with_replacements(recruited, replacements)
         by_name = {answer.expert: answer for answer in state.get("answers", [])}
         usable = [by_name[name] for name in decision.experts if name in by_name and by_name[name].error is None]
         if not usable:
@@ -138,29 +173,41 @@ class PipelineNodes:
             Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
             for a in usable
         ]
-        plan = self.aggregator.plan(
-            request.messages,
-            candidates,
-            strategy=request.strategy,
-            consensus=request.consensus,
-            aggregator=decision.aggregator,
-        )
+        caller = tool_caller(usable)
+        if caller is not None:  # an expert asked for tools: its calls go back to the caller, no vote over them
+            plan: Verdict | ModelStep = tool_call_verdict(caller)
+        else:
+            plan = self.aggregator.plan(
+                request.messages,
+                candidates,
+                strategy=request.strategy,
+                consensus=request.consensus,
+                aggregator=decision.aggregator,
+            )
         calls: list[CallRecord] = []
         if isinstance(plan, ModelStep):
             verdict, calls = await self._model_step(request, plan)
         else:
             verdict = plan
-        # Already streamed: the single recruited expert's tokens, or the synthesising aggregator's.
-        streamed_already = len(decision.experts) == 1 or verdict.expert is None
+        # Already streamed: the single recruited expert's tokens (or its replacement's), or the aggregator's.
+        streamed_already = len(recruited.experts) == 1 or verdict.expert is None
         if request.stream and not streamed_already:  # vote, short-cut, judge's pick, fallback: the chosen text
             get_stream_writer()(stream_event("delta", text=verdict.text))
-        return {"final": verdict, "calls": calls, "timings_ms": {"aggregate": _ms_since(started)}}
+        answered = {answer.expert for answer in usable}
+        return {
+            "final": verdict,
+            "decision": decision,
+            "partial": bool(unfilled(recruited, replacements, answered)),
+            "failed_experts": [name for name, answer in by_name.items() if answer.error is not None],
+            "calls": calls,
+            "timings_ms": {"aggregate": _ms_since(started)},
+        }
 
     async def _model_step(self, request: PipelineRequest, step: ModelStep) -> tuple[Verdict, list[CallRecord]]:
         """Make the aggregator's or judge's call; if it fails, the vote's answer stands (the experts did answer)."""
         asked = step.request
         budget = request.aggregator_max_tokens or asked.max_tokens
-        call = replace(asked, max_tokens=budget, seed=request.generation.seed)
+        call = replace(asked, max_tokens=budget, seed=request.generation.seed, request_id=request.generation.request_id)
         started = time.perf_counter()
         try:
             completion = await self._call(step.expert, call, request.stream and step.stream_reply)
@@ -173,8 +220,10 @@ class PipelineNodes:
             verdict = replace(verdict, expert=None)
         return verdict, [CallRecord.of(step.expert, step.role, completion)]
 
-    async def _call(self, name: str, request: GenerationRequest, stream: bool) -> Completion:
-        """Call an expert; when streaming, forward its text deltas to the graph's stream."""
+    async def _call(
+        self, name: str, request: GenerationRequest, stream: bool, streamed: _Streamed | None = None
+    ) -> Completion:
+        """Call an expert; when streaming, forward its text deltas to the graph's stream (counted in ``streamed``)."""
         if not stream:
             completion = await self.pool.generate(name, request)
         else:
@@ -183,6 +232,8 @@ class PipelineNodes:
             async for item in self.pool.stream(name, request):
                 if isinstance(item, str):
                     writer(stream_event("delta", text=item))
+                    if streamed is not None:
+                        streamed.pieces += 1
                 else:
                     completion = item
             if completion is None:
@@ -207,6 +258,13 @@ class PipelineNodes:
             scores=scores,
             aggregator=self.aggregator.aggregator if len(names) > 1 else None,
         )
+
+
+@dataclass
+class _Streamed:
+    """How many pieces of an expert's answer went out to the client (then it cannot be replaced)."""
+
+    pieces: int = 0
 
 
 def with_measured_aggregator(decision: RoutingDecision, aggregators: AggregatorChoice | None) -> RoutingDecision:

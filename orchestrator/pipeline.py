@@ -108,4 +108,7 @@ def _result(state: PipelineState | dict[str, Any], started: float) -> PipelineRe
         answers=list(state.get("answers", [])),
         calls=list(state.get("calls", [])),
         timings_ms=timings,
+        partial=bool(state.get("partial", False)),
+        failed_experts=list(state.get("failed_experts", [])),
+        replacements=list(state.get("replacements", [])),
     )

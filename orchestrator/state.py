@@ -7,11 +7,11 @@ schemas at the edge.
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypedDict
 
 from aggregator.strategies import Verdict
-from experts.types import Completion, GenerationRequest, Message, Usage
+from experts.types import Completion, GenerationRequest, Message, ToolCall, Usage
 from router.decision import RoutingDecision
 
 
@@ -81,17 +81,35 @@ class ExpertAnswer:
     finish_reason: str
     error: str | None = None
     error_code: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # the tools it asked the caller to run (tool-capable experts only)
+
+
+@dataclass(frozen=True)
+class Replacement:
+    """A recruited expert that failed mid-request, and the next best healthy one asked instead."""
+
+    failed: str
+    replacement: str
+    reason: str
 
 
 @dataclass
 class PipelineResult:
-    """Everything a caller may show: the answer, the routing, each call and the timings."""
+    """Everything a caller may show: the answer, the routing, each call and the timings.
+
+    ``partial``: at least one recruited expert's place got no answer (it failed, and so did its
+    replacement or there was none), yet others answered; the answer stands on fewer experts.
+    ``failed_experts``: every expert that failed in this request, replaced or not.
+    """
 
     verdict: Verdict
     decision: RoutingDecision
     answers: list[ExpertAnswer]
     calls: list[CallRecord]
     timings_ms: dict[str, float]
+    partial: bool = False
+    failed_experts: list[str] = field(default_factory=list)
+    replacements: list[Replacement] = field(default_factory=list)
 
     @property
     def text(self) -> str:
@@ -126,11 +144,15 @@ class PipelineState(TypedDict, total=False):
 
     request: PipelineRequest
     estimate: Any  # what the pool's router understood of the query (router-specific)
-    decision: RoutingDecision
+    decision: RoutingDecision  # the router's; once aggregated, as carried out (replacements joined)
+    reserve: Any  # orchestrator.replacements.Reserve: who may replace a failed expert
     answers: Annotated[list[ExpertAnswer], operator.add]
     calls: Annotated[list[CallRecord], operator.add]
+    replacements: Annotated[list[Replacement], operator.add]
     timings_ms: Annotated[dict[str, float], merge_timings]
     final: Verdict
+    partial: bool
+    failed_experts: list[str]
 
 
 class ExpertTask(TypedDict):
@@ -139,6 +161,7 @@ class ExpertTask(TypedDict):
     request: PipelineRequest
     expert: str
     stream: bool
+    reserve: Any  # the request's Reserve, shared by its expert calls
 
 
 def stream_event(kind: str, **data: Any) -> dict[str, Any]:
