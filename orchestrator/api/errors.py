@@ -29,12 +29,14 @@ class APIError(Exception):
         type_: str = "invalid_request_error",
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}  # e.g. Retry-After on a 429, WWW-Authenticate on a 401
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
-        return JSONResponse(status_code=self.status, content=self.body(), headers=headers)
+        return JSONResponse(status_code=self.status, content=self.body(), headers={**self.headers, **(headers or {})})
 
     def body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}

@@ -1,0 +1,179 @@
+"""The service configuration file: Redis, cache, journal, API keys, limits and default rate limits.
+
+``moesaic serve --config FILE`` (or ``MOESAIC_CONFIG``) reads it; ``deploy/service.yaml`` is the
+annotated example. Every section is optional and the defaults are safe for one process on a
+laptop: no Redis (in-process stores), auth decided by the bind address, generous limits.
+A mistake stops the server at start with the file and the field, the way pool files do, e.g.
+``service.yaml: invalid service config / limits.max_concurrent: Input should be greater than or equal to 1``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class ServiceConfigError(ValueError):
+    """A service config that cannot be used; the message names the file and the field."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RedisSection(_Section):
+    url: str | None = Field(None, description="redis://HOST:PORT/DB; without it every store is in process")
+    required: bool = Field(False, description="refuse to start when Redis does not answer (instead of falling back)")
+
+
+class CacheSection(_Section):
+    enabled: bool = True
+    ttl_s: PositiveInt = Field(600, description="seconds a cached answer is served")
+    max_entries: PositiveInt = Field(10_000, description="bound of the in-process fallback (LRU)")
+
+
+class JournalSection(_Section):
+    enabled: bool = True
+    stream: Annotated[str, Field(min_length=1)] = "moesaic:journal"
+    maxlen: PositiveInt = Field(100_000, description="entries kept (approximately, in Redis)")
+
+
+class KeyRecord(_Section):
+    """One API key as stored: its name, the sha256 of the key (never the key), and what it may do.
+
+    ``models`` are patterns (``*`` matches anything: ``expert/*``, ``moesaic*``). Limits left out
+    take the config's ``rate_limits`` defaults and ``limits.max_tokens``.
+    """
+
+    name: str
+    hash: str = Field(description="sha256 hex digest of the key (moesaic keys create prints it)")
+    models: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)] = ["*"]
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+    max_tokens: PositiveInt | None = Field(None, description="the most max_tokens one request may ask for")
+    created: str | None = Field(None, description="when the key was made (informational)")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if not KEY_NAME.match(name):
+            raise ValueError("a key name is 1-64 letters, digits or _ . @ -, starting with a letter or digit")
+        return name
+
+    @field_validator("hash")
+    @classmethod
+    def _hash(cls, value: str) -> str:
+        value = value.removeprefix("sha256:").lower()
+        if not SHA256_HEX.match(value):
+            raise ValueError("hash must be the 64 hex digits of sha256(key); `moesaic keys create` prints it")
+        return value
+
+
+class AuthSection(_Section):
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto", description="auto: off when binding 127.0.0.1/localhost/::1, on for any other address"
+    )
+    keys: list[KeyRecord] = Field(default_factory=list)
+    redis_hash: Annotated[str, Field(min_length=1)] = Field(
+        "moesaic:keys", description="Redis hash of name -> key record (moesaic keys create --redis)"
+    )
+    refresh_s: Annotated[float, Field(ge=0.0, le=3600.0)] = Field(
+        2.0, description="how long the Redis keys are reused before being read again (revocation delay)"
+    )
+
+    @field_validator("keys")
+    @classmethod
+    def _unique(cls, keys: list[KeyRecord]) -> list[KeyRecord]:
+        names = [key.name for key in keys]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"key names must be unique; repeated: {', '.join(repeated)}")
+        return keys
+
+
+class LimitsSection(_Section):
+    max_body_bytes: PositiveInt = Field(4 * 1024 * 1024, description="larger request bodies get 413")
+    max_tokens: Annotated[int, Field(ge=1, le=32768)] = Field(8192, description="the most max_tokens a request asks")
+    max_concurrent: PositiveInt = Field(64, description="/v1 requests served at once")
+    max_queue: Annotated[int, Field(ge=0)] = Field(256, description="requests waiting for a slot; beyond: 429")
+    queue_timeout_s: Annotated[float, Field(gt=0.0)] = Field(30.0, description="longest wait for a slot")
+    shutdown_grace_s: Annotated[float, Field(ge=0.0)] = Field(30.0, description="time in-flight requests get")
+
+
+class RateLimitSection(_Section):
+    """Defaults for every key (and for everyone when auth is off); a key's own values win."""
+
+    requests_per_minute: PositiveInt | None = None
+    tokens_per_minute: PositiveInt | None = None
+
+
+class ServiceConfig(_Section):
+    """The whole file. Each section has safe defaults, so ``ServiceConfig()`` is a working config."""
+
+    redis: RedisSection = RedisSection()
+    cache: CacheSection = CacheSection()
+    journal: JournalSection = JournalSection()
+    auth: AuthSection = AuthSection()
+    limits: LimitsSection = LimitsSection()
+    rate_limits: RateLimitSection = RateLimitSection()
+
+
+def parse_service_config(raw: Any, source: str) -> ServiceConfig:
+    """Validate already-parsed YAML; ``source`` names the file in errors."""
+    if raw is None:
+        return ServiceConfig()
+    if not isinstance(raw, dict):
+        raise ServiceConfigError(f"{source}: the top level must be a mapping of sections (redis, auth, limits, ...)")
+    try:
+        return ServiceConfig.model_validate(raw)
+    except ValidationError as error:
+        lines = []
+        for problem in error.errors():
+            got = problem.get("input")
+            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
+            if "hash" in problem["loc"]:
+                shown = ""  # never echo key material back, even a hash pasted in the wrong place
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"  {_where(problem['loc'], raw)}: {message}{shown}")
+        raise ServiceConfigError(f"{source}: invalid service config\n" + "\n".join(lines)) from None
+
+
+def load_service_config(path: str | Path) -> ServiceConfig:
+    """Read and validate a service config file; raise ``ServiceConfigError`` naming file and field."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error)
+        raise ServiceConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
+    except OSError as error:
+        raise ServiceConfigError(
+            f"{path}: cannot read the service config: {error.strerror} (see deploy/service.yaml for an example)"
+        ) from None
+    return parse_service_config(raw, str(path))
+
+
+def _where(location: tuple[Any, ...], raw: Any) -> str:
+    """``auth.keys[1].models`` becomes ``auth.keys[1] (name: 'ci').models`` when the name is known."""
+    parts: list[str] = []
+    for item in location:
+        parts.append(f"[{item}]" if isinstance(item, int) else ("." if parts else "") + str(item))
+    path = "".join(parts) or "(top level)"
+    if len(location) >= 3 and location[:2] == ("auth", "keys") and isinstance(location[2], int):
+        try:
+            name = raw["auth"]["keys"][location[2]]["name"]
+        except (KeyError, IndexError, TypeError):
+            return path
+        return path.replace(f"auth.keys[{location[2]}]", f"auth.keys[{location[2]}] (name: {name!r})", 1)
+    return path
