@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from orchestrator.api.body import parse_json_object
 from orchestrator.api.chat import PIPELINE_MODEL, policy_of
 from orchestrator.api.errors import APIError, from_validation_error
+from orchestrator.api.gate import require_model
+from orchestrator.api.openapi import json_body
 from orchestrator.api.schemas import ChatMessageIn, MoesaicOptions
 from orchestrator.pipeline import Orchestrator
 from router.recruit import NoExpertAvailable, PolicyUnavailable
@@ -43,15 +45,10 @@ class RouteRequest(BaseModel):
         return next(m.to_message().content for m in reversed(self.messages) if m.role == "user")
 
 
-@router.post("/v1/route")
+@router.post("/v1/route", openapi_extra=json_body(RouteRequest))
 async def route(http_request: Request) -> dict[str, Any]:
     orchestrator: Orchestrator = http_request.app.state.orchestrator
-    try:
-        data = json.loads(await http_request.body())
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+    data = parse_json_object(await http_request.body(), http_request.headers.get("content-type"))
     try:
         body = RouteRequest.model_validate(data)
     except ValidationError as error:
@@ -64,6 +61,9 @@ async def route(http_request: Request) -> dict[str, Any]:
             "model",
             "model_not_found",
         )
+    principal = getattr(http_request.state, "principal", None)
+    if principal is not None:
+        require_model(principal, body.model)  # the key's allowed models apply to routing decisions too
     policy = policy_of(body.model, orchestrator)
     try:
         decision = orchestrator.route(body.text, k=body.moesaic.k if body.moesaic else None, policy=policy)
