@@ -24,7 +24,7 @@ from typing import Literal
 from aggregator.extract import EXTRACTORS, infer_answer_kind
 from aggregator.synthesize import Candidate, Sampling, parse_rank, rank_request, render_question, synthesis_request
 from aggregator.vote import VoteOutcome, weighted_vote
-from experts.types import GenerationRequest, Message
+from experts.types import GenerationRequest, Message, ToolCall
 
 StrategyName = Literal["passthrough", "vote", "synthesize", "rank"]
 STRATEGIES: tuple[str, ...] = ("passthrough", "vote", "synthesize", "rank")
@@ -54,6 +54,7 @@ class Verdict:
     votes: dict[str, float] = field(default_factory=dict)
     agreement: float | None = None
     note: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()  # an expert asked for tools: they go back to the caller as they are
 
 
 @dataclass(frozen=True)

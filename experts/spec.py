@@ -14,6 +14,9 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from experts.resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
+from experts.serve_spec import ServeSpec
+
 # "moe": a local Mixture-of-Experts checkpoint on our MoE kernel path (experts/moe/);
 # "echo" exists only for overhead benchmarks and fault injection.
 BackendName = Literal["litellm", "local", "moe", "echo"]
@@ -56,6 +59,14 @@ class ResourceSpec(_Strict):
     torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
 
+    @field_validator("num_gpus")
+    @classmethod
+    def _whole_gpus_above_one(cls, value: float) -> float:
+        # a fraction shares one GPU; more than one means whole GPUs, reserved together on one node
+        if value > 1 and not float(value).is_integer():
+            raise ValueError("above 1, num_gpus must be a whole number of GPUs")
+        return value
+
 
 class ExpertResidencySpec(_Strict):
     """What a residency-managed expert occupies when resident (see ``ResidencySpec``)."""
@@ -97,6 +108,9 @@ class ExpertSpec(_Strict):
     )
     profile_name: str | None = Field(None, description="this expert's name in the measured profiles (default: name)")
     residency: ExpertResidencySpec = ExpertResidencySpec()
+    resilience: ResilienceSpec = Field(
+        ResilienceSpec(), description="timeout, retries and circuit breaker; keys set here override the pool's"
+    )
 
     @field_validator("name")
     @classmethod
@@ -121,6 +135,15 @@ class ExpertSpec(_Strict):
     @classmethod
     def _skill_names_normalised(cls, value: dict[str, float]) -> dict[str, float]:
         return {skill.strip().lower().replace(" ", "_"): score for skill, score in value.items()}
+
+    @property
+    def supports_tools(self) -> bool:
+        """Whether the request's tools, tool_choice and response_format reach this expert's model.
+
+        Only the ``litellm`` backend passes them on; local models answer in text (a conversation's
+        tool exchanges reach them written out as text, see ``experts.types.as_text_turns``).
+        """
+        return self.backend in TOOL_BACKENDS
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Cost from the pool file's price, or None when the pool file sets none."""
@@ -182,6 +205,9 @@ class ResidencySpec(_Strict):
     prefetch: bool = Field(True, description="load the expert needed next while another one runs, if it fits")
 
 
+# backends that pass OpenAI tools, tool_choice and response_format to their model
+TOOL_BACKENDS = ("litellm",)
+
 # backends whose actors the residency manager loads and unloads (echo: for tests and benchmarks only)
 RESIDENCY_BACKENDS = ("local", "moe", "echo")
 
@@ -238,6 +264,10 @@ class PoolSpec(_Strict):
         default_factory=dict, description="extra lexical keywords per skill, merged over the built-in ones"
     )
     residency: ResidencySpec | None = Field(None, description="load local experts on demand within a budget")
+    resilience: PoolResilienceSpec = Field(
+        PoolResilienceSpec(), description="failure handling defaults for every expert, and re-recruiting"
+    )
+    serve: ServeSpec = Field(ServeSpec(), description="Ray Serve: ingress replicas or autoscaling, HTTP proxy")
     experts: Annotated[list[ExpertSpec], Field(min_length=1)]
     _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
@@ -270,6 +300,10 @@ class PoolSpec(_Strict):
     @property
     def routable_experts(self) -> list[ExpertSpec]:
         return [expert for expert in self.experts if expert.routable]
+
+    def resilience_for(self, name: str) -> ResilienceSpec:
+        """``name``'s failure handling: the pool's ``resilience`` section with the expert's own keys on top."""
+        return merged(self.resilience, self.expert(name).resilience)
 
     def residency_managed(self, name: str) -> bool:
         """True when the pool has a ``residency`` section and ``name`` runs on a backend it loads and unloads."""

@@ -8,20 +8,48 @@ pool files), never here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from experts.moe.options import RoutingOptions
 
-Role = Literal["system", "user", "assistant"]
-FinishReason = Literal["stop", "length", "error"]
+Role = Literal["system", "user", "assistant", "tool"]
+FinishReason = Literal["stop", "length", "error", "tool_calls"]
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call a model asked for (OpenAI's ``tool_calls`` item); ``arguments`` is its JSON text."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class Message:
-    """One chat turn."""
+    """One chat turn. An assistant turn may carry the tool calls it made; a ``tool`` turn answers one of them."""
 
     role: Role
     content: str
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_id: str | None = None
+
+
+def as_text_turns(messages: list[Message]) -> list[dict[str, str]]:
+    """The conversation for a model that cannot call tools: tool calls and results written out as text.
+
+    Local chat templates know system, user and assistant turns; a tool exchange earlier in the
+    conversation is kept as text (``[called name(arguments)]``, ``[result of tool call ID]``), not dropped.
+    """
+    turns: list[dict[str, str]] = []
+    for message in messages:
+        if message.role == "tool":
+            result = f"[result of tool call {message.tool_call_id}]\n{message.content}"
+            turns.append({"role": "user", "content": result})
+            continue
+        calls = [f"[called {call.name}({call.arguments})]" for call in message.tool_calls]
+        turns.append({"role": message.role, "content": "\n".join(filter(None, [message.content, *calls]))})
+    return turns
 
 
 @dataclass
@@ -40,6 +68,11 @@ class GenerationRequest:
     seed: int | None = None
     request_id: str = ""
     moe_routing: RoutingOptions | None = None  # steers MoE experts (``moe`` backend); others ignore it
+    # OpenAI's tools, tool_choice and response_format, validated at the HTTP edge; only backends that can
+    # use them (``litellm``) pass them to the model, the others answer in text (see ExpertSpec.supports_tools)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    response_format: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +107,7 @@ class Completion:
     batch_size: int = 1
     error: str | None = None
     error_code: str | None = None  # e.g. "context_length_exceeded": the caller's mistake, not ours
+    tool_calls: tuple[ToolCall, ...] = ()  # finish_reason "tool_calls": the model asks the caller to run these
 
     @classmethod
     def failed(cls, message: str, model: str = "", code: str | None = None) -> Completion:

@@ -14,7 +14,7 @@ from typing import Any
 
 from experts.backends.base import BackendError, DeltaSink
 from experts.spec import ExpertSpec
-from experts.types import Completion, GenerationRequest, TextDelta, Usage
+from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
 
 _PASSED_OPTIONS = ("api_base", "api_version", "timeout", "num_retries", "extra_headers")
 
@@ -54,7 +54,7 @@ class LiteLLMBackend:
     def _arguments(self, request: GenerationRequest, stream: bool) -> dict[str, Any]:
         arguments: dict[str, Any] = {
             "model": self.spec.model,
-            "messages": [{"role": m.role, "content": m.content} for m in request.messages],
+            "messages": [_message_dict(m) for m in request.messages],
             "max_tokens": request.max_tokens,
             "temperature": request.temperature,
             "top_p": request.top_p,
@@ -64,6 +64,10 @@ class LiteLLMBackend:
             arguments["stop"] = list(request.stop)
         if request.seed is not None:
             arguments["seed"] = request.seed
+        # the caller's tools and output format go to the model as they came (this backend can use them)
+        for passed in ("tools", "tool_choice", "response_format"):
+            if getattr(request, passed) is not None:
+                arguments[passed] = getattr(request, passed)
         if stream:
             arguments["stream_options"] = {"include_usage": True}
         for option in _PASSED_OPTIONS:
@@ -83,23 +87,28 @@ class LiteLLMBackend:
                 text = choice.message.content or ""
                 finish = choice.finish_reason
                 usage = response.usage
+                calls = tuple(_tool_call(call) for call in getattr(choice.message, "tool_calls", None) or [])
             else:
-                text, finish, usage = await self._stream(index, request, on_delta)
+                text, finish, usage, calls = await self._stream(index, request, on_delta)
         except Exception as error:  # provider errors are many and untyped; report them per request
             return Completion.failed(f"{type(error).__name__}: {error}", self.spec.model)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         return Completion(
             text=text,
-            finish_reason="length" if finish == "length" else "stop",
+            finish_reason="tool_calls" if calls else "length" if finish == "length" else "stop",
             usage=Usage(prompt_tokens, completion_tokens, self._cost(prompt_tokens, completion_tokens)),
             model=self.spec.model,
             latency_s=time.perf_counter() - started,
+            tool_calls=calls,
         )
 
-    async def _stream(self, index: int, request: GenerationRequest, on_delta: DeltaSink) -> tuple[str, Any, Any]:
+    async def _stream(
+        self, index: int, request: GenerationRequest, on_delta: DeltaSink
+    ) -> tuple[str, Any, Any, tuple[ToolCall, ...]]:
         pieces: list[str] = []
         finish, usage = None, None
+        calls: dict[int, dict[str, str]] = {}  # tool calls arrive in pieces, keyed by their index
         response = await self._litellm.acompletion(**self._arguments(request, stream=True))
         async for chunk in response:
             if getattr(chunk, "usage", None):
@@ -109,8 +118,13 @@ class LiteLLMBackend:
                 if content:
                     pieces.append(content)
                     on_delta(TextDelta(index, content))
+                for piece in getattr(choice.delta, "tool_calls", None) or []:
+                    call = calls.setdefault(piece.index or 0, {"id": "", "name": "", "arguments": ""})
+                    call["id"] = piece.id or call["id"]
+                    call["name"] += (piece.function and piece.function.name) or ""
+                    call["arguments"] += (piece.function and piece.function.arguments) or ""
                 finish = choice.finish_reason or finish
-        return "".join(pieces), finish, usage
+        return "".join(pieces), finish, usage, tuple(ToolCall(**calls[key]) for key in sorted(calls))
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         declared = self.spec.cost_of(prompt_tokens, completion_tokens)
@@ -123,3 +137,20 @@ class LiteLLMBackend:
         except Exception:  # model missing from LiteLLM's price map: cost unknown, count 0
             return 0.0
         return float(prompt_cost + completion_cost)
+
+
+def _message_dict(message: Message) -> dict[str, Any]:
+    """A turn in OpenAI's shape, tool calls and tool results included."""
+    turn: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        turn["tool_calls"] = [
+            {"id": call.id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+            for call in message.tool_calls
+        ]
+    if message.tool_call_id is not None:
+        turn["tool_call_id"] = message.tool_call_id
+    return turn
+
+
+def _tool_call(call: Any) -> ToolCall:
+    return ToolCall(id=call.id or "", name=call.function.name or "", arguments=call.function.arguments or "")

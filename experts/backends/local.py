@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from experts.backends.base import BackendError, DeltaSink
 from experts.spec import ExpertSpec
-from experts.types import Completion, GenerationRequest, TextDelta, Usage
+from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
 
@@ -257,7 +257,7 @@ class LocalBackend:
 
     def _tokenise(self, request: GenerationRequest) -> list[int]:
         tokenizer = self._decoder.tokenizer
-        messages = [{"role": message.role, "content": message.content} for message in request.messages]
+        messages = as_text_turns(request.messages)  # no tool calling here: a tool exchange is kept as text
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 

@@ -2,7 +2,9 @@
 
 Fields OpenAI defines that we do not act on (``frequency_penalty``, ``logit_bias``...)
 are accepted and ignored, as OpenAI-compatible servers commonly do, so existing clients
-work unchanged. Our extension lives in one optional ``moesaic`` object.
+work unchanged; a field OpenAI does not define is a 422 naming it, as OpenAI answers an
+unrecognized argument (a typo such as ``max_token`` must not pass silently). Our extension
+lives in one optional ``moesaic`` object.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from experts.moe.options import RoutingOptions
-from experts.types import Message
+from experts.types import Message, ToolCall
+from orchestrator.api.tool_schemas import ResponseFormatIn, ToolCallIn, ToolChoice, ToolIn, tool_calls_body
 
 
 class TextPart(BaseModel):
@@ -25,16 +28,27 @@ class ChatMessageIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    role: Literal["system", "developer", "user", "assistant"]
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: Annotated[list[ToolCallIn], Field(max_length=128)] | None = None  # an assistant turn's calls
+    tool_call_id: str | None = None  # a tool turn: the call it answers
+
+    @model_validator(mode="after")
+    def _tool_turns_complete(self) -> ChatMessageIn:
+        if self.role == "tool" and not self.tool_call_id:
+            raise ValueError("a message with role 'tool' needs the tool_call_id of the call it answers")
+        if self.tool_calls and self.role != "assistant":
+            raise ValueError("only an assistant message may carry tool_calls")
+        return self
 
     def to_message(self) -> Message:
         if isinstance(self.content, list):
             text = "".join(part.text for part in self.content)
         else:
             text = self.content or ""
-        return Message("system" if self.role == "developer" else self.role, text)
+        calls = tuple(call.to_call() for call in self.tool_calls or [])
+        return Message("system" if self.role == "developer" else self.role, text, calls, self.tool_call_id)
 
 
 class StreamOptions(BaseModel):
@@ -114,10 +128,41 @@ class MoesaicOptions(BaseModel):
         return "pool" if self.consensus is None else self.consensus
 
 
+# OpenAI's chat-completion parameters that do not change what we do: accepted (any value) and ignored
+OPENAI_IGNORED_FIELDS = (
+    "audio",
+    "frequency_penalty",
+    "function_call",
+    "functions",
+    "logit_bias",
+    "logprobs",
+    "metadata",
+    "modalities",
+    "parallel_tool_calls",
+    "prediction",
+    "presence_penalty",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "reasoning_effort",
+    "safety_identifier",
+    "service_tier",
+    "store",
+    "top_logprobs",
+    "verbosity",
+    "web_search_options",
+)
+
+
+def _document_ignored(schema: dict[str, Any]) -> None:
+    """The OpenAPI document lists the ignored parameters too, as accepted (any value)."""
+    for name in OPENAI_IGNORED_FIELDS:
+        schema["properties"].setdefault(name, {"description": "OpenAI parameter, accepted and ignored"})
+
+
 class ChatCompletionRequest(BaseModel):
     """``POST /v1/chat/completions`` body."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_document_ignored)
 
     model: Annotated[str, Field(min_length=1)]
     messages: Annotated[list[ChatMessageIn], Field(min_length=1)]
@@ -132,6 +177,43 @@ class ChatCompletionRequest(BaseModel):
     seed: int | None = None
     user: str | None = None
     moesaic: MoesaicOptions | None = None
+    # passed to the experts that can use them (litellm backend); see orchestrator/tool_calls.py
+    tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
+    tool_choice: ToolChoice | None = None
+    response_format: ResponseFormatIn | None = None
+
+    @field_validator("tool_choice")
+    @classmethod
+    def _choice_among_tools(cls, choice: Any, info: Any) -> Any:
+        tools = info.data.get("tools")
+        if choice is None or choice == "none":
+            return choice
+        if not tools:
+            raise ValueError("tool_choice needs tools: list the functions the model may call in 'tools'")
+        if not isinstance(choice, str) and choice.function.name not in {tool.function.name for tool in tools}:
+            raise ValueError(f"tool_choice names {choice.function.name!r}, which is not one of the tools")
+        return choice
+
+    def passthrough(self) -> dict[str, Any]:
+        """``tools``, ``tool_choice`` and ``response_format`` as plain data for the experts (absent ones left out)."""
+        return {
+            "tools": [tool.model_dump(exclude_none=True) for tool in self.tools] if self.tools else None,
+            "tool_choice": (
+                self.tool_choice
+                if self.tool_choice is None or isinstance(self.tool_choice, str)
+                else self.tool_choice.model_dump()
+            ),
+            "response_format": self.response_format.model_dump(exclude_none=True) if self.response_format else None,
+        }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_ignored(cls, data: Any) -> Any:
+        """OpenAI's parameters we do not act on are dropped here; anything else unknown stays, to be refused."""
+        ignored = [key for key in OPENAI_IGNORED_FIELDS if key not in cls.model_fields]  # a field we act on wins
+        if isinstance(data, dict) and any(key in data for key in ignored):
+            return {key: value for key, value in data.items() if key not in ignored}
+        return data
 
     @field_validator("messages")
     @classmethod
@@ -189,11 +271,15 @@ def completion_body(
     prompt_tokens: int,
     completion_tokens: int,
     metadata: dict[str, Any],
+    tool_calls: tuple[ToolCall, ...] = (),
 ) -> dict[str, Any]:
     """A ``chat.completion`` object, plus our ``moesaic`` metadata."""
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = tool_calls_body(tool_calls)
     choice = {
         "index": 0,
-        "message": {"role": "assistant", "content": text},
+        "message": message,
         "finish_reason": openai_finish_reason(finish_reason),
         "logprobs": None,
     }
@@ -231,4 +317,4 @@ def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def openai_finish_reason(reason: str) -> str:
-    return "length" if reason == "length" else "stop"
+    return reason if reason in ("length", "tool_calls") else "stop"

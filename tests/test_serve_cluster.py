@@ -1,0 +1,175 @@
+"""A real local Ray cluster: ``ray start --head``, ``moesaic deploy render``, ``serve run``, the openai client.
+
+Everything runs in subprocesses in a process group of its own, with its own temporary directory,
+ports and cluster token, so the session's in-process Ray instance is untouched. The head declares
+two logical GPUs, so the expert that asks for two gets a placement group (nothing uses a GPU: the
+experts are echo experts). Teardown: Ctrl-C to ``serve run`` (it deletes the application: the
+replica stops its experts and removes the group), then SIGTERM to ``ray start --block``, then
+SIGKILL to whatever of its group is left. About a minute on two cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.cluster
+BIN = Path(sys.executable).parent
+PLACEMENT_SCRIPT = """
+import json, sys, ray
+from ray.util import placement_group_table
+ray.init(address=sys.argv[1], log_to_driver=False)
+groups = [{"name": g["name"], "strategy": g["strategy"], "state": g["state"], "bundles": g["bundles"]}
+          for g in placement_group_table().values()]
+print(json.dumps(groups))
+"""
+
+
+@dataclass
+class Cluster:
+    address: str
+    http_url: str
+    env: dict[str, str]
+
+
+def _wait_until(check, what: str, seconds: float, process: subprocess.Popen | None = None) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + seconds
+    while not check():
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not within {seconds:.0f} s")
+        time.sleep(0.5)
+
+
+def _stop_group(process: subprocess.Popen, first: int, grace_s: float) -> None:
+    """Signal ``process`` (a group leader we started), wait, then kill what is left of its group."""
+    if process.poll() is None:
+        process.send_signal(first)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # our own group only: the head's raylet, GCS and workers
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=10)
+
+
+def _healthy(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    temp = Path(tempfile.mkdtemp(prefix="msr-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
+    gcs, http = free_port(), free_port()
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--node-ip-address", "127.0.0.1"]
+        + ["--num-cpus", "2", "--num-gpus", "2", "--include-dashboard", "false", "--temp-dir", str(temp)]
+        + ["--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())]
+        + ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    serve_run = None
+    try:
+        pool = {
+            "name": "serve-echo",
+            "roles": {"aggregator": "b"},
+            "serve": {"num_replicas": 1, "ingress_resources": {"num_cpus": 0.5}, "http": {"port": http}},
+            "experts": [
+                {"name": "a", "backend": "echo", "model": "echo", "skills": ["math"], "resources": {"num_gpus": 2}},
+                {"name": "b", "backend": "echo", "model": "echo", "skills": ["writing"], "resources": {"num_cpus": 0}},
+            ],
+        }
+        (temp / "pool.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
+        render = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(temp / "pool.yaml")]
+        subprocess.run(render + ["--out", str(temp / "out")], env=env, check=True, capture_output=True, timeout=120)
+        address = f"127.0.0.1:{gcs}"
+        log = (temp / "serve-run.log").open("wb")
+        serve_run = subprocess.Popen(
+            [str(BIN / "serve"), "run", str(temp / "out" / "serve.yaml"), "--address", address],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        url = f"http://127.0.0.1:{http}"
+        try:
+            _wait_until(lambda: _healthy(url), "the app answering through Serve's proxy", 240, serve_run)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{(temp / 'serve-run.log').read_text(errors='replace')[-3000:]}") from None
+        yield Cluster(address, url, env)
+    finally:
+        if serve_run is not None:
+            _stop_group(serve_run, signal.SIGINT, 60)  # serve run's Ctrl-C: delete the app, stop its replicas
+        _stop_group(head, signal.SIGTERM, 15)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_answers_through_the_serve_proxy(cluster: Cluster) -> None:
+    client = openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    reply = client.chat.completions.with_raw_response.create(
+        model="moesaic", messages=[{"role": "user", "content": "Write a poem about rain"}]
+    )
+    assert reply.headers["x-moesaic-experts"] == "b"
+    completion = reply.parse()
+    assert completion.choices[0].message.content == "Write a poem about rain"
+    assert completion.model_extra["moesaic"]["decision"]["experts"] == ["b"]
+
+    stream = client.chat.completions.create(
+        model="moesaic",
+        messages=[{"role": "user", "content": "Solve the equation for x"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Solve the equation for x"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+    assert {model.id for model in client.models.list()} >= {"moesaic", "expert/a", "expert/b"}
+
+
+def test_multi_gpu_expert_runs_in_its_placement_group(cluster: Cluster) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", PLACEMENT_SCRIPT, cluster.address],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    groups = [g for g in json.loads(done.stdout.strip().splitlines()[-1]) if g["name"].startswith("moesaic-")]
+    assert len(groups) == 1, groups
+    [group] = groups
+    assert group["name"].startswith("moesaic-serve-echo-a-")
+    assert group["strategy"] == "STRICT_PACK" and group["state"] == "CREATED"
+    assert list(group["bundles"].values()) == [{"GPU": 2.0, "CPU": 0.25}]  # the default 0.25 CPU
+    health = httpx.get(cluster.http_url + "/healthz", timeout=10).json()
+    assert health["experts"]["a"]["state"] == "ready"

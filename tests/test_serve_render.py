@@ -1,0 +1,177 @@
+"""The Ray Serve side without a cluster: the pool's ``serve`` section, ``moesaic deploy render``, ``build``.
+
+The rendered Serve config is checked against Ray's own schema; the checked-in files
+(deploy/serve.yaml, deploy/kuberay/rayservice.yaml) must equal a fresh render of the default pool.
+The real deployment (``ray start``, ``serve run``, the HTTP proxy) is tests/test_serve_cluster.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from experts.placement import bundles_for
+from experts.spec import PoolFileError, load_pool, parse_pool
+from orchestrator.deploy_cli import pool_document, ray_service, render_files, serve_config
+from orchestrator.serve_app import INGRESS_NAME, build
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pool(**top: Any) -> dict[str, Any]:
+    experts = top.pop("experts", None) or [
+        {"name": "big", "backend": "local", "model": "/models/m", "resources": {"num_cpus": 2, "num_gpus": 2}},
+        {
+            "name": "hosted",
+            "backend": "litellm",
+            "model": "openai/gpt-4.1-mini",
+            "options": {"api_key_env": "OPENAI_API_KEY"},
+            "resources": {"num_cpus": 0.25, "memory_gb": 2},
+        },
+    ]
+    return {"name": "Prod Pool", "experts": experts, **top}
+
+
+def test_checked_in_files_are_the_default_pool_rendered(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)  # the header names the pool file relative to the working directory
+    serve_path, service_path = render_files("default", tmp_path)
+    assert serve_path.read_text() == (ROOT / "deploy" / "serve.yaml").read_text(), "run: moesaic deploy render"
+    assert service_path.read_text() == (ROOT / "deploy" / "kuberay" / "rayservice.yaml").read_text()
+
+
+def test_rendered_serve_config_passes_rays_schema() -> None:
+    spec = parse_pool(pool(serve={"autoscaling_config": {"min_replicas": 1, "max_replicas": 3}}), "p.yaml")
+    config = serve_config(spec, "p.yaml")
+    schema = ServeDeploySchema.model_validate(config)
+    [application] = schema.applications
+    assert application.import_path == "orchestrator.serve_app:build"
+    [deployment] = application.deployments
+    assert deployment.name == INGRESS_NAME
+    assert deployment.autoscaling_config["max_replicas"] == 3
+    assert parse_pool(config["applications"][0]["args"]["pool_spec"], "inline") == spec  # the pool round-trips
+
+
+def test_ray_service_sizes_the_cluster_from_the_pool() -> None:
+    serve = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 4}, "ingress_resources": {"num_cpus": 1}}
+    spec = parse_pool(pool(serve=serve), "p.yaml")
+    manifest = ray_service(spec, serve_config(spec, "p.yaml", host="0.0.0.0"), "registry/moesaic:1", "keys")
+    assert (manifest["apiVersion"], manifest["kind"]) == ("ray.io/v1", "RayService")
+    assert manifest["metadata"]["name"] == "moesaic-prod-pool"
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])
+    assert embedded["http_options"]["host"] == "0.0.0.0"
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"] is True
+    [group] = cluster["workerGroupSpecs"]
+    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (1, 1, 4)
+    [worker] = group["template"]["spec"]["containers"]
+    assert worker["image"] == "registry/moesaic:1"
+    assert worker["resources"]["limits"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"}  # 1 + 2 + 0.25 CPUs
+    assert worker["env"] == [
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "OPENAI_API_KEY"}}}
+    ]
+    head = cluster["headGroupSpec"]
+    assert head["rayStartParams"]["num-cpus"] == "0"  # no replica or expert on the head
+    assert {"containerPort": 8000, "name": "serve"} in head["template"]["spec"]["containers"][0]["ports"]
+
+
+@pytest.mark.parametrize(
+    ("serve", "problem"),
+    [
+        ({"num_replicas": 2, "autoscaling_config": {"max_replicas": 3}}, "serve: give num_replicas or autoscaling"),
+        ({"autoscaling_config": {"min_replicas": 5, "max_replicas": 2}}, "serve.autoscaling_config: min_replicas (5)"),
+        ({"autoscaling_config": {"max_replicas": 2, "initial_replicas": 3}}, "initial_replicas (3) must lie"),
+        ({"http": {"port": 0}}, "serve.http.port: Input should be greater than or equal to 1"),
+        ({"replicas": 2}, "serve.replicas: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_serve_sections_name_the_field(serve: dict[str, Any], problem: str) -> None:
+    with pytest.raises(PoolFileError, match="pool.yaml: invalid pool file") as error:
+        parse_pool(pool(serve=serve), "pool.yaml")
+    assert problem in str(error.value)
+
+
+def test_fractional_gpus_above_one_are_refused() -> None:
+    experts = [{"name": "x", "backend": "local", "model": "m", "resources": {"num_gpus": 1.5}}]
+    with pytest.raises(PoolFileError, match=r"experts\[0\] \(name: 'x'\).resources.num_gpus: above 1"):
+        parse_pool(pool(experts=experts), "pool.yaml")
+
+
+def test_placement_bundles_only_for_multi_gpu_experts() -> None:
+    spec = parse_pool(pool(), "p.yaml")
+    assert bundles_for(spec.expert("big")) == [{"GPU": 2.0, "CPU": 2.0}]
+    assert bundles_for(spec.expert("hosted")) is None
+
+
+def test_build_applies_the_serve_section() -> None:
+    app = build({"pool_spec": pool_document(load_pool("default")) | {"serve": {"num_replicas": 3}}})
+    deployment = app._bound_deployment  # the Application's one deployment
+    assert deployment.name == INGRESS_NAME
+    assert deployment.num_replicas == 3
+    assert deployment.ray_actor_options["num_cpus"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("args", "problem"),
+    [
+        ({}, "give exactly one of 'pool'"),
+        ({"pool": "default", "pool_spec": {}}, "give exactly one of 'pool'"),
+        ({"pool": "default", "replicas": 2}, "args.replicas: Extra inputs are not permitted"),
+    ],
+)
+def test_build_refuses_bad_args(args: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match="invalid Moesaic Serve args") as error:
+        build(args)
+    assert problem in str(error.value)
+
+
+def test_build_names_the_pool_file_and_field() -> None:
+    with pytest.raises(PoolFileError, match=r"<serve config: pool_spec>: invalid pool file"):
+        build({"pool_spec": {"experts": [{"name": "a", "backend": "nope", "model": "m"}]}})
+    with pytest.raises(ValueError, match="auth"):
+        build({"pool": "default", "service": {"auth": {"mode": "sometimes"}}})
+
+
+def test_render_command(tmp_path: Path) -> None:
+    source = tmp_path / "pool.yaml"
+    source.write_text(yaml.safe_dump(pool()), encoding="utf-8")
+    done = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(source), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "serve.yaml").exists() and (tmp_path / "kuberay" / "rayservice.yaml").exists()
+    source.write_text(yaml.safe_dump(pool(serve={"num_replicas": 0})), encoding="utf-8")
+    failed = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(source), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert failed.returncode == 2 and "serve.num_replicas" in failed.stderr
+
+
+@pytest.mark.ray
+def test_placement_group_created_once_and_removed(ray_session: None) -> None:
+    from ray.util import placement_group_table
+
+    from experts.placement import ExpertPlacement
+
+    spec = parse_pool(pool(), "p.yaml")
+    placement = ExpertPlacement("prod")
+    assert placement.actor_options(spec.expert("hosted")) == {}
+    first = placement.actor_options(spec.expert("big"))["scheduling_strategy"]
+    again = placement.actor_options(spec.expert("big"))["scheduling_strategy"]  # a restarted actor: same group
+    assert first.placement_group == again.placement_group
+    group_id = first.placement_group.id.hex()
+    table = placement_group_table()
+    assert table[group_id]["strategy"] == "STRICT_PACK" and table[group_id]["name"].startswith("moesaic-prod-big-")
+    placement.release()
+    assert placement_group_table()[group_id]["state"] == "REMOVED"
