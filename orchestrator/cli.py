@@ -37,16 +37,52 @@ def serve(
     port: int = typer.Option(8000, help="port to listen on"),
     ray_address: Optional[str] = RayOption,
     num_cpus: Optional[int] = typer.Option(None, help="CPUs for a local Ray instance (default: all)"),
+    config: Optional[str] = typer.Option(
+        None, "--config", help="service config: Redis, API keys, limits (see deploy/service.yaml; env MOESAIC_CONFIG)"
+    ),
+    log_format: str = typer.Option("json", "--log-format", help="json (one object per line) or text (for people)"),
+    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
 ) -> None:
     """Start the OpenAI-compatible API with the pool's experts in Ray actors."""
     import uvicorn
 
     from orchestrator.api.app import create_app
     from orchestrator.config import ServeSettings
+    from orchestrator.service.config import ServiceConfig, ServiceConfigError, load_service_config
 
     _load(pool)  # fail now, with the file and field, not inside the server's start-up
-    settings = ServeSettings.from_env(pool=pool, host=host, port=port, ray_address=ray_address, num_cpus=num_cpus)
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    _configure_logs(log_format, log_level)
+    settings = ServeSettings.from_env(
+        pool=pool, host=host, port=port, ray_address=ray_address, num_cpus=num_cpus, config=config
+    )
+    try:
+        service = load_service_config(settings.config) if settings.config else ServiceConfig()
+    except ServiceConfigError as error:
+        errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    uvicorn.run(
+        create_app(settings, service=service),
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level.lower(),
+        log_config=None,  # uvicorn's loggers go through ours (JSON or text)
+        access_log=False,  # ours carries the request id, the route's model and the API key's name
+        timeout_graceful_shutdown=service.limits.shutdown_grace_s,  # in-flight requests finish, then the pool
+    )
+
+
+def _configure_logs(log_format: str, level: str) -> None:
+    """Logs of this process and of the Ray workers it starts, in one format; bad values stop with a clear error."""
+    from orchestrator.observability.logs import configure_logging, export_for_workers
+
+    if log_format not in ("json", "text"):
+        errors.print(f"[red]error:[/red] --log-format must be json or text, not {log_format!r}")
+        raise typer.Exit(2)
+    if level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        errors.print(f"[red]error:[/red] --log-level must be debug, info, warning or error, not {level!r}")
+        raise typer.Exit(2)
+    configure_logging(log_format, level)  # type: ignore[arg-type]
+    export_for_workers(log_format, level)  # type: ignore[arg-type]
 
 
 @app.command()
@@ -174,6 +210,10 @@ def _explain(result) -> None:  # type: ignore[no-untyped-def]
 
 from orchestrator.aggregator_cli import bench_aggregators  # noqa: E402
 from orchestrator.batch_cli import batch  # noqa: E402
+from orchestrator.deploy_cli import app as deploy_app  # noqa: E402
+from orchestrator.journal_cli import app as journal_app  # noqa: E402
+from orchestrator.keys_cli import app as keys_app  # noqa: E402
+from orchestrator.mcp_server import mcp_command  # noqa: E402
 from orchestrator.router_cli import eval_router, profile, route  # noqa: E402
 
 app.command("profile")(profile)
@@ -181,6 +221,10 @@ app.command("eval-router")(eval_router)
 app.command("route")(route)
 app.command("bench-aggregators")(bench_aggregators)
 app.command("batch")(batch)
+app.add_typer(journal_app, name="journal")
+app.command("mcp")(mcp_command)
+app.add_typer(deploy_app, name="deploy")
+app.add_typer(keys_app, name="keys")
 
 
 def main() -> None:

@@ -2,11 +2,15 @@
 
 ``create_app(settings)`` starts the pool in the app's lifespan (``moesaic serve``);
 ``create_app(orchestrator=...)`` serves an orchestrator that is already running (tests,
-Ray Serve), and leaves its lifetime to the caller.
+Ray Serve), and leaves its lifetime to the caller. Either way the lifespan builds the
+``ServiceState`` (auth, limits, Redis-backed stores) from ``service`` (a ``ServiceConfig``), else
+from the settings' config file, else safe defaults (in-process stores; auth by bind address),
+and at shutdown waits for in-flight requests before the pool goes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
@@ -15,56 +19,86 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from experts.pool import ExpertPool
-from experts.spec import load_pool
+from experts.spec import PoolSpec, load_pool
 from orchestrator.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.api.chat import router as chat_router
 from orchestrator.api.errors import APIError, install_error_handlers
 from orchestrator.api.metrics import router as metrics_router
+from orchestrator.api.openapi import ERROR_RESPONSES, HEALTH_RESPONSES
 from orchestrator.api.route import router as route_router
 from orchestrator.api.schemas import ModelCard, ModelList
 from orchestrator.config import ServeSettings
+from orchestrator.observability.metrics import ServiceMetrics
+from orchestrator.observability.middleware import ObservabilityMiddleware
 from orchestrator.pipeline import Orchestrator
+from orchestrator.service.auth import AuthMiddleware
+from orchestrator.service.config import ServiceConfig, load_service_config
+from orchestrator.service.limits import LimitsMiddleware
+from orchestrator.service.state import ServiceState, build_service_state
+
+# uvicorn's own logger: the service's start-up line appears beside uvicorn's, whatever the log setup
+startup_log = logging.getLogger("uvicorn.error")
 
 
-def create_app(settings: ServeSettings | None = None, orchestrator: Orchestrator | None = None) -> FastAPI:
+def create_app(
+    settings: ServeSettings | None = None,
+    orchestrator: Orchestrator | None = None,
+    service: ServiceConfig | None = None,
+) -> FastAPI:
     """Build the app around a running orchestrator, or one started from ``settings``."""
     if orchestrator is None and settings is None:
         settings = ServeSettings.from_env()
+    if service is None:
+        service = load_service_config(settings.config) if settings and settings.config else ServiceConfig()
+    host = settings.host if settings is not None else "127.0.0.1"
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.started = int(time.time())
         if orchestrator is not None:
             app.state.orchestrator = orchestrator
-            yield
+            async with _serving(app, service, host, orchestrator.pool.spec) as state:
+                try:
+                    yield
+                finally:
+                    await state.drain()
             return
         assert settings is not None
-        pool = ExpertPool(load_pool(settings.pool), ray_address=settings.ray_address, num_cpus=settings.num_cpus)
-        await pool.start()
-        app.state.orchestrator = Orchestrator(pool)
-        try:
-            yield
-        finally:
-            await pool.shutdown()
+        spec = load_pool(settings.pool)
+        async with _serving(app, service, host, spec) as state:  # Redis first: a required one fails fast
+            pool = ExpertPool(spec, ray_address=settings.ray_address, num_cpus=settings.num_cpus)
+            await pool.start()
+            app.state.orchestrator = Orchestrator(pool)
+            try:
+                yield
+            finally:
+                await state.drain()  # in-flight requests finish before their experts go
+                await pool.shutdown()
 
-    app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan)
+    app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
+    app.state.metrics = ServiceMetrics()  # this app's counts; /metrics writes them
     install_error_handlers(app)
+    app.add_middleware(LimitsMiddleware)  # body size, concurrency and the waiting line (inner)
+    app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
     app.include_router(chat_router)
     app.include_router(route_router)
     app.include_router(metrics_router)
+    # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
+    # sees every request and answer, the other middlewares' refusals included
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
 
     @app.get("/v1/models")
     async def list_models(request: Request) -> ModelList:
-        return ModelList(data=_model_cards(request.app))
+        return ModelList(data=_model_cards(request))
 
     @app.get("/v1/models/{model_id:path}")
     async def get_model(model_id: str, request: Request) -> ModelCard:
-        for card in _model_cards(request.app):
+        for card in _model_cards(request):
             if card.id == model_id:
                 return card
         raise APIError(404, f"model {model_id!r} does not exist", "not_found_error", "model", "model_not_found")
 
-    @app.get("/healthz")
+    @app.get("/healthz", responses=HEALTH_RESPONSES)
     async def healthz(request: Request) -> JSONResponse:
         pool: ExpertPool = request.app.state.orchestrator.pool
         experts = await pool.health()
@@ -79,7 +113,26 @@ def create_app(settings: ServeSettings | None = None, orchestrator: Orchestrator
     return app
 
 
-def _model_cards(app: FastAPI) -> list[ModelCard]:
+@asynccontextmanager
+async def _serving(app: FastAPI, config: ServiceConfig, host: str, spec: PoolSpec) -> AsyncIterator[ServiceState]:
+    """The service's state for the app's lifetime: announced at start, Redis closed at the end."""
+    state = await build_service_state(config, host, spec.model_dump_json())
+    app.state.service = state
+    startup_log.info(await state.summary())
+    try:
+        yield state
+    finally:
+        await state.close()
+
+
+def _model_cards(request: Request) -> list[ModelCard]:
+    """The models the caller may use (all of them when auth is off)."""
+    cards = _all_model_cards(request.app)
+    principal = getattr(request.state, "principal", None)
+    return cards if principal is None else [card for card in cards if principal.allows(card.id)]
+
+
+def _all_model_cards(app: FastAPI) -> list[ModelCard]:
     orchestrator: Orchestrator = app.state.orchestrator
     spec = orchestrator.pool.spec
     created = app.state.started

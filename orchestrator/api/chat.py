@@ -14,12 +14,20 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import ValidationError
 
 from experts.pool import ExpertCallFailed, ExpertUnavailable
+from experts.spec import PoolSpec
 from experts.types import Completion, GenerationRequest
+from orchestrator.api.body import parse_json_object
 from orchestrator.api.errors import APIError, from_validation_error
+from orchestrator.api.gate import Gate
+from orchestrator.api.openapi import CHAT_RESPONSES, json_body
 from orchestrator.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
+from orchestrator.api.tool_schemas import tool_calls_delta
 from orchestrator.graph import AllExpertsFailed
+from orchestrator.observability.context import current_request_id
+from orchestrator.observability.metrics import record_calls, record_pipeline
 from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
 from orchestrator.state import CallRecord, PipelineRequest, PipelineResult
+from orchestrator.tool_calls import with_passthrough
 from router.recruit import NoExpertAvailable, PolicyUnavailable
 
 log = logging.getLogger(__name__)
@@ -32,10 +40,25 @@ CLIENT_ERROR_PARAMS = {"context_length_exceeded": "messages", "invalid_moe_routi
 router = APIRouter()
 
 
-@router.post("/v1/chat/completions")
+@router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=CHAT_RESPONSES)
 async def chat_completions(http_request: Request) -> Any:
     orchestrator: Orchestrator = http_request.app.state.orchestrator
-    body = await _parse(http_request)
+    gate = Gate.open(http_request)  # key's models and limits, rate limits, cache, journal, disconnects
+    try:
+        gate.body = await _read_json(http_request)
+        body = _validate(gate.body)
+        http_request.state.model = body.model  # the metrics and the access log name it
+        cached = await gate.admit(body, orchestrator.pool.spec)
+        if cached is not None:
+            return cached
+        response = await gate.run(_answer(orchestrator, body))
+    except BaseException as error:
+        await gate.failed(error)
+        raise
+    return await gate.answered(response)
+
+
+async def _answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> Any:
     if body.model == PIPELINE_MODEL or body.model.startswith(PIPELINE_MODEL + "/"):
         return await _pipeline(orchestrator, body)
     if body.model.startswith(EXPERT_PREFIX):
@@ -50,14 +73,11 @@ async def chat_completions(http_request: Request) -> Any:
     )
 
 
-async def _parse(http_request: Request) -> ChatCompletionRequest:
-    raw = await http_request.body()
-    try:
-        data = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise APIError(400, f"request body is not valid JSON: {error}", code="invalid_json") from None
-    if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
+async def _read_json(http_request: Request) -> dict[str, Any]:
+    return parse_json_object(await http_request.body(), http_request.headers.get("content-type"))
+
+
+def _validate(data: dict[str, Any]) -> ChatCompletionRequest:
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as error:
@@ -110,6 +130,8 @@ def _generation(body: ChatCompletionRequest) -> GenerationRequest:
         stop=body.stop_list,
         seed=body.seed,
         moe_routing=body.moesaic.moe_routing.to_options() if body.moesaic and body.moesaic.moe_routing else None,
+        request_id=current_request_id() or "",  # into every expert call and the actors' logs
+        **body.passthrough(),  # tools, tool_choice, response_format: for the experts that can use them
     )
 
 
@@ -124,12 +146,13 @@ async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> 
             raise _pipeline_error(error) from None
         assert isinstance(first, DecisionEvent)
         headers = {"x-moesaic-experts": ",".join(first.decision.experts)}
-        stream = _pipeline_sse(events, body, response_id, created)
+        stream = _pipeline_sse(events, body, response_id, created, orchestrator.pool.spec)
         return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
     try:
         result = await orchestrator.run(request)
     except Exception as error:
         raise _pipeline_error(error) from None
+    record_pipeline(body.model, result)
     body_json = completion_body(
         response_id=response_id,
         created=created,
@@ -138,7 +161,10 @@ async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> 
         finish_reason=result.finish_reason,
         prompt_tokens=result.usage.prompt_tokens,
         completion_tokens=result.usage.completion_tokens,
-        metadata=pipeline_metadata(result),
+        metadata=with_passthrough(
+            pipeline_metadata(result), orchestrator.pool.spec, result.decision.experts, body.passthrough()
+        ),
+        tool_calls=result.verdict.tool_calls,
     )
     return JSONResponse(body_json, headers={"x-moesaic-experts": ",".join(result.decision.experts)})
 
@@ -162,6 +188,10 @@ def pipeline_metadata(result: PipelineResult) -> dict[str, Any]:
         "cost": result.usage.cost,
         "timings_ms": result.timings_ms,
         "note": verdict.note,
+        # failure handling: a recruited expert's place left without an answer, who failed, who stood in
+        "partial": result.partial,
+        "failed_experts": result.failed_experts,
+        "replacements": [asdict(replacement) for replacement in result.replacements],
     }
 
 
@@ -182,8 +212,9 @@ def _pipeline_error(error: Exception) -> APIError:
 
 
 async def _pipeline_sse(
-    events: AsyncIterator[PipelineEvent], body: ChatCompletionRequest, response_id: str, created: int
+    events: AsyncIterator[PipelineEvent], body: ChatCompletionRequest, response_id: str, created: int, spec: PoolSpec
 ) -> AsyncIterator[str]:
+    passed = body.passthrough()
     yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
     try:
         async for event in events:
@@ -191,8 +222,12 @@ async def _pipeline_sse(
                 yield _sse(chunk_body(response_id, created, body.model, {"content": event.text}))
             elif isinstance(event, DoneEvent):
                 result = event.result
+                record_pipeline(body.model, result)
+                if result.verdict.tool_calls:
+                    calls = tool_calls_delta(result.verdict.tool_calls)
+                    yield _sse(chunk_body(response_id, created, body.model, calls))
                 final = chunk_body(response_id, created, body.model, {}, result.finish_reason)
-                final["moesaic"] = pipeline_metadata(result)
+                final["moesaic"] = with_passthrough(pipeline_metadata(result), spec, result.decision.experts, passed)
                 yield _sse(final)
                 if body.stream_options and body.stream_options.include_usage:
                     usage = result.usage
@@ -201,6 +236,8 @@ async def _pipeline_sse(
                     )
     except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
         yield _sse(_pipeline_error(error).body())
+    finally:
+        await events.aclose()  # the stream closed early (client gone): this cancels the pipeline's work
     yield "data: [DONE]\n\n"
 
 
@@ -228,7 +265,10 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
     if completion.error is not None:
         raise _direct_error(ExpertCallFailed(completion.error, completion.error_code))
     usage = completion.usage
-    metadata = {"expert": name, "calls": [asdict(CallRecord.of(name, "direct", completion))], "cost": usage.cost}
+    record = CallRecord.of(name, "direct", completion)
+    record_calls(body.model, [record])
+    metadata = {"expert": name, "calls": [asdict(record)], "cost": usage.cost}
+    metadata = with_passthrough(metadata, pool.spec, [name], body.passthrough())
     return JSONResponse(
         completion_body(
             response_id=response_id,
@@ -239,6 +279,7 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
             prompt_tokens=usage.prompt_tokens,
             completion_tokens=usage.completion_tokens,
             metadata=metadata,
+            tool_calls=completion.tool_calls,
         ),
         headers=headers,
     )
@@ -261,9 +302,10 @@ async def _direct_sse(
     created: int,
 ) -> AsyncIterator[str]:
     yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+    items = orchestrator.stream_expert(name, request)
     try:
         completion: Completion | None = None
-        async for item in orchestrator.stream_expert(name, request):
+        async for item in items:
             if isinstance(item, str):
                 yield _sse(chunk_body(response_id, created, body.model, {"content": item}))
             else:
@@ -273,14 +315,22 @@ async def _direct_sse(
             raise ExpertCallFailed(
                 f"expert {name!r} could not answer: {message}", completion.error_code if completion else None
             )
+        if completion.tool_calls:
+            yield _sse(chunk_body(response_id, created, body.model, tool_calls_delta(completion.tool_calls)))
         final = chunk_body(response_id, created, body.model, {}, completion.finish_reason)
-        final["moesaic"] = {"expert": name, "calls": [asdict(CallRecord.of(name, "direct", completion))]}
+        record = CallRecord.of(name, "direct", completion)
+        record_calls(body.model, [record])
+        final["moesaic"] = with_passthrough(
+            {"expert": name, "calls": [asdict(record)]}, orchestrator.pool.spec, [name], body.passthrough()
+        )
         yield _sse(final)
         if body.stream_options and body.stream_options.include_usage:
             usage = completion.usage
             yield _sse(usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
     except Exception as error:
         yield _sse(_direct_error(error).body())
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]  # an async generator: closing cancels the expert call
     yield "data: [DONE]\n\n"
 
 
