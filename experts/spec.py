@@ -11,9 +11,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from experts.config_errors import describe, read_yaml
 from experts.resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
 from experts.serve_spec import ServeSpec
 
@@ -321,28 +321,6 @@ def resolve_pool_path(pool: str | Path) -> Path:
     raise PoolFileError(f"{pool}: no such pool file (nor {named}); pass a path to a YAML pool file")
 
 
-def _field_path(location: tuple[Any, ...]) -> str:
-    parts: list[str] = []
-    for item in location:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
-    return "".join(parts) or "(top level)"
-
-
-def _with_expert_names(location: tuple[Any, ...], raw: Any) -> str:
-    """``experts[1].backend`` becomes ``experts[1] (name: 'math').backend`` when the name is known."""
-    path = _field_path(location)
-    if len(location) >= 2 and location[0] == "experts" and isinstance(location[1], int):
-        try:
-            name = raw["experts"][location[1]]["name"]
-        except (KeyError, IndexError, TypeError):
-            return path
-        return path.replace(f"experts[{location[1]}]", f"experts[{location[1]}] (name: {name!r})", 1)
-    return path
-
-
 def parse_pool(raw: Any, source: str) -> PoolSpec:
     """Validate already-parsed YAML; ``source`` is the file name used in errors."""
     if not isinstance(raw, dict):
@@ -350,28 +328,14 @@ def parse_pool(raw: Any, source: str) -> PoolSpec:
     try:
         return PoolSpec.model_validate(raw)
     except ValidationError as error:
-        lines = []
-        for problem in error.errors():
-            where = _with_expert_names(problem["loc"], raw)
-            got = problem.get("input")
-            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-            message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"  {where}: {message}{shown}")
-        raise PoolFileError(f"{source}: invalid pool file\n" + "\n".join(lines)) from None
+        details = describe(error, raw, lists=[("experts",)])
+        raise PoolFileError(f"{source}: invalid pool file\n{details}") from None
 
 
 def load_pool(pool: str | Path) -> PoolSpec:
     """Read and validate a pool file; raise ``PoolFileError`` with file and field on any problem."""
     path = resolve_pool_path(pool)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise PoolFileError(f"{path}:{where}: not valid YAML: {problem}") from None
-    except OSError as error:
-        raise PoolFileError(f"{path}: cannot read: {error.strerror}") from None
+    raw = read_yaml(path, PoolFileError)
     spec = parse_pool(raw, str(path))
     spec._source_dir = path.resolve().parent
     return spec

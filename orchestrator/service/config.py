@@ -13,8 +13,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from experts.config_errors import describe, read_yaml
 
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
@@ -136,44 +137,12 @@ def parse_service_config(raw: Any, source: str) -> ServiceConfig:
     try:
         return ServiceConfig.model_validate(raw)
     except ValidationError as error:
-        lines = []
-        for problem in error.errors():
-            got = problem.get("input")
-            shown = "" if isinstance(got, (dict, list)) or got is None else f" (got {got!r})"
-            if "hash" in problem["loc"]:
-                shown = ""  # never echo key material back, even a hash pasted in the wrong place
-            message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"  {_where(problem['loc'], raw)}: {message}{shown}")
-        raise ServiceConfigError(f"{source}: invalid service config\n" + "\n".join(lines)) from None
+        details = describe(error, raw, lists=[("auth", "keys")], secret="hash")
+        raise ServiceConfigError(f"{source}: invalid service config\n{details}") from None
 
 
 def load_service_config(path: str | Path) -> ServiceConfig:
     """Read and validate a service config file; raise ``ServiceConfigError`` naming file and field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(error, "problem", None) or str(error)
-        raise ServiceConfigError(f"{path}:{where}: not valid YAML: {problem}") from None
-    except OSError as error:
-        raise ServiceConfigError(
-            f"{path}: cannot read the service config: {error.strerror} (see deploy/service.yaml for an example)"
-        ) from None
+    raw = read_yaml(path, ServiceConfigError, "the service config", " (see deploy/service.yaml for an example)")
     return parse_service_config(raw, str(path))
-
-
-def _where(location: tuple[Any, ...], raw: Any) -> str:
-    """``auth.keys[1].models`` becomes ``auth.keys[1] (name: 'ci').models`` when the name is known."""
-    parts: list[str] = []
-    for item in location:
-        parts.append(f"[{item}]" if isinstance(item, int) else ("." if parts else "") + str(item))
-    path = "".join(parts) or "(top level)"
-    if len(location) >= 3 and location[:2] == ("auth", "keys") and isinstance(location[2], int):
-        try:
-            name = raw["auth"]["keys"][location[2]]["name"]
-        except (KeyError, IndexError, TypeError):
-            return path
-        return path.replace(f"auth.keys[{location[2]}]", f"auth.keys[{location[2]}] (name: {name!r})", 1)
-    return path
