@@ -68,6 +68,13 @@ async def timed(calls: int, make_call) -> list[float]:  # type: ignore[no-untype
     return latencies
 
 
+class _Bare:
+    """The floor: an async Ray actor method that returns its argument (no Moesaic code on either side)."""
+
+    async def echo(self, value: object) -> object:
+        return value
+
+
 async def measure(calls: int) -> dict[str, float]:
     import ray
 
@@ -78,9 +85,12 @@ async def measure(calls: int) -> dict[str, float]:
     await pool.start()
     orchestrator = Orchestrator(pool)
     request = GenerationRequest([Message("user", QUESTION)])
+    bare = ray.remote(num_cpus=0)(_Bare).remote()
     try:
         await orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=2))  # warm-up
         direct_ms = await timed(calls, lambda: direct.generate([request]))
+        await timed(10, lambda: bare.echo.remote(request))  # warm-up
+        bare_ms = await timed(calls, lambda: bare.echo.remote(request))
         actor_ms = await timed(calls, lambda: pool.generate("math", request))
         k1_ms = await timed(
             calls, lambda: orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=1))
@@ -94,6 +104,7 @@ async def measure(calls: int) -> dict[str, float]:
     return {
         "requests": calls,
         "direct_ms": round(statistics.median(direct_ms), 3),
+        "bare_ray_call_ms": round(statistics.median(bare_ms), 3),
         "actor_ms": round(statistics.median(actor_ms), 3),
         "pipeline_k1_ms": round(statistics.median(k1_ms), 3),
         "pipeline_k2_ms": round(statistics.median(k2_ms), 3),
@@ -110,6 +121,7 @@ def main() -> None:
     figures = asyncio.run(measure(args.requests))
     print(f"{'path':<34}{'median ms':>10}")
     print(f"{'echo backend, in-process':<34}{figures['direct_ms']:>10}")
+    print(f"{'bare Ray actor call (the floor)':<34}{figures['bare_ray_call_ms']:>10}")
     print(f"{'one Ray actor call':<34}{figures['actor_ms']:>10}")
     print(f"{'pipeline, k=1 (1 call)':<34}{figures['pipeline_k1_ms']:>10}")
     print(f"{'pipeline, k=2 (3 calls)':<34}{figures['pipeline_k2_ms']:>10}")

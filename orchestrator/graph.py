@@ -113,7 +113,8 @@ class PipelineNodes:
         reserve = Reserve(decision, self.pool.spec.resilience.replacement_rounds)
         return {"decision": decision, "reserve": reserve, "timings_ms": {"recruit": _ms_since(started)}}
 
-    def fan_out(self, state: PipelineState) -> list[Send]:
+    async def fan_out(self, state: PipelineState) -> list[Send]:
+        """One ``Send`` per recruited expert (async on purpose: LangGraph runs a sync branch in a thread pool)."""
         decision = state["decision"]
         stream_single = state["request"].stream and len(decision.experts) == 1
         return [
