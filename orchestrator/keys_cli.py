@@ -19,6 +19,7 @@ from rich.table import Table
 
 from orchestrator.service.auth import hash_key, new_key
 from orchestrator.service.config import KeyRecord, ServiceConfig, ServiceConfigError, load_service_config
+from orchestrator.service.spend import dollars
 
 app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 console = Console()
@@ -78,6 +79,9 @@ def create(
     rpm: Optional[int] = typer.Option(None, "--rpm", help="requests per minute (default: the config's rate_limits)"),
     tpm: Optional[int] = typer.Option(None, "--tpm", help="tokens per minute (default: the config's rate_limits)"),
     max_tokens: Optional[int] = typer.Option(None, "--max-tokens", help="the most max_tokens one request may ask"),
+    budget: Optional[float] = typer.Option(
+        None, "--budget-usd-per-day", help="dollars it may spend per UTC day (default: the config's rate_limits)"
+    ),
     redis_url: Optional[str] = typer.Option(None, "--redis", help="store the key in this Redis instead of printing"),
     config: Optional[str] = ConfigOption,
 ) -> None:
@@ -93,6 +97,7 @@ def create(
             requests_per_minute=rpm,
             tokens_per_minute=tpm,
             max_tokens=max_tokens,
+            budget_usd_per_day=budget,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
     except ValidationError as error:
@@ -126,7 +131,7 @@ def list_keys(redis_url: Optional[str] = RedisOption, config: Optional[str] = Co
         hash_name = service.auth.redis_hash if service else "moesaic:keys"
         rows += [(f"redis {hash_name}", record) for record in _redis_records(_redis(redis_url), hash_name)]
     table = Table(title=f"{len(rows)} API key{'s' if len(rows) != 1 else ''}")
-    for column in ("name", "source", "models", "rpm", "tpm", "max_tokens", "created", "hash"):
+    for column in ("name", "source", "models", "rpm", "tpm", "max_tokens", "budget/day", "created", "hash"):
         table.add_column(column)
     for source, record in rows:
         limits = (record.requests_per_minute, record.tokens_per_minute, record.max_tokens)
@@ -135,6 +140,7 @@ def list_keys(redis_url: Optional[str] = RedisOption, config: Optional[str] = Co
             source,
             ", ".join(record.models),
             *("default" if value is None else str(value) for value in limits),
+            "default" if record.budget_usd_per_day is None else dollars(record.budget_usd_per_day),
             record.created or "",
             record.hash[:12] + "...",
         )

@@ -321,7 +321,10 @@ async def _direct_sse(
         record = CallRecord.of(name, "direct", completion)
         record_calls(body.model, [record])
         final["moesaic"] = with_passthrough(
-            {"expert": name, "calls": [asdict(record)]}, orchestrator.pool.spec, [name], body.passthrough()
+            {"expert": name, "calls": [asdict(record)], "cost": completion.usage.cost},
+            orchestrator.pool.spec,
+            [name],
+            body.passthrough(),
         )
         yield _sse(final)
         if body.stream_options and body.stream_options.include_usage:

@@ -1,11 +1,13 @@
 """The gate of ``POST /v1/chat/completions``: what happens around the pipeline for every request.
 
 Before the work: the caller's key may use the model (403), the request's ``max_tokens`` fits
-the key's and the service's limits (422), the key's rate limits leave room (429 with
-``Retry-After``), and a deterministic request may be answered from the cache (``x-moesaic-cache``).
+the key's and the service's limits (422), the key has not spent its daily budget and its rate
+limits leave room (429 with ``Retry-After``), and a deterministic request may be answered from
+the cache (``x-moesaic-cache``).
 During: the work runs as a task raced against the client going away, so a disconnect cancels it
 (and with it the expert calls). After: the answer is cached, the token estimate is settled with
-the real usage, and the request is journaled with what the client received.
+the real usage, the answer's cost is added to the key's spend (not a cached one: it cost
+nothing), and the request is journaled with what the client received.
 
 ``Gate.open`` works without a ``ServiceState`` too (an app whose lifespan has not run): every
 check then passes and nothing is recorded.
@@ -30,6 +32,7 @@ from orchestrator.api.errors import APIError
 from orchestrator.api.schemas import ChatCompletionRequest
 from orchestrator.service.auth import ANONYMOUS, Principal
 from orchestrator.service.journal import JournalEntry
+from orchestrator.service.spend import dollars
 from orchestrator.service.state import ServiceState
 
 T = TypeVar("T")
@@ -76,6 +79,7 @@ class Gate:
         if self.service is None:
             return None
         self._check_max_tokens(body, spec)
+        await self._check_budget()
         await self._rate_limit(body, spec)
         return await self._cached(body)
 
@@ -100,6 +104,27 @@ class Gate:
             body.max_tokens = cap  # an expert's default would go past the cap: the cap applies
             if self.body is not None:
                 self.body = {**self.body, "max_tokens": cap}
+
+    async def _check_budget(self) -> None:
+        """429 once the key's spend today reached its budget (checked before the work: its cost is known after)."""
+        assert self.service is not None
+        budget, name = self.principal.budget_usd_per_day, self.principal.key_name
+        if budget is None:
+            return
+        spend = self.service.spend
+        spent = await spend.spent(name)
+        if spent < budget:
+            return
+        spend.rejected += 1
+        reset = max(1, math.ceil(spend.seconds_until_reset()))
+        raise APIError(
+            429,
+            f"API key {name!r} spent {dollars(spent)} of its {dollars(budget)} daily budget; "
+            f"it resets at 00:00 UTC (in {reset} s)",
+            "insufficient_quota",  # OpenAI's type for a spent quota: retrying before the reset does not help
+            code="budget_exceeded",
+            headers={"Retry-After": str(reset)},
+        )
 
     async def _rate_limit(self, body: ChatCompletionRequest, spec: PoolSpec) -> None:
         assert self.service is not None
@@ -175,6 +200,7 @@ class Gate:
         if self._cache_key is not None and response.status_code == 200 and not _partial(body):
             await self.service.cache.put(self._cache_key, body)
         await self._settle(int(body.get("usage", {}).get("total_tokens", 0)))
+        await self._charge(_cost_of(body.get("moesaic")))
         await self._journal(response.status_code, body, None)
         return response
 
@@ -206,6 +232,7 @@ class Gate:
                 await _close(chunks)  # stops the pipeline behind the stream if it still runs
                 if self.service is not None:
                     await self._settle(seen.total_tokens())
+                    await self._charge(_cost_of(seen.metadata))
                     error = seen.error or ("the client closed the stream" if status == CLIENT_CLOSED else None)
                     await self._journal(status, seen.response(), error)
 
@@ -215,6 +242,11 @@ class Gate:
             await self.service.rate_limiter.settle(
                 self.principal.key_name, self.principal.tokens_per_minute, self._estimated, actual
             )
+
+    async def _charge(self, usd: float) -> None:
+        """Add what an answer cost to the key's spend today (only keys with a budget are counted)."""
+        if self.service is not None and self.principal.budget_usd_per_day is not None and usd > 0:
+            await self.service.spend.add(self.principal.key_name, usd)
 
     async def _journal(
         self, status: int, response: dict[str, Any] | None, error: str | None, cache_hit: bool = False
@@ -338,6 +370,16 @@ def _experts_of(body: dict[str, Any]) -> list[str]:
     if "expert" in metadata:
         return [str(metadata["expert"])]
     return [str(name) for name in (metadata.get("decision") or {}).get("experts", [])]
+
+
+def _cost_of(metadata: Any) -> float:
+    """The dollars an answer cost: its ``moesaic.cost``, else the sum of its calls' costs."""
+    if not isinstance(metadata, dict):
+        return 0.0
+    cost = metadata.get("cost")
+    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+        return float(cost)
+    return sum(float(call.get("cost") or 0.0) for call in metadata.get("calls", []) if isinstance(call, dict))
 
 
 def _partial(body: dict[str, Any]) -> bool:

@@ -1,6 +1,6 @@
 """The front door's series, read at scrape time from ``app.state.service``.
 
-The service state (Redis link, response cache, rate limiter, concurrency limits) keeps its
+The service state (Redis link, response cache, rate limiter, spend, concurrency limits) keeps its
 own plain integer counters; this module only reads them. Every attribute is read with a
 default, so the series are there (at zero) even when a part is switched off or absent.
 """
@@ -15,7 +15,7 @@ REDIS_STATES = ("connected", "fallback", "disabled")
 
 
 def write_service(out: Exposition, service: Any) -> None:
-    """Append cache, rate-limit, limits and Redis series for a ``ServiceState`` (or None)."""
+    """Append cache, rate-limit, budget, limits and Redis series for a ``ServiceState`` (or None)."""
     cache = getattr(service, "cache", None)
     out.family("moesaic_cache_requests_total", "counter", "response cache lookups, by result (hit, miss, bypassed)")
     for result, attribute in (("hit", "hits"), ("miss", "misses"), ("bypassed", "bypassed")):
@@ -26,6 +26,10 @@ def write_service(out: Exposition, service: Any) -> None:
     limiter = getattr(service, "rate_limiter", None)
     out.family("moesaic_rate_limit_rejections_total", "counter", "requests refused by a per-key rate limit (429)")
     out.sample("moesaic_rate_limit_rejections_total", {}, _count(limiter, "rejected"))
+
+    spend = getattr(service, "spend", None)
+    out.family("moesaic_budget_rejections_total", "counter", "requests refused because a key spent its daily budget")
+    out.sample("moesaic_budget_rejections_total", {}, _count(spend, "rejected"))
 
     limits = getattr(service, "limits", None)
     out.family("moesaic_limits_in_flight", "gauge", "requests running now under the concurrency limit")

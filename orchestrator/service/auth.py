@@ -77,6 +77,7 @@ class Principal:
     requests_per_minute: int | None = None
     tokens_per_minute: int | None = None
     max_tokens: int | None = None
+    budget_usd_per_day: float | None = None
 
     def allows(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -153,6 +154,7 @@ class Authenticator:
             ANONYMOUS,
             requests_per_minute=self.defaults.requests_per_minute,
             tokens_per_minute=self.defaults.tokens_per_minute,
+            budget_usd_per_day=self.defaults.budget_usd_per_day,
         )
 
     async def principal(self, authorization: str | None) -> Principal:
@@ -176,6 +178,7 @@ class Authenticator:
             requests_per_minute=record.requests_per_minute or self.defaults.requests_per_minute,
             tokens_per_minute=record.tokens_per_minute or self.defaults.tokens_per_minute,
             max_tokens=record.max_tokens,
+            budget_usd_per_day=record.budget_usd_per_day or self.defaults.budget_usd_per_day,
         )
 
 

@@ -21,6 +21,7 @@ KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 PositiveInt = Annotated[int, Field(ge=1)]
+PositiveFloat = Annotated[float, Field(gt=0.0)]
 
 
 class ServiceConfigError(ValueError):
@@ -52,7 +53,8 @@ class KeyRecord(_Section):
     """One API key as stored: its name, the sha256 of the key (never the key), and what it may do.
 
     ``models`` are patterns (``*`` matches anything: ``expert/*``, ``moesaic*``). Limits left out
-    take the config's ``rate_limits`` defaults and ``limits.max_tokens``.
+    take the config's ``rate_limits`` defaults and ``limits.max_tokens``. ``budget_usd_per_day``
+    is checked before each request against what the key spent since 00:00 UTC.
     """
 
     name: str
@@ -61,6 +63,9 @@ class KeyRecord(_Section):
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
     max_tokens: PositiveInt | None = Field(None, description="the most max_tokens one request may ask for")
+    budget_usd_per_day: PositiveFloat | None = Field(
+        None, description="dollars the key may spend per UTC day (answers' moesaic.cost); beyond: 429"
+    )
     created: str | None = Field(None, description="when the key was made (informational)")
 
     @field_validator("name")
@@ -115,6 +120,7 @@ class RateLimitSection(_Section):
 
     requests_per_minute: PositiveInt | None = None
     tokens_per_minute: PositiveInt | None = None
+    budget_usd_per_day: PositiveFloat | None = Field(None, description="dollars per key per UTC day")
 
 
 class ServiceConfig(_Section):

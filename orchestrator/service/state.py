@@ -18,13 +18,15 @@ from orchestrator.service.journal import RequestJournal
 from orchestrator.service.limits import RequestLimits
 from orchestrator.service.ratelimit import RateLimiter
 from orchestrator.service.redis_link import RedisLink, connect_redis, redact
+from orchestrator.service.spend import SpendTracker
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class ServiceState:
-    """The service's stores and gates. ``/metrics`` reads the counters of ``cache``, ``rate_limiter``, ``limits``."""
+    """The service's stores and gates. ``/metrics`` reads the counters of ``cache``, ``rate_limiter``, ``limits``,
+    ``spend``."""
 
     config: ServiceConfig
     link: RedisLink
@@ -34,6 +36,7 @@ class ServiceState:
     cache: ResponseCache
     journal: RequestJournal | None
     cache_scope: str
+    spend: SpendTracker
 
     @property
     def redis_status(self) -> str:
@@ -101,4 +104,5 @@ async def build_service_state(config: ServiceConfig, host: str, pool_identity: s
         cache=ResponseCache(link, ttl_s=config.cache.ttl_s, max_entries=config.cache.max_entries),
         journal=journal,
         cache_scope=hashlib.sha256(pool_identity.encode("utf-8")).hexdigest()[:16],
+        spend=SpendTracker(link),
     )
