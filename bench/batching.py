@@ -22,21 +22,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench.prompts import PROMPTS as ALL_PROMPTS  # noqa: E402
 from experts.backends.local import LocalBackend  # noqa: E402
 from experts.batcher import RequestBatcher  # noqa: E402
 from experts.spec import ExpertSpec  # noqa: E402
 from experts.types import Completion, GenerationRequest, Message  # noqa: E402
 
-PROMPTS = [
-    "Explain how a rainbow forms.",
-    "Write a short poem about the sea.",
-    "What is the capital of Japan, and what is it known for?",
-    "Describe how to make a cup of tea.",
-    "Give three tips for learning a new language.",
-    "What does a compiler do?",
-    "Summarise the plot of Romeo and Juliet.",
-    "Why is the sky blue?",
-]
+PROMPTS = ALL_PROMPTS[:8]  # the first eight: the figures in bench/RESULTS.md were measured on these
 
 
 def requests(count: int, max_tokens: int) -> list[GenerationRequest]:
