@@ -1,8 +1,10 @@
 """What does orchestration cost? Pipeline latency with the echo backend vs calling it in-process.
 
 The echo backend answers instantly (it exists for this kind of measurement), so the time
-left is ours: LangGraph steps, routing, Ray actor calls, batching waits, aggregation.
-Baseline in the same run: the same backend called directly in this process.
+left is ours: LangGraph steps, routing, actor calls, batching waits, aggregation.
+Baselines in the same run: the same backend called directly in this process, a bare async
+Ray actor call, and the same pool with ``transport: ray`` (every call through Ray instead of
+the same-node channel, ``experts/channel.py``).
 
     .venv/bin/python bench/overhead.py [--requests 50] [--json]
 """
@@ -57,6 +59,7 @@ POOL = {
     ],
 }
 QUESTION = "Write a poem with the sum of 2 + 2"
+TRANSPORTS = ("auto", "ray")  # the same-node channel (the default), and every call through Ray
 
 
 async def timed(calls: int, make_call) -> list[float]:  # type: ignore[no-untyped-def]
@@ -81,36 +84,40 @@ async def measure(calls: int) -> dict[str, float]:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     spec = parse_pool(POOL, "<bench>")
     direct = EchoBackend(spec.expert("math"))
-    pool = ExpertPool(spec)
-    await pool.start()
-    orchestrator = Orchestrator(pool)
     request = GenerationRequest([Message("user", QUESTION)])
     bare = ray.remote(num_cpus=0)(_Bare).remote()
+    pools = {transport: ExpertPool(parse_pool({**POOL, "transport": transport}, "<bench>")) for transport in TRANSPORTS}
+    figures: dict[str, float] = {"requests": calls}
     try:
-        await orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=2))  # warm-up
+        for pool in pools.values():
+            await pool.start()
         direct_ms = await timed(calls, lambda: direct.generate([request]))
         await timed(10, lambda: bare.echo.remote(request))  # warm-up
-        bare_ms = await timed(calls, lambda: bare.echo.remote(request))
-        actor_ms = await timed(calls, lambda: pool.generate("math", request))
-        k1_ms = await timed(
-            calls, lambda: orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=1))
-        )
-        k2_ms = await timed(
-            calls, lambda: orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=2))
-        )
+        figures["direct_ms"] = _median(direct_ms)
+        figures["bare_ray_call_ms"] = _median(await timed(calls, lambda: bare.echo.remote(request)))
+        for transport, pool in pools.items():  # interleaved per transport: the same machine state for both
+            orchestrator = Orchestrator(pool)
+            await orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=2))  # warm-up
+            suffix = "" if transport == "auto" else "_ray"
+            figures[f"actor_ms{suffix}"] = _median(await timed(calls, lambda: pool.generate("math", request)))
+            for k in (1, 2):
+                latencies = await timed(
+                    calls,
+                    lambda: orchestrator.run(PipelineRequest(GenerationRequest([Message("user", QUESTION)]), k=k)),
+                )
+                figures[f"pipeline_k{k}_ms{suffix}"] = _median(latencies)
+                if k == 2 and not suffix:
+                    figures["pipeline_k2_p95_ms"] = round(sorted(latencies)[int(0.95 * (len(latencies) - 1))], 3)
     finally:
-        await pool.shutdown()
+        for pool in pools.values():
+            await pool.shutdown()
         ray.shutdown()
-    return {
-        "requests": calls,
-        "direct_ms": round(statistics.median(direct_ms), 3),
-        "bare_ray_call_ms": round(statistics.median(bare_ms), 3),
-        "actor_ms": round(statistics.median(actor_ms), 3),
-        "pipeline_k1_ms": round(statistics.median(k1_ms), 3),
-        "pipeline_k2_ms": round(statistics.median(k2_ms), 3),
-        "pipeline_k2_p95_ms": round(sorted(k2_ms)[int(0.95 * (len(k2_ms) - 1))], 3),
-        "k2_over_actor_call": round(statistics.median(k2_ms) / statistics.median(actor_ms), 2),
-    }
+    figures["k1_channel_speedup"] = round(figures["pipeline_k1_ms_ray"] / figures["pipeline_k1_ms"], 2)
+    return figures
+
+
+def _median(latencies: list[float]) -> float:
+    return round(statistics.median(latencies), 3)
 
 
 def main() -> None:
@@ -119,13 +126,17 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     args = parser.parse_args()
     figures = asyncio.run(measure(args.requests))
-    print(f"{'path':<34}{'median ms':>10}")
-    print(f"{'echo backend, in-process':<34}{figures['direct_ms']:>10}")
-    print(f"{'bare Ray actor call (the floor)':<34}{figures['bare_ray_call_ms']:>10}")
-    print(f"{'one Ray actor call':<34}{figures['actor_ms']:>10}")
-    print(f"{'pipeline, k=1 (1 call)':<34}{figures['pipeline_k1_ms']:>10}")
-    print(f"{'pipeline, k=2 (3 calls)':<34}{figures['pipeline_k2_ms']:>10}")
-    print(f"k=2 pipeline = {figures['k2_over_actor_call']}x one actor call; p95 {figures['pipeline_k2_p95_ms']} ms")
+    print(f"{'path':<36}{'auto (channel)':>15}{'transport: ray':>15}")
+    print(f"{'echo backend, in-process':<36}{figures['direct_ms']:>15}")
+    print(f"{'bare async Ray actor call':<36}{'':>15}{figures['bare_ray_call_ms']:>15}")
+    for label, key in (
+        ("one expert call (pool.generate)", "actor_ms"),
+        ("pipeline, k=1 (1 call)", "pipeline_k1_ms"),
+        ("pipeline, k=2 (3 calls)", "pipeline_k2_ms"),
+    ):
+        print(f"{label:<36}{figures[key]:>15}{figures[key + '_ray']:>15}")
+    speedup, p95 = figures["k1_channel_speedup"], figures["pipeline_k2_p95_ms"]
+    print(f"k=1 pipeline {speedup}x faster over the channel than through Ray; k=2 p95 {p95} ms")
     if args.json:
         print(json.dumps(figures))
 

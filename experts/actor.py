@@ -19,6 +19,7 @@ from typing import Any, AsyncIterator
 
 from experts.backends import create_backend
 from experts.batcher import RequestBatcher
+from experts.channel import ChannelServer
 from experts.lifecycle import ModelLifecycle, weights_gb
 from experts.log_format import configure_from_env
 from experts.spec import ExpertSpec
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 class ExpertActor:
     """Hosts one expert: loads its backend, fills in its defaults, batches its requests."""
 
-    def __init__(self, spec_data: dict[str, Any], load_at_start: bool = True) -> None:
+    def __init__(self, spec_data: dict[str, Any], load_at_start: bool = True, serve_channel: bool = False) -> None:
         if _in_ray_actor():  # its own process: log as the serving process does (JSON lines by default)
             configure_from_env()
         self.spec = ExpertSpec.model_validate(spec_data)
@@ -51,6 +52,8 @@ class ExpertActor:
         self.state = "starting"
         self.error: str | None = None
         self.load_seconds: float | None = None
+        # the same-node fast lane (experts/channel.py); the pool decides whether callers use it
+        self.channel = ChannelServer(self) if serve_channel else None
 
     async def start(self) -> dict[str, Any]:
         """Load the model (or, residency-managed, measure it); report health (never raises)."""
@@ -65,6 +68,12 @@ class ExpertActor:
         else:
             self.state = "ready"
         self.load_seconds = time.perf_counter() - started
+        if self.channel is not None and self.channel.path is None:
+            try:
+                await self.channel.start()
+            except OSError as error:  # callers use Ray calls instead
+                log.warning("expert %s: no same-node channel: %s", self.spec.name, error)
+                self.channel = None
         return await self.health()
 
     async def health(self) -> dict[str, Any]:
@@ -82,6 +91,7 @@ class ExpertActor:
             "dropped": stats.dropped,  # requests cancelled while queued, never generated
             "memory_gb": self.memory_gb,
             "node": _node_id(),
+            "channel": self.channel.path if self.channel is not None else None,
             **self.lifecycle.facts(),
             **self.backend.describe(),
         }

@@ -11,6 +11,12 @@ become ``ExpertCallFailed`` with a code ``experts.retry`` understands:
 * Ray could not reach the actor for a moment (``ActorUnavailableError``): ``actor_unavailable``;
 * no answer within the timeout: ``expert_timeout``.
 
+Calls go over the actor's same-node channel (``experts/channel.py``, a Unix socket, ~0.1 ms
+instead of a Ray call's 2-4 ms) when the actor offers one, runs on this node and the pool
+allows it; everything else, and every call after the channel breaks, goes through Ray. A
+broken channel is never a verdict on its own: the call is made again through Ray, which
+tells a dead actor (restart) from a live one.
+
 The handle keeps the actor's last health report; a health probe that times out (a busy
 machine loading models) keeps it and adds ``"probe": "slow"`` instead of declaring the actor
 lost. Retries and the circuit breaker are ``experts.guarded``'s business, not this one's.
@@ -24,6 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
+from experts.channel import DATA_METHODS, ChannelClient, ChannelLost, RemoteError
 from experts.errors import ExpertCallFailed
 from experts.retry import ACTOR_DIED, ACTOR_UNAVAILABLE, EXPERT_TIMEOUT
 from experts.types import Completion, GenerationRequest
@@ -37,8 +44,10 @@ Boot = Callable[[Any], Awaitable[dict[str, Any]]]  # start (load) it; its health
 class ActorHandle:
     """The current actor of one expert, its last health report and how often it was restarted."""
 
-    def __init__(self, name: str, create: Create, boot: Boot, start_timeout_s: float) -> None:
+    def __init__(self, name: str, create: Create, boot: Boot, start_timeout_s: float, channel: bool = True) -> None:
         self.name = name
+        self.use_channel = channel  # the pool file's ``transport``: auto (True) or ray (False)
+        self.channel: ChannelClient | None = None
         self._create = create
         self._boot = boot
         self.start_timeout_s = start_timeout_s
@@ -53,6 +62,7 @@ class ActorHandle:
         """Create the actor and wait until it has loaded (or failed); never raises."""
         self.actor = self._create()
         self.report = await self._booted(self.actor, "did not start")
+        await self._connect()
         return self.report
 
     async def _booted(self, actor: Any, failure: str) -> dict[str, Any]:
@@ -83,8 +93,10 @@ class ActorHandle:
 
         with suppress(Exception):  # it is dead already; make sure Ray does not bring it back on its own
             ray.kill(dead, no_restart=True)
+        await self._disconnect()
         self.actor = self._create()
         self.report = await self._booted(self.actor, "did not restart")
+        await self._connect()
         if self.report.get("state") == "ready":
             log.info("expert %s: actor restarted and ready", self.name)
         else:
@@ -107,13 +119,45 @@ class ActorHandle:
             self._restart.cancel()
             with suppress(BaseException):
                 await self._restart
+        await self._disconnect()
         if self.actor is not None:
             with suppress(Exception):  # already dead: nothing left to stop
                 ray.kill(self.actor)
 
+    # -- the same-node channel -------------------------------------------------------------
+    async def _connect(self) -> None:
+        """Open the actor's channel when it offers one on this node (else calls use Ray)."""
+        path = self.report.get("channel")
+        if not self.use_channel or not path or self.report.get("state") != "ready" or self.closed:
+            return
+        if self.report.get("node") != _local_node():
+            return  # another node: its socket is not reachable from here
+        try:
+            self.channel = await ChannelClient.connect(str(path))
+        except (OSError, asyncio.TimeoutError) as error:
+            log.warning("expert %s: no same-node channel (%s); calls go through Ray", self.name, error)
+
+    async def _disconnect(self) -> None:
+        channel, self.channel = self.channel, None
+        if channel is not None:
+            await channel.close()
+
+    def _usable_channel(self) -> ChannelClient | None:
+        channel = self.channel
+        if channel is not None and channel.closed:  # it broke; the next good health probe opens a new one
+            self.channel = None
+            return None
+        return channel if channel is not None and channel.usable else None
+
     # -- one try ---------------------------------------------------------------------------
     async def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """``actor.<method>(*args)`` once, within ``timeout_s``; Ray's failures as ``ExpertCallFailed``."""
+        channel = self._usable_channel() if method in DATA_METHODS else None
+        if channel is not None:
+            try:
+                return await self._call_channel(channel, method, args, timeout_s)
+            except ChannelLost as error:  # dead, or just the socket? Ray will say: same call through Ray
+                await self._lost(channel, error)
         actor = self.actor
         ref = getattr(actor, method).remote(*args)
         try:
@@ -127,8 +171,62 @@ class ActorHandle:
         except Exception as error:
             raise self._failure(actor, error) from error
 
+    async def _call_channel(
+        self, channel: ChannelClient, method: str, args: tuple[Any, ...], timeout: float | None
+    ) -> Any:
+        try:
+            if timeout is None:
+                return await channel.call(method, *args)
+            return await asyncio.wait_for(channel.call(method, *args), timeout)
+        except asyncio.TimeoutError:  # wait_for cancelled the call: the channel told the actor
+            raise self._timed_out(timeout) from None
+        except RemoteError as error:
+            raise self._failure(self.actor, error) from error
+
+    async def _lost(self, channel: ChannelClient, error: ChannelLost) -> None:
+        log.warning("expert %s: %s; calls go through Ray", self.name, error)
+        if self.channel is channel:
+            await self._disconnect()
+
     async def stream(self, request: GenerationRequest, timeout_s: float | None) -> AsyncIterator[str | Completion]:
         """The actor's stream, each item (the first piece, each next one) within ``timeout_s``."""
+        channel = self._usable_channel()
+        if channel is not None:
+            sent = False
+            try:
+                async for item in self._stream_channel(channel, request, timeout_s):
+                    sent = True
+                    yield item
+                return
+            except ChannelLost as error:
+                await self._lost(channel, error)
+                if sent:  # part of the answer is out: no silent restart; say whether the actor died
+                    await self.call("health", timeout_s=timeout_s)
+                    raise ExpertCallFailed(
+                        f"expert {self.name!r}: the stream broke off ({error})", ACTOR_UNAVAILABLE
+                    ) from error
+        async for item in self._stream_ray(request, timeout_s):
+            yield item
+
+    async def _stream_channel(
+        self, channel: ChannelClient, request: GenerationRequest, timeout_s: float | None
+    ) -> AsyncIterator[str | Completion]:
+        items = channel.stream("stream", request)
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(anext(items), timeout_s)
+                except StopAsyncIteration:
+                    return
+                except asyncio.TimeoutError:
+                    raise self._timed_out(timeout_s, "its next streamed piece") from None
+                except RemoteError as error:
+                    raise self._failure(self.actor, error) from error
+                yield item
+        finally:
+            await items.aclose()
+
+    async def _stream_ray(self, request: GenerationRequest, timeout_s: float | None) -> AsyncIterator[str | Completion]:
         actor = self.actor
         generator = actor.stream.remote(request)
         finished = False
@@ -159,6 +257,8 @@ class ActorHandle:
         ref = actor.health.remote()
         try:
             self.report = await asyncio.wait_for(_await(ref), timeout_s)
+            if self.channel is None:
+                await self._connect()  # the channel broke earlier but the actor lives: use it again
         except asyncio.TimeoutError:
             _cancel(ref)
             return {**self.report, "probe": "slow"}  # busy (loading a model?), not lost: keep the last state
@@ -197,6 +297,12 @@ async def _await(ref: Any) -> Any:
 async def _next(generator: Any) -> Any:
     ref = await generator.__anext__()
     return await ref
+
+
+def _local_node() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _cancel(ref: Any) -> None:

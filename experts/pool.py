@@ -82,7 +82,13 @@ class ExpertPool:
             self._owns_ray = True
         self._remote_class = ray.remote(ExpertActor)
         for expert in self.spec.experts:
-            handle = ActorHandle(expert.name, self._creator(expert), self._boot(expert.name), self.start_timeout_s)
+            handle = ActorHandle(
+                expert.name,
+                self._creator(expert),
+                self._boot(expert.name),
+                self.start_timeout_s,
+                channel=self.spec.transport == "auto",
+            )
             self._experts[expert.name] = GuardedExpert(
                 handle,
                 self.spec.resilience_for(expert.name),
@@ -99,7 +105,8 @@ class ExpertPool:
     def _creator(self, expert: ExpertSpec) -> Callable[[], Any]:
         load_at_start = not self.spec.residency_managed(expert.name)
         options = {**_actor_options(expert), **self._placement.actor_options(expert)}  # multi-GPU: its group
-        return lambda: self._remote_class.options(**options).remote(expert.model_dump(), load_at_start)
+        channel = self.spec.transport == "auto"
+        return lambda: self._remote_class.options(**options).remote(expert.model_dump(), load_at_start, channel)
 
     def _boot(self, name: str) -> Callable[[Any], Any]:
         async def boot(actor: Any) -> dict[str, Any]:

@@ -268,6 +268,11 @@ class PoolSpec(_Strict):
         PoolResilienceSpec(), description="failure handling defaults for every expert, and re-recruiting"
     )
     serve: ServeSpec = Field(ServeSpec(), description="Ray Serve: ingress replicas or autoscaling, HTTP proxy")
+    transport: Literal["auto", "ray"] = Field(
+        "auto",
+        description="how calls reach expert actors: auto = a Unix socket when the actor runs on the caller's node "
+        "(about 0.1 ms instead of a Ray call's milliseconds), Ray otherwise; ray = always Ray calls",
+    )
     experts: Annotated[list[ExpertSpec], Field(min_length=1)]
     _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
 

@@ -61,6 +61,23 @@ async def echo_facts(pool: ExpertPool, name: str) -> dict[str, Any]:
     return (await pool.health())[name]
 
 
+async def killed(actor: Any) -> None:
+    """``ray.kill`` and wait until the actor is gone: the kill is asynchronous, and a call racing it
+    (over the same-node channel it takes 0.1 ms) may still be answered by the dying actor."""
+    import ray
+    from ray.exceptions import RayActorError
+
+    ray.kill(actor)
+    deadline = asyncio.get_running_loop().time() + 30
+    while asyncio.get_running_loop().time() < deadline:
+        try:
+            await actor.health.remote()
+        except RayActorError:
+            return
+        await asyncio.sleep(0.02)
+    pytest.fail("the killed actor still answers after 30 s")
+
+
 async def until(pool: ExpertPool, name: str, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
     """Poll the expert's health until ``condition`` holds (liveness, not speed: up to a minute)."""
     deadline = asyncio.get_running_loop().time() + 60
@@ -215,7 +232,6 @@ async def test_a_killed_actor_mid_request_is_restarted_and_the_request_answered(
 
 
 async def test_a_restarted_residency_managed_expert_is_loaded_again(ray_session: None) -> None:
-    import ray
 
     from experts.dispatcher import dispatching
     from tests.dispatch_fakes import residency_spec
@@ -225,7 +241,7 @@ async def test_a_restarted_residency_managed_expert_is_loaded_again(ray_session:
     try:
         assert (await dispatcher.generate("a", ask("load me"))).text == "load me"
         assert dispatcher.residency is not None and dispatcher.residency.state("a") == "resident"
-        ray.kill(pool._actors["a"])
+        await killed(pool._actors["a"])
         # the dispatcher counts a as resident: the new actor is loaded before the call is tried again
         assert (await dispatcher.generate("a", ask("still resident"))).text == "still resident"
         facts = (await dispatcher.health())["a"]
