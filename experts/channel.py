@@ -159,7 +159,10 @@ class ChannelServer:
                             return  # the caller is gone: closing the generator stops the work
                 outcome: tuple[Any, ...] = ("end", call_id)
             else:
-                outcome = ("ok", call_id, await function(*args))
+                value = await function(*args)
+                if isinstance(value, list):  # generate_batch: failures come back in place, as exceptions
+                    value = [_portable(item) if isinstance(item, BaseException) else item for item in value]
+                outcome = ("ok", call_id, value)
         except asyncio.CancelledError:
             raise
         except Exception as error:  # the method failed: the caller gets the exception

@@ -48,7 +48,10 @@ class Target:
         return text.upper()
 
     async def generate_batch(self, texts: list[str]) -> list[Any]:
-        return [ValueError(text) if text == "bad" else text.upper() for text in texts]
+        return [
+            ValueError(text) if text == "bad" else _Unpicklable(1, text) if text == "odd" else text.upper()
+            for text in texts
+        ]
 
     async def stream(self, text: str) -> AsyncIterator[str]:
         try:
@@ -84,8 +87,9 @@ async def test_calls_multiplex_and_answer_out_of_order() -> None:
         assert await client.call("generate", "fast") == "FAST"  # answered while "slow" still runs
         assert not slow.done()
         assert await slow == "SLOW"
-        batch = await client.call("generate_batch", ["a", "bad", "c"])
+        batch = await client.call("generate_batch", ["a", "bad", "c", "odd"])
         assert batch[0] == "A" and batch[2] == "C" and isinstance(batch[1], ValueError) and str(batch[1]) == "bad"
+        assert isinstance(batch[3], RuntimeError) and str(batch[3]) == "_Unpicklable: 1: odd"
         assert client.calls == 3
         socket_dir = Path(server.path or "").parent
         assert socket_dir.stat().st_mode & 0o777 == 0o700  # only this user may connect
