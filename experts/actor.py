@@ -92,6 +92,7 @@ class ExpertActor:
             "memory_gb": self.memory_gb,
             "node": _node_id(),
             "channel": self.channel.path if self.channel is not None else None,
+            "channel_in_flight": self.channel.in_flight if self.channel is not None else 0,
             **self.lifecycle.facts(),
             **self.backend.describe(),
         }

@@ -102,6 +102,12 @@ class ChannelServer:
         self.path: str | None = None
         self._directory: str | None = None
         self._server: asyncio.AbstractServer | None = None
+        self._running: set[asyncio.Task[None]] = set()  # calls in progress, over every connection
+
+    @property
+    def in_flight(self) -> int:
+        """Calls running now (health reports, tests: cancelled and abandoned calls leave this set)."""
+        return len(self._running)
 
     async def start(self) -> str:
         """Listen; returns the socket path callers connect to."""
@@ -135,6 +141,8 @@ class ChannelServer:
                 if kind == "call":
                     task = asyncio.create_task(self._run(call_id, message[2], message[3], send))
                     tasks[call_id] = task
+                    self._running.add(task)
+                    task.add_done_callback(self._running.discard)
                     task.add_done_callback(lambda _, key=call_id: tasks.pop(key, None))
                 elif kind == "cancel" and call_id in tasks:
                     tasks[call_id].cancel()

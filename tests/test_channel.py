@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import random
 import sys
 import tempfile
 from collections.abc import AsyncIterator
@@ -278,3 +279,30 @@ async def test_transport_ray_keeps_every_call_on_ray(ray_session: None) -> None:
         assert (await pool.generate("a", _ask("through Ray"))).text == "through Ray"
     finally:
         await pool.shutdown()
+
+
+async def test_many_concurrent_calls_streams_and_cancellations_leave_nothing_behind() -> None:
+    target = Target()
+    server, client = await _pair(target)
+    rng = random.Random(7)
+
+    async def one(i: int) -> str:
+        if i % 3 == 0:
+            return " ".join([item async for item in client.stream("stream", f"s{i} t{i}")])
+        return str(await client.call("generate", f"c{i}", rng.choice([0.0, 0.001, 0.02])))
+
+    try:
+        tasks = [asyncio.create_task(one(i)) for i in range(300)]
+        await asyncio.sleep(0.005)
+        cancelled = {i for i in range(0, 300, 7) if not tasks[i].done() and tasks[i].cancel()}
+        assert cancelled, "some calls must still be running when they are cancelled"
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for i, result in enumerate(results):
+            if i in cancelled:
+                continue
+            assert result == (f"s{i} t{i}" if i % 3 == 0 else f"C{i}"), (i, result)
+        await _until(lambda: server.in_flight == 0)  # cancelled calls ended there too
+        assert client._pending == {}
+    finally:
+        await client.close()
+        await server.close()
