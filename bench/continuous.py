@@ -18,7 +18,9 @@ core's ``aten::mm``), so continuous batching cannot beat ``generate`` by much th
 when answers differ in length. The run therefore adds one more, labelled "mixed": the same
 prompts with max_tokens of max_tokens/4, /2, x1, x2 in turn. ``generate`` has to decode the
 whole batch to the longest, the engine frees each slot when its request is done; both are
-credited with the tokens the callers asked for only.
+credited with the tokens the callers asked for only. And one labelled "natural": no forced
+length, each answer ends at its own EOS (or at 8 x max_tokens), as a server sees answers;
+both modes are credited with the tokens the answers hold (the same tokens, checked).
 
     .venv/bin/python bench/continuous.py [--requests 16] [--max-tokens 32] [--threads 1] [--json]
 
@@ -77,11 +79,16 @@ def measure_continuous(
         serial_s = time.perf_counter() - started
 
         cb_mixed, cb_mixed_s = _all_at_once(engine, prompts, mixed)
+        natural_params = SamplingParams(max_tokens=8 * max_tokens)
+        cb_natural, cb_natural_s = _all_at_once(engine, prompts, [natural_params] * requests)
     finally:
         engine.close()
 
     hf, hf_s = _hf_generate(lm, tokenizer, prompts, max_tokens)
     hf_mixed, hf_mixed_s = _hf_generate(lm, tokenizer, prompts, max(p.max_tokens for p in mixed))
+    hf_natural, hf_natural_s = _hf_generate(lm, tokenizer, prompts, 8 * max_tokens, forced=False)
+    hf_natural = [_until_eos(row, tokenizer.eos_token_id) for row in hf_natural]
+    natural_tokens = sum(len(ids) for ids in cb_natural)
     useful = sum(p.max_tokens for p in mixed)  # what the callers asked for; HF decodes every row to the longest
     produced = requests * max_tokens
     figures = {
@@ -104,6 +111,11 @@ def measure_continuous(
         "mixed_hf_generate_tokens_per_s": round(useful / hf_mixed_s, 1),
         "mixed_cb_vs_hf_generate": round(hf_mixed_s / cb_mixed_s, 2),
         "mixed_outputs_match": sum(a == b[: len(a)] for a, b in zip(cb_mixed, hf_mixed)) / requests,
+        "natural_lengths": sorted(len(ids) for ids in cb_natural),
+        "natural_cb_tokens_per_s": round(natural_tokens / cb_natural_s, 1),
+        "natural_hf_generate_tokens_per_s": round(natural_tokens / hf_natural_s, 1),
+        "natural_cb_vs_hf_generate": round(hf_natural_s / cb_natural_s, 2),
+        "natural_outputs_match": sum(a == b for a, b in zip(cb_natural, hf_natural)) / requests,
     }
     return figures
 
@@ -128,7 +140,14 @@ def _chat_ids(tokenizer: Any, question: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _hf_generate(lm: Any, tokenizer: Any, prompts: list[list[int]], max_tokens: int) -> tuple[list[list[int]], float]:
+def _until_eos(ids: list[int], eos: int | None) -> list[int]:
+    """HF pads a finished row after its EOS; the engine returns the answer without the EOS."""
+    return ids[: ids.index(eos)] if eos is not None and eos in ids else ids
+
+
+def _hf_generate(
+    lm: Any, tokenizer: Any, prompts: list[list[int]], max_tokens: int, forced: bool = True
+) -> tuple[list[list[int]], float]:
     import torch
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -142,9 +161,8 @@ def _hf_generate(lm: Any, tokenizer: Any, prompts: list[list[int]], max_tokens: 
     with torch.inference_mode():
         lm.generate(input_ids=input_ids[:1], attention_mask=mask[:1], max_new_tokens=4, **options)  # warm-up
         started = time.perf_counter()
-        out = lm.generate(
-            input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens, min_new_tokens=max_tokens, **options
-        )
+        lengths = {"min_new_tokens": max_tokens} if forced else {}
+        out = lm.generate(input_ids=input_ids, attention_mask=mask, max_new_tokens=max_tokens, **lengths, **options)
         seconds = time.perf_counter() - started
     return [row.tolist() for row in out[:, width:]], seconds
 
@@ -168,6 +186,11 @@ def _table(figures: dict[str, Any]) -> str:
         f"mixed max_tokens {figures['mixed_max_tokens']}: continuous {figures['mixed_cb_tokens_per_s']} tokens/s, "
         f"HF generate {figures['mixed_hf_generate_tokens_per_s']} (useful tokens), "
         f"cb speed-up {figures['mixed_cb_vs_hf_generate']}"
+    )
+    lines.append(
+        f"natural lengths (own EOS, up to {8 * figures['max_tokens']}): continuous "
+        f"{figures['natural_cb_tokens_per_s']} tokens/s, HF generate {figures['natural_hf_generate_tokens_per_s']}, "
+        f"cb speed-up {figures['natural_cb_vs_hf_generate']}; same answers: {figures['natural_outputs_match']:.0%}"
     )
     lines.append(
         f"targets: cb >= 4x serial ({'met' if figures['cb_vs_serial'] >= 4 else 'NOT met'}), "
