@@ -175,10 +175,9 @@ class ActorHandle:
         self, channel: ChannelClient, method: str, args: tuple[Any, ...], timeout: float | None
     ) -> Any:
         try:
-            if timeout is None:
+            async with asyncio.timeout(timeout):  # unlike wait_for, no extra task per call (Python 3.11)
                 return await channel.call(method, *args)
-            return await asyncio.wait_for(channel.call(method, *args), timeout)
-        except asyncio.TimeoutError:  # wait_for cancelled the call: the channel told the actor
+        except TimeoutError:  # the timeout cancelled the call: the channel told the actor
             raise self._timed_out(timeout) from None
         except RemoteError as error:
             raise self._failure(self.actor, error) from error
