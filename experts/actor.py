@@ -71,7 +71,7 @@ class ExpertActor:
         if self.channel is not None and self.channel.path is None:
             try:
                 await self.channel.start()
-            except OSError as error:  # callers use Ray calls instead
+            except (OSError, AttributeError, NotImplementedError) as error:  # no Unix sockets here: Ray calls
                 log.warning("expert %s: no same-node channel: %s", self.spec.name, error)
                 self.channel = None
         return await self.health()
