@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import suppress
 from typing import Any
 
-from experts.channel import DATA_METHODS, ChannelClient, ChannelLost, RemoteError
+from experts.channel import DATA_METHODS, ChannelClient, ChannelLost, RemoteError, remove_socket_folder
 from experts.errors import ExpertCallFailed
 from experts.retry import ACTOR_DIED, ACTOR_UNAVAILABLE, EXPERT_TIMEOUT
 from experts.types import Completion, GenerationRequest
@@ -93,7 +93,7 @@ class ActorHandle:
 
         with suppress(Exception):  # it is dead already; make sure Ray does not bring it back on its own
             ray.kill(dead, no_restart=True)
-        await self._disconnect()
+        await self._disconnect(remove=True)
         self.actor = self._create()
         self.report = await self._booted(self.actor, "did not restart")
         await self._connect()
@@ -119,10 +119,13 @@ class ActorHandle:
             self._restart.cancel()
             with suppress(BaseException):
                 await self._restart
+        path = self.channel_path
         await self._disconnect()
         if self.actor is not None:
             with suppress(Exception):  # already dead: nothing left to stop
                 ray.kill(self.actor)
+        if path is not None:
+            remove_socket_folder(path)
 
     # -- the same-node channel -------------------------------------------------------------
     async def _connect(self) -> None:
@@ -137,10 +140,20 @@ class ActorHandle:
         except (OSError, asyncio.TimeoutError) as error:
             log.warning("expert %s: no same-node channel (%s); calls go through Ray", self.name, error)
 
-    async def _disconnect(self) -> None:
+    @property
+    def channel_path(self) -> str | None:
+        """The current actor's socket, when it is on this node (the folder is ours to clean up)."""
+        path = self.report.get("channel")
+        return str(path) if path and self.report.get("node") == _local_node() else None
+
+    async def _disconnect(self, remove: bool = False) -> None:
+        """Close the channel; ``remove``: the actor is dead, so its socket folder goes too."""
         channel, self.channel = self.channel, None
+        path = self.channel_path if remove else None
         if channel is not None:
             await channel.close()
+        if path is not None:
+            remove_socket_folder(path)
 
     def _usable_channel(self) -> ChannelClient | None:
         channel = self.channel

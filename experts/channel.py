@@ -192,6 +192,13 @@ async def _deliver(send: Any, message: tuple[Any, ...]) -> bool:
     return True
 
 
+def remove_socket_folder(path: str) -> None:
+    """Remove a stopped actor's socket folder (the actor was killed, so it could not); only ours."""
+    folder = Path(path).parent
+    if folder.name.startswith(_PREFIX) and folder.parent == Path(tempfile.gettempdir()):
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _sweep_stale_directories() -> None:
     """Remove the socket folders of actors that died without closing theirs (killed processes)."""
     for entry in Path(tempfile.gettempdir()).glob(f"{_PREFIX}*-*"):

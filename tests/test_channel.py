@@ -260,12 +260,17 @@ async def test_pool_calls_go_over_the_channel_and_fall_back_to_ray(ray_session: 
         assert "".join(p for p in pieces if isinstance(p, str)).strip() == "streamed over it"
         assert handle.channel.calls == before + 2
 
+        first_socket = Path(handle.report["channel"])
         await killed(pool._actors["a"])  # the socket breaks; the call goes through Ray, sees the death, retries
         assert (await pool.generate("a", _ask("after a restart"))).text == "after a restart"
         assert pool.restarts["a"] == 1
         assert handle.channel is not None and handle.channel.usable  # the new actor's channel
+        assert not first_socket.parent.exists()  # the dead actor's socket folder was removed
+        second_socket = Path(handle.report["channel"])
+        assert second_socket.exists() and second_socket != first_socket
     finally:
         await pool.shutdown()
+    assert not second_socket.parent.exists()  # killed at shutdown: the pool cleans up after it
 
 
 async def test_transport_ray_keeps_every_call_on_ray(ray_session: None) -> None:
