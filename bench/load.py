@@ -252,6 +252,7 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Target], floa
         ),
     ]
     for name, pool, port in (("echo", echo_pool(), echo_port), ("routed", litellm_pool(fake_url + "/v1"), routed_port)):
+        pool["transport"] = args.transport
         pool_file = workdir / f"{pool['name']}.yaml"
         pool_file.write_text(yaml.safe_dump(pool))
         command = [python, "-m", "orchestrator.cli", "serve", "--pool", str(pool_file), "--port", str(port)]
@@ -320,6 +321,7 @@ def report(targets: list[Target], backend_ms: float, args: argparse.Namespace) -
         "requests": args.requests,
         "latency_requests": args.latency_requests,
         "concurrency": c,
+        "transport": args.transport,
         "echo_backend_ms": round(backend_ms, 5),
     }
     return figures
@@ -336,6 +338,12 @@ def main() -> None:
     parser.add_argument("--latency-requests", type=int, default=200, help="sequential requests per target")
     parser.add_argument("--warmup", type=int, default=30, help="unmeasured requests per target, per phase")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds the requests are split into")
+    parser.add_argument(
+        "--transport",
+        choices=["auto", "ray"],
+        default="auto",
+        help="the pools' transport: auto (same-node channel, the default) or ray (every expert call a Ray call)",
+    )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     args = parser.parse_args()
     if (
