@@ -44,7 +44,6 @@ DATA_METHODS = frozenset({"generate", "generate_batch", "stream"})
 STREAM_METHODS = frozenset({"stream"})
 _HEADER = struct.Struct("!I")
 _MAX_FRAME = 256 * 1024 * 1024  # a frame larger than this is a corrupt stream, not a message
-_END = object()
 _PREFIX = "moesaic-expert-"
 
 
@@ -267,14 +266,13 @@ class ChannelClient:
         try:
             self._send(("call", call_id, method, args))
             while True:
-                item = await items.get()
-                if item is _END:
+                kind, value = await items.get()
+                if kind != "item":  # "end", or a failure: the actor's (RemoteError) or the socket's
                     finished = True
-                    return
-                if isinstance(item, BaseException):
-                    finished = True
-                    raise item
-                yield item
+                    if kind == "end":
+                        return
+                    raise value
+                yield value
         finally:
             self._pending.pop(call_id, None)
             if not finished:
@@ -307,9 +305,8 @@ class ChannelClient:
                 if waiter is None:
                     continue  # cancelled here already
                 if isinstance(waiter, asyncio.Queue):
-                    waiter.put_nowait(
-                        message[2] if kind == "item" else _END if kind == "end" else RemoteError(message[2])
-                    )
+                    value = RemoteError(message[2]) if kind == "error" else message[2] if kind == "item" else None
+                    waiter.put_nowait((kind, value))
                 elif not waiter.done():
                     if kind == "ok":
                         waiter.set_result(message[2])
@@ -325,6 +322,6 @@ class ChannelClient:
         self._closed = True
         for waiter in self._pending.values():
             if isinstance(waiter, asyncio.Queue):
-                waiter.put_nowait(error)
+                waiter.put_nowait(("error", error))
             elif not waiter.done():
                 waiter.set_exception(error)
