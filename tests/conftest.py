@@ -92,10 +92,14 @@ class ServerThread:
     """Real uvicorn on 127.0.0.1 in a background thread, serving ``app``."""
 
     def __init__(self, app: Any) -> None:
+        self.app = app
+        self._prepare()
+
+    def _prepare(self) -> None:
         import uvicorn
 
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     @property
@@ -103,13 +107,19 @@ class ServerThread:
         return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
+        for attempt in range(3):  # a port free when picked can be taken before uvicorn binds it (Ray opens ports)
+            self.thread.start()
+            deadline = time.monotonic() + 30
+            while not self.server.started:
+                if not self.thread.is_alive() and attempt < 2:
+                    break
+                if time.monotonic() > deadline or not self.thread.is_alive():
+                    raise RuntimeError("uvicorn did not start")
+                time.sleep(0.05)
+            else:
+                return self
+            self._prepare()
+        raise RuntimeError("uvicorn did not start")
 
     def __exit__(self, *exc: object) -> None:
         self.server.should_exit = True

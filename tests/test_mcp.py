@@ -100,38 +100,56 @@ async def test_stdio_transport(pool_file: Path) -> None:
             await _exercise(session)
 
 
-@pytest.fixture(scope="module")
-def http_server(pool_file: Path) -> Iterator[str]:
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "mcp", "--pool", str(pool_file), "--transport", "http"]
-        + ["--host", "127.0.0.1", "--port", str(port)],
-        env=_server_env(),
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,  # its own process group: Ray's processes go with it
-    )
-    url = f"http://127.0.0.1:{port}/mcp"
-    deadline = time.monotonic() + 120
-    try:
+def _start_http_server(pool_file: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """``moesaic mcp --transport http`` listening; a fresh port when the first was taken meanwhile.
+
+    The port is free when picked, but the server starts Ray (which opens ports of its own)
+    before it binds, so another process can take it in between: that start is retried."""
+    for attempt in range(3):
+        port = free_port()
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "mcp", "--pool", str(pool_file), "--transport", "http"]
+            + ["--host", "127.0.0.1", "--port", str(port)],
+            env=_server_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: Ray's processes go with it
+        )
+        url = f"http://127.0.0.1:{port}/mcp"
+        deadline = time.monotonic() + 120
         while True:
             if process.poll() is not None:
-                raise RuntimeError(f"moesaic mcp exited: {process.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+                error = process.stderr.read().decode()[-2000:]  # type: ignore[union-attr]
+                if "address already in use" in error and attempt < 2:
+                    break  # someone took the port between picking and binding: another one
+                raise RuntimeError(f"moesaic mcp exited: {error}")
             try:
                 httpx.get(url, timeout=1)  # any HTTP answer means uvicorn listens
-                break
+                return process, url
             except httpx.TransportError:
                 if time.monotonic() > deadline:
+                    _stop(process)
                     raise RuntimeError("moesaic mcp --transport http did not listen within 120 s") from None
                 time.sleep(0.25)
+    raise AssertionError("unreachable: the last attempt returns or raises")
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    process.send_signal(signal.SIGINT)  # uvicorn's graceful exit, then the pool and Ray stop
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def http_server(pool_file: Path) -> Iterator[str]:
+    process, url = _start_http_server(pool_file)
+    try:
         yield url
     finally:
-        process.send_signal(signal.SIGINT)  # uvicorn's graceful exit, then the pool and Ray stop
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        _stop(process)
 
 
 async def test_streamable_http_transport(http_server: str) -> None:
