@@ -8,6 +8,7 @@ import random
 import sys
 import tempfile
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,10 +69,16 @@ class Target:
         return "secret"
 
 
-async def _pair(target: Target) -> tuple[ChannelServer, ChannelClient]:
+@asynccontextmanager
+async def connected(target: Target) -> AsyncIterator[tuple[ChannelServer, ChannelClient]]:
+    """A channel server for ``target`` and a client connected to it; both closed afterwards."""
     server = ChannelServer(target)
-    path = await server.start()
-    return server, await ChannelClient.connect(path)
+    client = await ChannelClient.connect(await server.start())
+    try:
+        yield server, client
+    finally:
+        await client.close()
+        await server.close()
 
 
 async def _until(condition: Any, timeout_s: float = 5.0) -> None:
@@ -82,8 +89,7 @@ async def _until(condition: Any, timeout_s: float = 5.0) -> None:
 
 
 async def test_calls_multiplex_and_answer_out_of_order() -> None:
-    server, client = await _pair(Target())
-    try:
+    async with connected(Target()) as (server, client):
         slow = asyncio.create_task(client.call("generate", "slow", 0.3))
         assert await client.call("generate", "fast") == "FAST"  # answered while "slow" still runs
         assert not slow.done()
@@ -94,15 +100,11 @@ async def test_calls_multiplex_and_answer_out_of_order() -> None:
         assert client.calls == 3
         socket_dir = Path(server.path or "").parent
         assert socket_dir.stat().st_mode & 0o777 == 0o700  # only this user may connect
-    finally:
-        await client.close()
-        await server.close()
     assert not socket_dir.exists()
 
 
 async def test_a_failing_method_raises_its_exception_as_ray_would_word_it() -> None:
-    server, client = await _pair(Target())
-    try:
+    async with connected(Target()) as (server, client):
         with pytest.raises(RemoteError) as failure:
             await client.call("generate", "fail")
         assert isinstance(failure.value.cause, ValueError)
@@ -113,15 +115,11 @@ async def test_a_failing_method_raises_its_exception_as_ray_would_word_it() -> N
         with pytest.raises(RemoteError, match="'health' is not served over the expert channel"):
             await client.call("health")
         assert await client.call("generate", "still fine") == "STILL FINE"  # the connection survived
-    finally:
-        await client.close()
-        await server.close()
 
 
 async def test_streams_end_fail_and_stop_early() -> None:
     target = Target()
-    server, client = await _pair(target)
-    try:
+    async with connected(target) as (server, client):
         assert [item async for item in client.stream("stream", "one two three")] == ["one", "two", "three"]
         received = []
         with pytest.raises(RemoteError, match="stream failed at 'boom'"):
@@ -134,15 +132,11 @@ async def test_streams_end_fail_and_stop_early() -> None:
         assert await anext(items) == "w0"
         await items.aclose()
         await _until(lambda: target.closed_streams == closed_before + 1)
-    finally:
-        await client.close()
-        await server.close()
 
 
 async def test_cancelling_a_call_or_disconnecting_cancels_the_work_in_the_actor() -> None:
     target = Target()
-    server, client = await _pair(target)
-    try:
+    async with connected(target) as (server, client):
         running = asyncio.create_task(client.call("generate", "abandoned", -1.0))
         await asyncio.sleep(0.05)
         running.cancel()
@@ -160,8 +154,6 @@ async def test_cancelling_a_call_or_disconnecting_cancels_the_work_in_the_actor(
             await left
         await _until(lambda: "orphan" in target.cancelled)
         assert not client.usable
-    finally:
-        await server.close()
 
 
 _ACTOR_PROCESS = """
@@ -212,14 +204,10 @@ async def test_a_killed_actor_process_fails_pending_calls_with_channel_lost() ->
 
 
 async def test_another_event_loop_does_not_use_the_connection() -> None:
-    server, client = await _pair(Target())
-    try:
+    async with connected(Target()) as (server, client):
         assert client.usable
         other = await asyncio.to_thread(lambda: asyncio.run(_usable_here(client)))
         assert other is False
-    finally:
-        await client.close()
-        await server.close()
 
 
 async def _usable_here(client: ChannelClient) -> bool:
@@ -287,16 +275,14 @@ async def test_transport_ray_keeps_every_call_on_ray(ray_session: None) -> None:
 
 
 async def test_many_concurrent_calls_streams_and_cancellations_leave_nothing_behind() -> None:
-    target = Target()
-    server, client = await _pair(target)
     rng = random.Random(7)
+    async with connected(Target()) as (server, client):
 
-    async def one(i: int) -> str:
-        if i % 3 == 0:
-            return " ".join([item async for item in client.stream("stream", f"s{i} t{i}")])
-        return str(await client.call("generate", f"c{i}", rng.choice([0.0, 0.001, 0.02])))
+        async def one(i: int) -> str:
+            if i % 3 == 0:
+                return " ".join([item async for item in client.stream("stream", f"s{i} t{i}")])
+            return str(await client.call("generate", f"c{i}", rng.choice([0.0, 0.001, 0.02])))
 
-    try:
         tasks = [asyncio.create_task(one(i)) for i in range(300)]
         await asyncio.sleep(0.005)
         cancelled = {i for i in range(0, 300, 7) if not tasks[i].done() and tasks[i].cancel()}
@@ -308,6 +294,3 @@ async def test_many_concurrent_calls_streams_and_cancellations_leave_nothing_beh
             assert result == (f"s{i} t{i}" if i % 3 == 0 else f"C{i}"), (i, result)
         await _until(lambda: server.in_flight == 0)  # cancelled calls ended there too
         assert client._pending == {}
-    finally:
-        await client.close()
-        await server.close()
