@@ -3,8 +3,8 @@
 Why: a Ray actor call goes through the caller's core worker, the object store and the
 actor's task queue; on a small machine that costs 1.5-4 ms a call (``bench/overhead.py``),
 while a request over a Unix socket to the same process costs about 0.1 ms (0.3 ms end to end
-through the pool). For a quick
-expert (a cached or remote model) that hop is most of what the orchestrator adds.
+through the pool). For a quick expert (a cached or remote model) that hop is most of what the
+orchestrator adds.
 
 What travels here: the data plane only (``generate``, ``generate_batch``, ``stream``) and
 only when the caller runs on the actor's own node. Starting, health, load/park/unload and
