@@ -7,10 +7,13 @@ overhead does not hide the kernels, CUDA events, median of repeats), drops candi
 fail to compile or disagree with the fp32 reference, and writes the fastest per token count
 to the table of (E, N = I, dtype, this device), keeping entries already there for other
 token counts. ``--space quick`` times a small grid (minutes); ``full`` a wide one (an hour or
-more per shape, mostly compiling). Needs CUDA: without it the script says so and exits 2.
+more per shape, mostly compiling). ``--budget-s S`` caps the whole run at about S seconds, shared
+evenly by every (shape, token count): the default heuristic's config is timed first, so each
+entry is at least as fast as the untuned kernels, and candidates left when its share is spent
+are skipped (and counted). Needs CUDA: without it the script says so and exits 2.
 
     .venv/bin/python bench/tune_moe.py [--model mixtral-8x7b qwen3-30b-a3b] [--tokens 1 2 4 ...]
-        [--dtype bf16] [--space quick|full] [--out DIR] [--dry-run] [--json]
+        [--dtype bf16] [--space quick|full] [--budget-s S] [--out DIR] [--dry-run] [--json]
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import itertools
 import json
 import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +31,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from experts.moe.configs import CONFIG_DIR, KernelConfig, config_file, device_name, load_table, save_table  # noqa: E402
+from experts.moe.configs import (  # noqa: E402
+    CONFIG_DIR,
+    KernelConfig,
+    config_file,
+    default_config,
+    device_name,
+    load_table,
+    save_table,
+)
 
 SHAPES = {"mixtral-8x7b": (8, 2, 4096, 14336), "qwen3-30b-a3b": (128, 8, 2048, 768)}  # E, k, H, I
 TOKENS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096)
@@ -56,6 +68,11 @@ def candidates(space: str, rows: float, element: int) -> list[KernelConfig]:
         if m <= largest_m and staged <= SHARED_MEMORY:
             found.append(KernelConfig(block_m=m, block_n=n, block_k=k, group_m=g, num_warps=w, num_stages=s))
     return found
+
+
+def in_trial_order(found: list[KernelConfig], heuristic: KernelConfig) -> list[KernelConfig]:
+    """The heuristic's config first (it is what runs untuned), then the grid in its own order."""
+    return [heuristic, *(config for config in found if config != heuristic)]
 
 
 def weights_of(experts: int, width: int, size: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,8 +119,13 @@ def time_call(fn: Any, repeats: int, calls: int) -> float:
     return statistics.median(times)
 
 
-def tune_shape(name: str, dtype: torch.dtype, tokens_list: list[int], space: str, log: Any) -> dict[int, dict]:
-    """token count -> {"config": KernelConfig, "us": time, "tried": n} for one shape."""
+def tune_shape(
+    name: str, dtype: torch.dtype, tokens_list: list[int], space: str, log: Any, seconds_each: float | None = None
+) -> dict[int, dict]:
+    """token count -> {"config": KernelConfig, "us": time, "tried": n, "skipped": n} for one shape.
+
+    ``seconds_each``: the time share of one token count; candidates left when it is spent are skipped.
+    """
     from experts.moe.fused import experts_triton
     from experts.moe.reference import experts_reference
 
@@ -115,7 +137,14 @@ def tune_shape(name: str, dtype: torch.dtype, tokens_list: list[int], space: str
         reference = experts_reference(hidden, w13, w2, weights, ids).float()
         tolerance = 2e-2 * reference.abs().max().item() + 1e-6
         timed = []
-        for config in candidates(space, tokens * top_k / experts, w13.element_size()):
+        grid = candidates(space, tokens * top_k / experts, w13.element_size())
+        trials = in_trial_order(grid, default_config(tokens, experts, top_k, dtype))
+        deadline = None if seconds_each is None else time.monotonic() + seconds_each
+        skipped = 0
+        for position, config in enumerate(trials):
+            if deadline is not None and timed and time.monotonic() > deadline:
+                skipped = len(trials) - position
+                break
             try:
                 out = experts_triton(hidden, w13, w2, weights, ids, config=config)
                 if (out.float() - reference).abs().max().item() > tolerance:
@@ -129,8 +158,9 @@ def tune_shape(name: str, dtype: torch.dtype, tokens_list: list[int], space: str
         if not timed:
             raise SystemExit(f"no candidate config ran for {name} at {tokens} tokens; see the messages above")
         seconds, best = min(timed, key=lambda entry: entry[0])
-        chosen[tokens] = {"config": best, "us": seconds * 1e6, "tried": len(timed)}
-        log(f"{name} T={tokens:5d}: {seconds * 1e6:9.1f} us  {best}  ({len(timed)} candidates)")
+        chosen[tokens] = {"config": best, "us": seconds * 1e6, "tried": len(timed), "skipped": skipped}
+        note = f", {skipped} skipped for time" if skipped else ""
+        log(f"{name} T={tokens:5d}: {seconds * 1e6:9.1f} us  {best}  ({len(timed)} candidates{note})")
     return chosen
 
 
@@ -140,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", nargs="+", type=int, default=list(TOKENS))
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     parser.add_argument("--space", choices=sorted(SPACES), default="full")
+    parser.add_argument("--budget-s", type=float, default=None, help="about this many seconds for the whole run")
     parser.add_argument("--out", type=Path, default=CONFIG_DIR, help="folder of the JSON tables")
     parser.add_argument("--dry-run", action="store_true", help="time and report, write no file")
     parser.add_argument("--json", action="store_true", help="print the chosen configs as one JSON object, last line")
@@ -160,9 +191,11 @@ def main(argv: list[str] | None = None) -> int:
     dtype, device = DTYPES[args.dtype], device_name()
     log = (lambda line: print(line, file=sys.stderr)) if args.json else print
     report: dict[str, Any] = {"device": device, "dtype": args.dtype, "space": args.space, "files": {}}
+    tokens_list = sorted(set(args.tokens))
+    seconds_each = None if args.budget_s is None else args.budget_s / (len(args.model) * len(tokens_list))
     for name in args.model:
         experts, _, _, size = SHAPES[name]
-        chosen = tune_shape(name, dtype, sorted(set(args.tokens)), args.space, log)
+        chosen = tune_shape(name, dtype, tokens_list, args.space, log, seconds_each)
         path = config_file(experts, size, dtype, device, args.out)
         table = load_table(path) if path.is_file() else {}
         table.update({tokens: entry["config"] for tokens, entry in chosen.items()})
@@ -170,7 +203,12 @@ def main(argv: list[str] | None = None) -> int:
             save_table(path, table)
             log(f"wrote {path}")
         report["files"][path.name] = {
-            str(tokens): {**entry["config"].to_json(), "us": round(entry["us"], 2), "tried": entry["tried"]}
+            str(tokens): {
+                **entry["config"].to_json(),
+                "us": round(entry["us"], 2),
+                "tried": entry["tried"],
+                "skipped": entry["skipped"],
+            }
             for tokens, entry in chosen.items()
         }
     if args.json:

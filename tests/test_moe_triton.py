@@ -229,6 +229,26 @@ def test_a_bad_config_file_is_named(tmp_path: Path, text: str, reason: str) -> N
     assert str(path) in str(caught.value) and "bench/tune_moe.py" in str(caught.value)
 
 
+def test_the_tuner_times_the_untuned_heuristic_first() -> None:
+    """With a time budget the tuner may stop early: the default it replaces must always be among those timed."""
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parent.parent / "bench" / "tune_moe.py"
+    spec = importlib.util.spec_from_file_location("tune_moe", path)
+    assert spec is not None and spec.loader is not None
+    tune_moe = importlib.util.module_from_spec(spec)
+    sys.modules["tune_moe"] = tune_moe
+    spec.loader.exec_module(tune_moe)
+    for experts, top_k, _, _ in tune_moe.SHAPES.values():
+        for tokens in tune_moe.TOKENS:
+            heuristic = default_config(tokens, experts, top_k, torch.bfloat16)
+            grid = tune_moe.candidates("quick", tokens * top_k / experts, 2)
+            order = tune_moe.in_trial_order(grid, heuristic)
+            assert order[0] == heuristic and order.count(heuristic) == 1
+            assert len(order) == len(grid) + (heuristic not in grid)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU: realistic layer sizes")
 class TestOnCuda:
     """Mixtral-8x7B- and Qwen3-30B-A3B-sized layers on the GPU, tuned or default tiles."""
