@@ -4,7 +4,9 @@ permanent failures, the circuit breaker, re-recruiting and partial answers, canc
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -62,23 +64,47 @@ async def echo_facts(pool: ExpertPool, name: str) -> dict[str, Any]:
 
 
 async def killed(actor: Any) -> None:
-    """``ray.kill`` and wait until Ray reports the actor dead: the kill is asynchronous, and a call racing
-    it (over the same-node channel it takes 0.1 ms) may still be answered by the dying actor. "Unavailable"
-    (a temporary state Ray may report on the way) is not dead yet."""
+    """``ray.kill`` and wait until the actor is dead for Ray *and* its process is gone.
+
+    The kill is asynchronous, and a call racing it (over the same-node channel it takes 0.1 ms)
+    may still be answered by the dying actor: Ray can report the actor dead while its worker
+    process still runs and serves its socket. "Unavailable" (a temporary state Ray may report on
+    the way) is not dead yet.
+    """
     import ray
     from ray.exceptions import ActorUnavailableError, RayActorError
 
+    pid = await actor.__ray_call__.remote(lambda _actor: os.getpid())
     ray.kill(actor)
     deadline = asyncio.get_running_loop().time() + 30
+    reported_dead = False
     while asyncio.get_running_loop().time() < deadline:
-        try:
-            await actor.health.remote()
-        except ActorUnavailableError:
-            pass
-        except RayActorError:
+        if not reported_dead:
+            try:
+                await actor.health.remote()
+            except ActorUnavailableError:
+                pass
+            except RayActorError:
+                reported_dead = True
+        if reported_dead and not _process_alive(pid):
             return
         await asyncio.sleep(0.02)
-    pytest.fail("the killed actor is not reported dead after 30 s")
+    pytest.fail(f"the killed actor is not dead after 30 s (Ray reports it dead: {reported_dead}; pid {pid})")
+
+
+def _process_alive(pid: int) -> bool:
+    """Running (a zombie, exited but not yet reaped by its parent, counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state not in ("Z", "X")
 
 
 async def until(pool: ExpertPool, name: str, condition: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
