@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The MoE kernel path's GPU checks (issue 5) as one call on a lent GPU machine, sized to a 15-minute device budget.
 #
-#   bash bench/gpu_checks.sh                       # all stages, about 6-7 minutes on an H200
+#   bash bench/gpu_checks.sh                       # all stages, sized for about 7 minutes (not yet run on a GPU)
 #   STAGES="tune layer_tuned" bash bench/gpu_checks.sh   # a rerun of the stages that did not finish
 #
 # Stages (each under its own time limit, so every stage reports even when one overruns):

@@ -4,8 +4,8 @@ The mixed-pool target asks for the best single expert's accuracy at no more than
 cost. This computes the cheapest way to reach that accuracy when the strategy may change
 with each question's finest label (``src``: the MMLU subject, or stemez-*, theoremqa,
 scibench) and is chosen *with hindsight* on the very questions it is scored on. Strategies
-per label: any one expert, or a consensus cascade (two cheaper experts; when their answers
-differ, or one gives none, a third expert answers). A knapsack over the labels finds the
+per label: any one expert, or a consensus cascade (any two experts; when their answers
+differ, or one gives none, any third expert answers). A knapsack over the labels finds the
 cheapest mix whose accuracy is at least the best single expert's. A router that knows only
 a question's subject cannot beat this, since it must choose before seeing the outcomes; a
 per-question router could only through per-question signals beyond the subject, and on
@@ -47,7 +47,7 @@ class Strategy:
 
 
 def strategies(table: OutcomeTable, rows: np.ndarray) -> list[Strategy]:
-    """Every single expert and every consensus cascade (cheaper pair, then a third expert) on ``rows``."""
+    """Every single expert and every consensus cascade (any pair, then any third expert) on ``rows``."""
     assert table.cost is not None and table.preds is not None
     correct = np.nan_to_num(table.correct[rows])
     cost = table.cost[rows]

@@ -231,15 +231,9 @@ def test_a_bad_config_file_is_named(tmp_path: Path, text: str, reason: str) -> N
 
 def test_the_tuner_times_the_untuned_heuristic_first() -> None:
     """With a time budget the tuner may stop early: the default it replaces must always be among those timed."""
-    import importlib.util
-    import sys
+    from bench_scripts import load_bench
 
-    path = Path(__file__).resolve().parent.parent / "bench" / "tune_moe.py"
-    spec = importlib.util.spec_from_file_location("tune_moe", path)
-    assert spec is not None and spec.loader is not None
-    tune_moe = importlib.util.module_from_spec(spec)
-    sys.modules["tune_moe"] = tune_moe
-    spec.loader.exec_module(tune_moe)
+    tune_moe = load_bench("tune_moe")
     for experts, top_k, _, _ in tune_moe.SHAPES.values():
         for tokens in tune_moe.TOKENS:
             heuristic = default_config(tokens, experts, top_k, torch.bfloat16)
