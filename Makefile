@@ -1,10 +1,11 @@
-# Two entry points: `make serve` and `make test`. Both build .venv from scratch if needed.
+# Two entry points: `make serve` and `make test`. Both build .venv from scratch if needed;
+# `make test` also installs redis-server when it is missing (as root; otherwise it says what to type).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: serve test install prepare lint clean
+.PHONY: serve test install prepare redis lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +27,12 @@ prepare: install
 serve: prepare
 	$(BIN)/moesaic serve --pool default --host 127.0.0.1 --port 8000
 
-test: prepare
-	$(BIN)/python -m pytest -q
+# the suite starts real redis-server processes on 127.0.0.1: installed here when missing (as root), else a clear stop
+redis:
+	bash deploy/ensure_redis.sh
+
+test: redis prepare
+	$(BIN)/python -m pytest -q --strict-markers
 
 lint: install
 	$(BIN)/ruff check .

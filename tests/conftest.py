@@ -151,7 +151,7 @@ def redis_url() -> Iterator[str]:
 
     binary = shutil.which("redis-server")
     if binary is None:
-        pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does it)")
+        pytest.fail("redis-server is not installed: run `bash deploy/ensure_redis.sh` (`make test` does it first)")
     port = free_port()
     process = subprocess.Popen(
         [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
@@ -183,7 +183,7 @@ class RedisServer:
 
         binary = shutil.which("redis-server")
         if binary is None:
-            pytest.fail("redis-server is not installed: `apt-get install redis-server` (.ci/run does it)")
+            pytest.fail("redis-server is not installed: run `bash deploy/ensure_redis.sh` (`make test` does it first)")
         self.binary = binary
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
