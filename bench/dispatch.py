@@ -5,14 +5,20 @@ every load reads its own files), a residency budget that holds two of them, 64 r
 seeded choice of one or two experts each, and short answers (max_tokens 16), so that loading
 weighs as much as in the issue's scenario. In one run, on one pool of Ray actors, each mode
 starting with every expert unloaded:
-  naive   - one request at a time in arrival order; each expert call loads its expert on demand
-            (unloading the least recently used one when the budget is full), then generates
+  naive concurrent (the baseline)
+          - all requests at once, each request's experts called in parallel; an expert is loaded
+            when a call needs it and is not resident, evicting the least recently used idle one
+            when the budget is full; at most ``max_running`` experts generate at once (calls to an
+            expert already generating join it, and its actor batches them). No queue by expert, no
+            lookahead, no prefetch: what a user gets from load-on-demand actors and asyncio.gather
+  naive serial
+          - one call at a time in arrival order, load on demand, LRU eviction (an extra line)
   online  - all requests submitted at once to the Orchestrator, which serves the pool through the
             Dispatcher (per-expert queues, one batch per expert, lookahead eviction, prefetch)
   batch   - the same requests as a ``moesaic batch`` input (route all, each expert once, aggregate)
-Prints seconds, loads and the speed-up over naive, the online p50/p95 latency, and whether the
-answers match naive's (greedy decoding: they should). Every actor loads and generates once before
-the clock starts (its first load imports torch and transformers).
+Prints seconds, loads and the speed-up over naive concurrent (and serial), the online p50/p95
+latency, and whether the answers match naive serial's (greedy decoding: they should). Every actor
+loads and generates once before the clock starts (its first load imports torch and transformers).
 
     .venv/bin/python bench/dispatch.py [--requests 64] [--experts 6] [--max-tokens 16] [--seed 0] [--json]
 """
@@ -120,7 +126,9 @@ async def warm_up(pool: ExpertPool) -> None:
         await pool.control(name, "unload")
 
 
-async def naive(pool: ExpertPool, work: list[tuple[str, list[str]]], capacity: int, max_tokens: int) -> dict[str, Any]:
+async def naive_serial(
+    pool: ExpertPool, work: list[tuple[str, list[str]]], capacity: int, max_tokens: int
+) -> dict[str, Any]:
     """Arrival order, one call at a time, load on demand, evict the least recently used."""
     resident: OrderedDict[str, None] = OrderedDict()
     answers: dict[tuple[int, str], str] = {}
@@ -138,6 +146,90 @@ async def naive(pool: ExpertPool, work: list[tuple[str, list[str]]], capacity: i
     for name in resident:
         await pool.control(name, "unload")
     return answers
+
+
+class OnDemandLRU:
+    """The naive concurrent baseline's residency: load on demand, evict the least recently used idle expert.
+
+    ``capacity`` experts may be resident or loading at once (the same memory budget as the dispatcher's);
+    ``max_running`` experts may generate at once. A call for an expert that is already generating joins it.
+    """
+
+    def __init__(self, pool: ExpertPool, capacity: int, max_running: int) -> None:
+        self.pool, self.capacity, self.max_running = pool, capacity, max_running
+        self.changed = asyncio.Condition()
+        self.resident: OrderedDict[str, None] = OrderedDict()  # least recently used first
+        self.loading: set[str] = set()
+        self.calls_in_flight: dict[str, int] = {}
+        self.victims: dict[str, str] = {}  # expert being loaded -> the expert it evicts
+
+    async def generate(self, name: str, request: GenerationRequest) -> str:
+        while not await self._claim(name):
+            await self._load(name)
+        try:
+            return (await self.pool.generate(name, request)).text
+        finally:
+            async with self.changed:
+                self.calls_in_flight[name] -= 1
+                if not self.calls_in_flight[name]:
+                    del self.calls_in_flight[name]
+                self.changed.notify_all()
+
+    async def unload_all(self) -> None:
+        for name in list(self.resident):
+            await self.pool.control(name, "unload")
+        self.resident.clear()
+
+    async def _claim(self, name: str) -> bool:
+        """True once a call may run on resident ``name``; False when the caller must load it first."""
+        async with self.changed:
+            while True:
+                if name in self.resident:
+                    if name in self.calls_in_flight or len(self.calls_in_flight) < self.max_running:
+                        self.calls_in_flight[name] = self.calls_in_flight.get(name, 0) + 1
+                        self.resident.move_to_end(name)
+                        return True
+                elif name not in self.loading and self._book_slot(name):
+                    return False
+                await self.changed.wait()
+
+    def _book_slot(self, name: str) -> bool:
+        """Book room to load ``name``; when the budget is full, the least recently used idle expert is evicted."""
+        if len(self.resident) + len(self.loading) >= self.capacity:
+            victim = next((resident for resident in self.resident if resident not in self.calls_in_flight), None)
+            if victim is None:
+                return False
+            del self.resident[victim]  # its memory stays booked by ``name`` in ``loading`` until it is unloaded
+            self.victims[name] = victim
+        self.loading.add(name)
+        return True
+
+    async def _load(self, name: str) -> None:
+        try:
+            victim = self.victims.pop(name, None)
+            if victim is not None:
+                await self.pool.control(victim, "unload")
+            await self.pool.control(name, "load")
+        finally:
+            async with self.changed:
+                self.loading.discard(name)
+                self.resident[name] = None
+                self.changed.notify_all()
+
+
+async def naive_concurrent(
+    pool: ExpertPool, work: list[tuple[str, list[str]]], capacity: int, max_running: int, max_tokens: int
+) -> dict[tuple[int, str], str]:
+    """Every request at once, each request's experts in parallel, residency by :class:`OnDemandLRU`."""
+    residency = OnDemandLRU(pool, capacity, max_running)
+
+    async def one(index: int, question: str, names: list[str]) -> list[tuple[tuple[int, str], str]]:
+        texts = await asyncio.gather(*(residency.generate(name, ask(question, max_tokens)) for name in names))
+        return [((index, name), text) for name, text in zip(names, texts)]
+
+    pairs = await asyncio.gather(*(one(index, question, names) for index, (question, names) in enumerate(work)))
+    await residency.unload_all()
+    return dict(pair for request in pairs for pair in request)
 
 
 async def online(orchestrator: Orchestrator, work: list[tuple[str, list[str]]], max_tokens: int) -> tuple[Any, Any]:
@@ -189,7 +281,11 @@ async def measure(requests: int, experts: int, max_tokens: int, seed: int, max_r
             calls = sum(len(names) for _, names in work)
 
             loads, started = await total_loads(pool), time.perf_counter()
-            naive_answers = await naive(pool, work, capacity=2, max_tokens=max_tokens)
+            naive_answers = await naive_serial(pool, work, capacity=2, max_tokens=max_tokens)
+            serial_s, serial_loads = time.perf_counter() - started, await total_loads(pool) - loads
+
+            loads, started = await total_loads(pool), time.perf_counter()
+            concurrent_answers = await naive_concurrent(pool, work, 2, max_running, max_tokens)
             naive_s, naive_loads = time.perf_counter() - started, await total_loads(pool) - loads
 
             orchestrator = Orchestrator(pool)
@@ -215,17 +311,22 @@ async def measure(requests: int, experts: int, max_tokens: int, seed: int, max_r
         "budget_gb": spec.residency.budget_gb if spec.residency else None,
         "expert_gb": round(footprint_gb, 3),
         "max_running": max_running,
-        "naive_s": round(naive_s, 2),
+        "naive_concurrent_s": round(naive_s, 2),
+        "naive_serial_s": round(serial_s, 2),
         "online_s": round(online_s, 2),
         "batch_s": round(batch_s, 2),
         "loads_naive": naive_loads,
+        "loads_naive_serial": serial_loads,
         "loads_online": online_loads,
         "loads_batch": batch_loads,
         "online_speedup": round(naive_s / online_s, 2),
         "batch_speedup": round(naive_s / batch_s, 2),
+        "online_speedup_vs_serial": round(serial_s / online_s, 2),
+        "batch_speedup_vs_serial": round(serial_s / batch_s, 2),
         "online_p50_s": round(percentile(latencies, 0.5), 2),
         "online_p95_s": round(percentile(latencies, 0.95), 2),
         "batch_failed_items": report.failed,
+        "answers_match_naive_concurrent": match(concurrent_answers, naive_answers),
         "answers_match_online": match(online_answers, naive_answers),
         "answers_match_batch": match(batch_answers, naive_answers),
     }
@@ -258,15 +359,23 @@ def main() -> None:
     figures = asyncio.run(measure(args.requests, args.experts, args.max_tokens, args.seed, args.max_running))
     if not args.no_continuous:
         figures.update(continuous_figures())
-    print(f"{'mode':<8}{'seconds':>10}{'loads':>8}{'vs naive':>10}")
-    print(f"{'naive':<8}{figures['naive_s']:>10}{figures['loads_naive']:>8}{1.0:>10}")
-    print(f"{'online':<8}{figures['online_s']:>10}{figures['loads_online']:>8}{figures['online_speedup']:>10}")
-    print(f"{'batch':<8}{figures['batch_s']:>10}{figures['loads_batch']:>8}{figures['batch_speedup']:>10}")
+    print(f"{'mode':<18}{'seconds':>10}{'loads':>8}{'vs naive concurrent':>21}{'vs serial':>11}")
+    rows = (
+        ("naive concurrent", "naive_concurrent_s", "loads_naive"),
+        ("naive serial", "naive_serial_s", "loads_naive_serial"),
+        ("online", "online_s", "loads_online"),
+        ("batch", "batch_s", "loads_batch"),
+    )
+    for label, seconds, loads in rows:
+        over_naive = figures["naive_concurrent_s"] / figures[seconds]
+        over_serial = figures["naive_serial_s"] / figures[seconds]
+        print(f"{label:<18}{figures[seconds]:>10}{figures[loads]:>8}{over_naive:>21.2f}{over_serial:>11.2f}")
     shape = f"{figures['requests']} requests = {figures['expert_calls']} expert calls over {figures['experts']} experts"
     print(
         f"({shape} of {figures['expert_gb']} GB, budget {figures['budget_gb']} GB; online latency p50 "
-        f"{figures['online_p50_s']} s, p95 {figures['online_p95_s']} s; answers equal to naive's: online "
-        f"{figures['answers_match_online']}, batch {figures['answers_match_batch']})"
+        f"{figures['online_p50_s']} s, p95 {figures['online_p95_s']} s; answers equal to naive serial's: naive "
+        f"concurrent {figures['answers_match_naive_concurrent']}, online {figures['answers_match_online']}, batch "
+        f"{figures['answers_match_batch']}; target: online and batch >= 5x naive concurrent)"
     )
     if args.json:
         print(json.dumps(figures))
