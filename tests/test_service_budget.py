@@ -5,6 +5,8 @@ priced echo experts, seen through the official ``openai`` client."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
@@ -184,3 +186,77 @@ def test_the_default_budget_counts_pipeline_answers_but_not_cached_ones(priced_p
         final = next(chunk for chunk in streamed if chunk.model_extra.get("moesaic"))
         spent = asyncio.run(service.spend.spent("anonymous"))
         assert spent == pytest.approx(cost + final.model_extra["moesaic"]["cost"])
+
+
+# -- unpriced experts ----------------------------------------------------------------------------------
+def pricing_pool_spec() -> PoolSpec:
+    """A hosted model LiteLLM has no price for, one it prices, one priced by the pool file, one self-hosted."""
+    hosted = {"api_base": "http://127.0.0.1:9/v1", "api_key_env": "MOESAIC_TEST_FAKE_KEY"}
+    experts = [
+        {"name": "unpriced", "backend": "litellm", "model": "openai/house-model-7b", "options": hosted},
+        {"name": "mapped", "backend": "litellm", "model": "openai/gpt-4.1-mini", "options": hosted},
+        {
+            "name": "declared",
+            "backend": "litellm",
+            "model": "openai/house-model-7b",
+            "options": hosted,
+            "price": {"input_per_1m": 0.5, "output_per_1m": 1.5},
+        },
+        {"name": "local", "backend": "echo", "model": "echo"},
+    ]
+    for expert in experts:
+        expert["resources"] = {"num_cpus": 0}
+    return parse_pool({"name": "pricing", "experts": experts}, "<test pool pricing>")
+
+
+@pytest.fixture(scope="module")
+async def pricing_pool(ray_session: None) -> AsyncIterator[ExpertPool]:
+    os.environ["MOESAIC_TEST_FAKE_KEY"] = "sk-unused"  # the actors inherit it; no call reaches the address
+    pool = ExpertPool(pricing_pool_spec())
+    await pool.start()
+    yield pool
+    await pool.shutdown()
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def serve_and_listen(pool: ExpertPool, config: ServiceConfig) -> tuple[ServerThread, Lines]:
+    server = ServerThread(create_app(orchestrator=Orchestrator(pool), service=config))
+    lines = Lines()
+    logging.getLogger("uvicorn.error").addHandler(lines)  # after uvicorn's Config set its loggers up
+    return server, lines
+
+
+def test_unpriced_experts_are_named_at_start_and_in_the_model_list(pricing_pool: ExpertPool) -> None:
+    config = ServiceConfig.model_validate({"rate_limits": {"budget_usd_per_day": 5.0}})
+    server, lines = serve_and_listen(pricing_pool, config)
+    with server:
+        cards = {card["id"]: card for card in httpx.get(server.url + "/v1/models", timeout=10).json()["data"]}
+    logging.getLogger("uvicorn.error").removeHandler(lines)
+    warnings = [line for line in lines.lines if "have no price" in line]
+    assert len(warnings) == 1
+    assert "1 expert(s) have no price: unpriced (openai/house-model-7b)" in warnings[0]
+    assert "mapped" not in warnings[0] and "declared" not in warnings[0]
+    assert cards["expert/unpriced"]["pricing"] == {"source": "none", "input_per_1m": None, "output_per_1m": None}
+    mapped = cards["expert/mapped"]["pricing"]
+    assert mapped["source"] == "litellm_price_map" and mapped["input_per_1m"] == pytest.approx(0.4)
+    assert mapped["output_per_1m"] == pytest.approx(1.6)
+    declared = {"source": "pool_file", "input_per_1m": 0.5, "output_per_1m": 1.5}
+    assert cards["expert/declared"]["pricing"] == declared
+    assert cards["expert/local"]["pricing"] == {"source": "self_hosted", "input_per_1m": 0.0, "output_per_1m": 0.0}
+
+
+def test_no_price_warning_without_budgets(pricing_pool: ExpertPool) -> None:
+    server, lines = serve_and_listen(pricing_pool, ServiceConfig())
+    with server:
+        card = httpx.get(server.url + "/v1/models/expert/unpriced", timeout=10).json()
+    logging.getLogger("uvicorn.error").removeHandler(lines)
+    assert card["pricing"]["source"] == "none"  # still shown: budgets may be turned on later
+    assert not [line for line in lines.lines if "have no price" in line]

@@ -43,7 +43,25 @@ class LiteLLMBackend:
             )
 
     def describe(self) -> dict[str, object]:
-        return {"backend": "litellm", "model": self.spec.model, "api_base": self.spec.options.get("api_base")}
+        facts: dict[str, object] = {
+            "backend": "litellm",
+            "model": self.spec.model,
+            "api_base": self.spec.options.get("api_base"),
+        }
+        if self._litellm is not None:  # experts/pricing.py reads this: None means LiteLLM knows no price
+            facts["price_per_1m"] = self._map_price()
+        return facts
+
+    def _map_price(self) -> tuple[float, float] | None:
+        """(input, output) dollars per 1M tokens from LiteLLM's local price map, or None when it has none."""
+        try:
+            info = self._litellm.get_model_info(self.spec.model)
+        except Exception:  # LiteLLM raises a plain Exception for a model it does not know
+            return None
+        input_cost, output_cost = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+        if input_cost is None and output_cost is None:
+            return None
+        return (float(input_cost or 0.0) * 1e6, float(output_cost or 0.0) * 1e6)
 
     async def generate(self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None) -> list[Completion]:
         if self._litellm is None:

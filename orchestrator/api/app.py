@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from experts.pool import ExpertPool
+from experts.pricing import Price, price_of, unpriced, unpriced_warning
 from experts.spec import PoolSpec, load_pool
 from orchestrator.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.api.chat import router as chat_router
@@ -26,7 +27,7 @@ from orchestrator.api.errors import APIError, install_error_handlers
 from orchestrator.api.metrics import router as metrics_router
 from orchestrator.api.openapi import ERROR_RESPONSES, HEALTH_RESPONSES
 from orchestrator.api.route import router as route_router
-from orchestrator.api.schemas import ModelCard, ModelList
+from orchestrator.api.schemas import ModelCard, ModelList, ModelPricing
 from orchestrator.config import ServeSettings
 from orchestrator.observability.metrics import ServiceMetrics
 from orchestrator.observability.middleware import ObservabilityMiddleware
@@ -58,6 +59,7 @@ def create_app(
         if orchestrator is not None:
             app.state.orchestrator = orchestrator
             async with _serving(app, service, host, orchestrator.pool.spec) as state:
+                await _price_experts(app, state, orchestrator.pool)
                 try:
                     yield
                 finally:
@@ -69,6 +71,7 @@ def create_app(
             pool = ExpertPool(spec, ray_address=settings.ray_address, num_cpus=settings.num_cpus)
             await pool.start()
             app.state.orchestrator = Orchestrator(pool)
+            await _price_experts(app, state, pool)
             try:
                 yield
             finally:
@@ -77,6 +80,7 @@ def create_app(
 
     app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.metrics = ServiceMetrics()  # this app's counts; /metrics writes them
+    app.state.prices = {}  # expert name -> Price, filled once the pool has started
     install_error_handlers(app)
     app.add_middleware(LimitsMiddleware)  # body size, concurrency and the waiting line (inner)
     app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
@@ -125,6 +129,15 @@ async def _serving(app: FastAPI, config: ServiceConfig, host: str, spec: PoolSpe
         await state.close()
 
 
+async def _price_experts(app: FastAPI, state: ServiceState, pool: ExpertPool) -> None:
+    """Each expert's price for ``/v1/models``; a warning naming the unpriced ones while spend budgets are on."""
+    reports = await pool.health()
+    app.state.prices = {spec.name: price_of(spec, reports.get(spec.name)) for spec in pool.spec.experts}
+    missing = unpriced(pool.spec.experts, reports)
+    if missing and await state.budgets_on():
+        startup_log.warning(unpriced_warning(missing))
+
+
 def _model_cards(request: Request) -> list[ModelCard]:
     """The models the caller may use (all of them when auth is off)."""
     cards = _all_model_cards(request.app)
@@ -141,7 +154,14 @@ def _all_model_cards(app: FastAPI) -> list[ModelCard]:
         cards.append(
             ModelCard(id=f"{PIPELINE_MODEL}/{policy}", created=created, description=f"pipeline, {policy} policy")
         )
+    prices: dict[str, Price] = app.state.prices
     for expert in spec.experts:
         detail = f"{expert.backend}:{expert.model}" + (f" - {expert.description}" if expert.description else "")
-        cards.append(ModelCard(id=f"{EXPERT_PREFIX}{expert.name}", created=created, description=detail))
+        price = prices.get(expert.name) or price_of(expert)
+        pricing = ModelPricing(
+            source=price.source.value, input_per_1m=price.input_per_1m, output_per_1m=price.output_per_1m
+        )
+        cards.append(
+            ModelCard(id=f"{EXPERT_PREFIX}{expert.name}", created=created, description=detail, pricing=pricing)
+        )
     return cards

@@ -233,12 +233,23 @@ class ChatCompletionRequest(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
 
+class ModelPricing(BaseModel):
+    """What one expert's calls are charged at, in dollars per 1M tokens (``experts/pricing.py``)."""
+
+    source: Literal["pool_file", "litellm_price_map", "self_hosted", "none"] = Field(
+        description="none: a hosted model with no known price; its calls count $0 against spend budgets"
+    )
+    input_per_1m: float | None = None
+    output_per_1m: float | None = None
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "moesaic"
     description: str = ""
+    pricing: ModelPricing | None = Field(None, description="experts only: their per-token price and its source")
 
 
 class ModelList(BaseModel):

@@ -118,6 +118,10 @@ class KeyStore:
     async def count(self) -> int:
         return len(self.config_keys) + len(await self._from_redis())
 
+    async def records(self) -> list[KeyRecord]:
+        """Every key known now: the config file's, then Redis'."""
+        return self.config_keys + await self._from_redis()
+
     async def _from_redis(self) -> list[KeyRecord]:
         if self.link is None or self.link.client is None:
             return []

@@ -47,6 +47,12 @@ class ServiceState:
     def cache_enabled(self) -> bool:
         return self.config.cache.enabled
 
+    async def budgets_on(self) -> bool:
+        """Whether any caller has a daily spend budget (the defaults', or one key's own)."""
+        if self.config.rate_limits.budget_usd_per_day is not None:
+            return True
+        return any(record.budget_usd_per_day is not None for record in await self.auth.keys.records())
+
     async def summary(self) -> str:
         """The start-up line: is auth on, is Redis shared or are the stores in process."""
         if self.auth.enabled:
