@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -32,10 +33,25 @@ async def test_concurrent_requests_share_batches() -> None:
     await batcher.close()
 
 
-async def test_lone_request_waits_at_most_max_wait() -> None:
-    batcher = RequestBatcher(echo().generate, max_batch_size=8, max_wait_s=0.02)
-    result = await asyncio.wait_for(batcher.submit(request("alone")), timeout=5)  # liveness, not speed
+async def test_lone_request_waits_max_wait_for_company_then_runs() -> None:
+    # a behavioural bound, not a speed target: 0.4 s of waiting must show, and nothing near 10x that
+    batcher = RequestBatcher(echo().generate, max_batch_size=8, max_wait_s=0.4)
+    started = time.perf_counter()
+    result = await asyncio.wait_for(batcher.submit(request("alone")), timeout=10)
+    waited = time.perf_counter() - started
     assert result.text == "alone" and result.batch_size == 1
+    assert 0.35 <= waited < 0.4 + 2.0, f"a lone request took {waited:.3f} s with max_wait_s 0.4"
+    await batcher.close()
+
+
+async def test_a_full_batch_does_not_wait_for_max_wait() -> None:
+    batcher = RequestBatcher(echo().generate, max_batch_size=2, max_wait_s=30.0)
+    started = time.perf_counter()
+    first, second = await asyncio.wait_for(
+        asyncio.gather(batcher.submit(request("one")), batcher.submit(request("two"))), timeout=60
+    )
+    assert (first.batch_size, second.batch_size) == (2, 2)
+    assert time.perf_counter() - started < 5.0  # far under the 30 s it would wait for a batch that is not full
     await batcher.close()
 
 

@@ -110,6 +110,31 @@ def test_staggered_requests_match_one_at_a_time_decoding(loaded: Loaded, engine:
     assert engine.active == 0 and engine.waiting == 0
 
 
+def test_greedy_answers_equal_transformers_generate(loaded: Loaded, engine: ContinuousEngine) -> None:
+    # an independent reference: transformers' own decoding loop, one prompt at a time, greedy; the engine runs
+    # the same prompts together (three slots shared), and must produce the same tokens up to EOS or the limit
+    plan = [(1, 12), (3, 20), (4, 16)]
+    futures = [engine.submit(loaded.prompt(index), SamplingParams(max_tokens)) for index, max_tokens in plan]
+    outputs = [future.result(timeout=120) for future in futures]
+    eos = loaded.tokenizer.eos_token_id
+    for (index, max_tokens), output in zip(plan, outputs):
+        prompt = torch.tensor([loaded.prompt(index)])
+        with torch.no_grad():
+            generated = loaded.model.generate(
+                prompt,
+                attention_mask=torch.ones_like(prompt),
+                do_sample=False,
+                max_new_tokens=max_tokens,
+                eos_token_id=eos,
+                pad_token_id=eos,
+            )
+        expected = generated[0, prompt.shape[1] :].tolist()
+        if expected and expected[-1] == eos:
+            expected = expected[:-1]  # generate keeps the EOS token; the engine's answer ends before it
+        assert output.token_ids == expected, QUESTIONS[index]
+    assert max(output.batch_size for output in outputs) > 1  # they were decoded together
+
+
 def test_more_requests_than_slots_wait_in_order_and_reuse_slots(loaded: Loaded, engine: ContinuousEngine) -> None:
     plan = [(index % len(QUESTIONS), 5 + 3 * (index % 4)) for index in range(8)]
     futures = [engine.submit(loaded.prompt(index), SamplingParams(max_tokens)) for index, max_tokens in plan]
