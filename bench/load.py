@@ -256,7 +256,8 @@ def run_all(args: argparse.Namespace, workdir: Path) -> tuple[list[Target], floa
         pool_file = workdir / f"{pool['name']}.yaml"
         pool_file.write_text(yaml.safe_dump(pool))
         command = [python, "-m", "orchestrator.cli", "serve", "--pool", str(pool_file), "--port", str(port)]
-        servers.append(Server(f"moesaic-{name}", command + ["--num-cpus", "2"], port, "/healthz", workdir))
+        command += ["--num-cpus", "2", "--log-level", args.log_level]
+        servers.append(Server(f"moesaic-{name}", command, port, "/healthz", workdir))
     targets = [
         Target("fake endpoint, direct (baseline)", fake_url, "fake", "none"),
         Target("LiteLLM proxy -> fake", f"http://127.0.0.1:{proxy_port}", "fake", "direct"),
@@ -343,6 +344,12 @@ def main() -> None:
         choices=["auto", "ray"],
         default="auto",
         help="the pools' transport: auto (same-node channel, the default) or ray (every expert call a Ray call)",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=["debug", "info", "warning", "error"],
+        default="info",
+        help="moesaic serve's --log-level (its default, info, logs every request and every expert batch)",
     )
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     args = parser.parse_args()

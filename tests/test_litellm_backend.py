@@ -62,7 +62,8 @@ async def test_provider_errors_become_failed_completions(api_server: ServerThrea
     backend = LiteLLMBackend(spec_for(api_server).model_copy(update={"model": "openai/expert/nobody"}))
     await backend.load()
     [completion] = await backend.generate([ask("hi")])
-    assert completion.finish_reason == "error" and "NotFound" in (completion.error or "")
+    assert completion.finish_reason == "error" and completion.error is not None
+    assert completion.error.split(":", 1)[0] == "NotFoundError"  # LiteLLM's exception type for a 404, by name
 
 
 async def test_missing_api_key_fails_at_load(api_server: ServerThread, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -85,6 +85,18 @@ def transformers_greedy(folder: Path, question: str) -> str:
     return tokenizer.decode(out[0, prompt.shape[1] :], skip_special_tokens=True)
 
 
+def in_process_answer(folder: Path, question: str, routing: RoutingOptions) -> str:
+    """The answer of the ``moe`` backend run here, with the pool file's default options."""
+    import asyncio
+
+    async def answer() -> str:
+        backend = create_backend(spec_of(folder))
+        await backend.load()
+        return (await backend.generate([request(question, routing)]))[0].text
+
+    return asyncio.run(answer())
+
+
 async def test_backend_decodes_what_transformers_decodes(moe_checkpoint: Path) -> None:
     backend = create_backend(spec_of(moe_checkpoint))
     await backend.load()
@@ -157,7 +169,10 @@ def test_served_through_ray_and_the_http_api(moe_client: openai.OpenAI, moe_chec
         temperature=0,
         extra_body={"moesaic": {"moe_routing": {"forced": [3], "top_p": 0.9, "min_weight": 0.01}}},
     )
-    assert steered.choices[0].message.content
+    # the actor runs the same backend as this process would: the steered answer must be exactly that one
+    expected = in_process_answer(moe_checkpoint, QUESTIONS[1], RoutingOptions(forced=(3,), top_p=0.9, min_weight=0.01))
+    assert steered.choices[0].message.content == expected
+    assert expected != reply.choices[0].message.content  # the steering reached the model
     with pytest.raises(openai.BadRequestError) as bad:
         moe_client.chat.completions.create(
             model="expert/tiny-moe",

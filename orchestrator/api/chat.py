@@ -10,7 +10,7 @@ from dataclasses import asdict
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from experts.pool import ExpertCallFailed, ExpertUnavailable
@@ -18,7 +18,7 @@ from experts.spec import PoolSpec
 from experts.types import Completion, GenerationRequest
 from orchestrator.api.body import parse_json_object
 from orchestrator.api.errors import APIError, from_validation_error
-from orchestrator.api.gate import Gate
+from orchestrator.api.gate import AnswerResponse, Gate
 from orchestrator.api.openapi import CHAT_RESPONSES, json_body
 from orchestrator.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
 from orchestrator.api.tool_schemas import tool_calls_delta
@@ -166,7 +166,7 @@ async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> 
         ),
         tool_calls=result.verdict.tool_calls,
     )
-    return JSONResponse(body_json, headers={"x-moesaic-experts": ",".join(result.decision.experts)})
+    return AnswerResponse(body_json, headers={"x-moesaic-experts": ",".join(result.decision.experts)})
 
 
 def pipeline_metadata(result: PipelineResult) -> dict[str, Any]:
@@ -269,7 +269,7 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
     record_calls(body.model, [record])
     metadata = {"expert": name, "calls": [asdict(record)], "cost": usage.cost}
     metadata = with_passthrough(metadata, pool.spec, [name], body.passthrough())
-    return JSONResponse(
+    return AnswerResponse(
         completion_body(
             response_id=response_id,
             created=created,

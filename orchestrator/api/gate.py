@@ -40,6 +40,14 @@ CACHE_HEADER = "x-moesaic-cache"
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first": journal only
 
 
+class AnswerResponse(JSONResponse):
+    """A JSON answer that keeps the object it was rendered from, so the gate records it without parsing it back."""
+
+    def __init__(self, answer: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+        super().__init__(answer, headers=headers)
+        self.answer = answer
+
+
 class ClientDisconnected(APIError):
     def __init__(self) -> None:
         super().__init__(CLIENT_CLOSED, "the client closed the connection; the work was cancelled", code="client_gone")
@@ -196,7 +204,7 @@ class Gate:
         response.headers[CACHE_HEADER] = self.cache_state
         if self.service is None:
             return response
-        body = json.loads(bytes(response.body))
+        body = response.answer if isinstance(response, AnswerResponse) else json.loads(bytes(response.body))
         if self._cache_key is not None and response.status_code == 200 and not _partial(body):
             await self.service.cache.put(self._cache_key, body)
         await self._settle(int(body.get("usage", {}).get("total_tokens", 0)))
