@@ -35,23 +35,34 @@ GPU_TOKENS = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 409
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def _seconds(fn, device: torch.device) -> float:  # noqa: ANN001
+    """Wall time of one call of ``fn``; on CUDA measured with CUDA events around it."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000.0
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
 def median_seconds(fn, repeats: int, device: torch.device) -> float:  # noqa: ANN001
-    """Median wall time of ``fn``; on CUDA measured with CUDA events around each call."""
-    fn()  # warm-up (and Triton compilation)
-    times = []
+    """Median wall time of ``fn`` alone (the device's copy and matmul yardsticks)."""
+    fn()
+    return statistics.median(_seconds(fn, device) for _ in range(repeats))
+
+
+def interleaved_medians(first, second, repeats: int, device: torch.device) -> tuple[float, float]:  # noqa: ANN001
+    """Median seconds of two functions timed call by call in turn (a noisy stretch falls on both alike)."""
+    first(), second()  # warm-up (and Triton compilation)
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1000.0)
-        else:
-            started = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - started)
-    return statistics.median(times)
+        times[0].append(_seconds(first, device))
+        times[1].append(_seconds(second, device))
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def device_rates(dtype: torch.dtype, device: torch.device) -> tuple[float, float]:
@@ -108,8 +119,9 @@ def measure(
     weights = torch.softmax(torch.randn(tokens, k), -1).to(device=device, dtype=dtype)
     with torch.no_grad():
         engine, ours = our_engine(dtype, device, theirs.gate_up_proj, theirs.down_proj)
-        ours_s = median_seconds(lambda: ours(x, weights, ids), repeats, device)
-        theirs_s = median_seconds(lambda: theirs(x, ids, weights), repeats, device)
+        ours_s, theirs_s = interleaved_medians(
+            lambda: ours(x, weights, ids), lambda: theirs(x, ids, weights), repeats, device
+        )
     touched = len(torch.unique(ids))
     element = torch.finfo(dtype).bits // 8
     moved = touched * 3 * hidden * size * element + 2 * tokens * hidden * element
@@ -137,7 +149,7 @@ def main() -> None:
     parser.add_argument("--scale", type=int, default=None, help="divide H and I by this (default 4 on CPU, 1 on CUDA)")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest for small GEMMs here)")
-    parser.add_argument("--json", action="store_true", help="print the rows as one JSON list on the last line")
+    parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -162,7 +174,8 @@ def main() -> None:
                 f" {row['engine']}"
             )
     if args.json:
-        print(json.dumps(rows))
+        figures = {"device": name, "copy_gb_s": round(rates[0] / 1e9, 1), "matmul_gflop_s": round(rates[1] / 1e9, 1)}
+        print(json.dumps({**figures, "dtype": args.dtype, "interleaved": True, "rows": rows}))
 
 
 if __name__ == "__main__":

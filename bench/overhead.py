@@ -145,7 +145,7 @@ def main() -> None:
     for label, key in (
         ("one expert call (pool.generate)", "actor_ms"),
         ("pipeline, k=1 (1 call)", "pipeline_k1_ms"),
-        ("pipeline, k=2 (3 calls)", "pipeline_k2_ms"),
+        ("pipeline, k=2 (2 calls, consensus)", "pipeline_k2_ms"),
     ):
         print(f"{label:<36}{figures[key]:>15}{figures[key + '_ray']:>15}")
     speedup, p95 = figures["k1_channel_speedup"], figures["pipeline_k2_p95_ms"]
