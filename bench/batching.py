@@ -42,7 +42,7 @@ def tokens(completions: list[Completion]) -> int:
     return sum(c.usage.completion_tokens for c in completions)
 
 
-async def measure(count: int, max_tokens: int) -> dict[str, float]:
+async def measure(count: int, max_tokens: int) -> dict[str, object]:
     backend = LocalBackend(ExpertSpec(name="bench", backend="local", model="embedded:smollm2-135m-instruct"))
     await backend.load()
     await backend.generate(requests(2, 4))  # warm-up
@@ -62,6 +62,7 @@ async def measure(count: int, max_tokens: int) -> dict[str, float]:
     await batcher.close()
 
     return {
+        "engine": str(backend.describe()["engine"]),  # the local backend's default (continuous since 2026-12-02)
         "requests": count,
         "max_tokens": max_tokens,
         "serial_s": round(serial_s, 3),
@@ -90,7 +91,7 @@ def main() -> None:
     )
     print(f"{'queued':<10}{figures['queued_s']:>10}{figures['queued_tokens_per_s']:>12}{figures['queued_speedup']:>12}")
     shape = f"{figures['requests']} requests, max_tokens {figures['max_tokens']}"
-    print(f"({shape}; queued ran as {figures['queued_batches']} batch(es))")
+    print(f"({shape}; engine {figures['engine']}; queued ran as {figures['queued_batches']} batch(es))")
     if args.json:
         print(json.dumps(figures))
 
