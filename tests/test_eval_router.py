@@ -49,6 +49,8 @@ def test_mmlu_pro_slice_is_deterministic_and_complete(tmp_path: Path) -> None:
         assert isinstance(first[key], float), key
     assert 1.0 <= first["mean_experts"] <= 3.0
     assert first["random_accuracy"] <= first["oracle_accuracy"]
+    # the router must beat picking experts at random by a clear margin (0.50 vs 0.34 on this slice)
+    assert first["accuracy"] > first["random_accuracy"] + 0.05
 
 
 def test_vote_strategies_same_experts(tmp_path: Path) -> None:
@@ -66,17 +68,20 @@ def test_vote_strategies_same_experts(tmp_path: Path) -> None:
 def test_budget_caps_expected_cost(tmp_path: Path) -> None:
     path = shared_slice(tmp_path, "mmlu_pro_dev.parquet", 600)
     report = run_json("eval-router", "--outcomes", str(path), "--pool", "mixed", "--policy", "cost", "--budget", "0.5")
-    assert report["mean_cost"] < report["best_single_cost"]
+    # the budget is a mean cost of 0.5x the best single expert's, kept within 10% on unseen questions
+    assert report["cost_vs_best_single"] <= 0.5 * 1.1
+    assert report["mean_cost"] == pytest.approx(report["cost_vs_best_single"] * report["best_single_cost"])
 
 
 def test_routellm_slice_reports_apgr_per_benchmark(tmp_path: Path) -> None:
-    path = shared_slice(tmp_path, "routellm_dev.parquet", 800)
+    path = shared_slice(tmp_path, "routellm_dev.parquet", 1600)  # ~200 and ~240 test questions per benchmark
     plot = tmp_path / "curve.png"
     report = run_json("eval-router", "--outcomes", str(path), "--policy", "cascade", "--plot", str(plot))
     assert set(report["benchmarks"]) == {"gsm8k", "mmlu"}
     for figures in report["benchmarks"].values():
         assert {"apgr", "cpt50", "cpt80"} <= set(figures)
         assert 0.0 <= figures["cpt50"] <= figures["cpt80"] <= 1.0
+        assert figures["apgr"] > 0.5  # random routing between the weak and the strong model scores 0.5
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -78,10 +78,10 @@ async def test_concurrent_requests_for_one_expert_run_as_a_batch(embedded_pool: 
     after = (await embedded_pool.health())["coder"]
     assert len(completions) == 6 and all(c.text for c in completions)
     assert after["requests"] - before["requests"] == 6
-    assert after["batches"] - before["batches"] <= 6
     # grouped where it counts: the continuous engine decoded them together (a completion's batch_size is the
-    # most requests it shared a forward with), however the actor's batcher happened to hand them over
-    assert max(c.batch_size for c in completions) > 1
+    # most requests it shared a forward with), however the actor's batcher happened to hand them over; each
+    # takes several decode steps, so none of the six ran alone
+    assert all(c.batch_size > 1 for c in completions), [c.batch_size for c in completions]
 
 
 async def test_forced_experts_and_unknown_expert(orchestrator: Orchestrator, embedded_pool: ExpertPool) -> None:

@@ -7,6 +7,7 @@ expert's answer and grade are known in advance; one test runs the embedded model
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -108,12 +109,21 @@ def test_cli_profile_dataset_writes_profiles(tmp_path: Path, ray_session: None) 
 
 @pytest.mark.model
 async def test_the_embedded_experts_answer_for_real(tmp_path: Path, embedded_pool: ExpertPool) -> None:
-    questions = load_dataset(
-        write_dataset(
-            tmp_path,
-            [{"id": "paris", "question": "What is the capital of France?", "answer": "Paris", "kind": "exact"}],
-        )
-    )
+    items = [
+        {"id": "paris", "question": "What is the capital of France?", "answer": "Paris", "kind": "exact"},
+        # a gold answer no expert will give: every one of these must be graded wrong
+        {"id": "wrong-gold", "question": "What is the capital of France?", "answer": "Zanzibar", "kind": "exact"},
+    ]
+    questions = load_dataset(write_dataset(tmp_path, items))
     graded = await run_profiling(embedded_pool, questions, tmp_path / "real.jsonl", max_tokens=24)
     assert {r.expert for r in graded} == {"math", "coder", "writer", "generalist"}
-    assert all(r.chars > 0 for r in graded)
+    assert len(graded) == 8 and all(r.text and r.chars == len(r.text) for r in graded)
+    for r in graded:
+        # an independent reading of the grade: the final answer (its last line) names the gold as a word
+        final = (r.pred or "").lower()
+        gold = "paris" if r.question_id == "paris" else "zanzibar"
+        expected = re.search(rf"\b{gold}\b", final) is not None and len(final.split()) <= 12
+        assert r.correct == expected, (r.question_id, r.expert, r.text)
+        assert r.pred is not None and r.pred in r.text.lower().replace("*", "")
+    assert not any(r.correct for r in graded if r.question_id == "wrong-gold")
+    assert read_results(tmp_path / "real.jsonl") == graded  # what was graded is what the results file holds
