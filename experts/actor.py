@@ -128,9 +128,15 @@ class ExpertActor:
             self._log_batch(batch, elapsed, outcome)
 
     def _log_batch(self, batch: list[GenerationRequest], elapsed: float, outcome: str) -> None:
-        """One line per batch, naming the HTTP requests it served: a request id leads from the access log here."""
+        """One line per batch, naming the HTTP requests it served: a request id leads from the access log here.
+
+        A batch that failed in part or whole is a WARNING; a good one is DEBUG (``--log-level debug``): at INFO
+        every expert call would add a line that Ray carries from the actor to the serving process, which costs
+        the serving path about as much as the access line it duplicates (``bench/load.py --log-level``).
+        """
         ids = [request.request_id for request in batch]
-        log.info(
+        log.log(
+            logging.DEBUG if outcome == "ok" else logging.WARNING,
             "expert %s ran a batch of %d (%s)",
             self.spec.name,
             len(batch),

@@ -18,6 +18,8 @@ import pytest
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# the session's Ray workers log every expert batch (DEBUG), so tests can follow a request id into the actors
+os.environ.setdefault("MOESAIC_LOG_LEVEL", "DEBUG")
 
 from experts.pool import ExpertPool  # noqa: E402
 from experts.spec import PoolSpec, load_pool, parse_pool  # noqa: E402
