@@ -13,8 +13,11 @@ rounds (so a noisy stretch of the machine falls on every line alike):
                              validation, response JSON; no socket
 
 Each layer's share is its line minus the line before (medians; CPU ms of this process alongside, which
-leaves out the actor's and the upstream's processes). bench/load.py measures the same path over real
-sockets against the LiteLLM proxy; this script says which layer to cut.
+counts every thread of this process, Ray's included, and none of the actor's or the upstream's). One more
+line, outside the chain, calls the pipeline's own steps one after another by hand (route, the expert call,
+aggregate: the same methods the graph runs), so pipeline minus it is what LangGraph's machinery costs.
+bench/load.py measures the same path over real sockets against the LiteLLM proxy; this script says which
+layer to cut.
 
     .venv/bin/python bench/breakdown.py [--requests 300] [--rounds 5] [--json]
 """
@@ -46,10 +49,12 @@ from experts.backends.litellm_backend import LiteLLMBackend  # noqa: E402
 from experts.pool import ExpertPool  # noqa: E402
 from experts.spec import parse_pool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
+from orchestrator.graph import PipelineNodes  # noqa: E402
 from orchestrator.pipeline import Orchestrator  # noqa: E402
-from orchestrator.state import PipelineRequest  # noqa: E402
+from orchestrator.state import PipelineRequest, PipelineState  # noqa: E402
 
 LAYERS = ("upstream", "litellm", "backend", "actor", "pipeline", "http_app")
+BY_HAND = "nodes_by_hand"
 LABELS = {
     "upstream": "upstream, direct (httpx)",
     "litellm": "+ LiteLLM (litellm.acompletion)",
@@ -57,6 +62,7 @@ LABELS = {
     "actor": "+ hop to the actor (ExpertPool)",
     "pipeline": "+ pipeline (LangGraph, k=1)",
     "http_app": "+ HTTP app in process (ASGI)",
+    BY_HAND: "pipeline steps called by hand",
 }
 
 
@@ -125,6 +131,16 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
         async def pipeline(index: int) -> None:
             await orchestrator.run(PipelineRequest(generation(index), k=1))
 
+        nodes = PipelineNodes(orchestrator.pool, orchestrator.router, orchestrator.aggregator, orchestrator.aggregators)
+
+        async def by_hand(index: int) -> None:
+            state: PipelineState = {"request": PipelineRequest(generation(index), k=1), "timings_ms": {}}
+            state.update(await nodes.route(state))  # type: ignore[typeddict-item]
+            answers = []
+            for send in await nodes.fan_out(state):
+                answers.extend((await nodes.ask_expert(send.arg))["answers"])
+            await nodes.aggregate({**state, "answers": answers})  # type: ignore[typeddict-item]
+
         async def http_app(index: int) -> None:
             body = {"model": "moesaic", "messages": [{"role": "user", "content": question(index)}], "max_tokens": 16}
             (await in_process.post("/v1/chat/completions", json=body)).raise_for_status()
@@ -136,16 +152,17 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
             "actor": actor,
             "pipeline": pipeline,
             "http_app": http_app,
+            BY_HAND: by_hand,
         }
         async with app.router.lifespan_context(app):
-            for layer in LAYERS:  # warm-up: connections, lazy imports, the actor's first calls
+            for layer in calls:  # warm-up: connections, lazy imports, the actor's first calls
                 for index in range(30):
                     await calls[layer](-1 - index)
-            wall: dict[str, list[float]] = {layer: [] for layer in LAYERS}
-            cpu: dict[str, list[float]] = {layer: [] for layer in LAYERS}
+            wall: dict[str, list[float]] = {layer: [] for layer in calls}
+            cpu: dict[str, list[float]] = {layer: [] for layer in calls}
             share = max(1, requests // rounds)
             for number in range(rounds):
-                for layer in LAYERS:
+                for layer in calls:
                     for index in range(share):
                         started, started_cpu = time.perf_counter(), time.process_time()
                         await calls[layer](number * 100_000 + index)
@@ -165,6 +182,8 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
         figures[f"{layer}_cpu_ms"] = round(statistics.median(cpu[layer]), 3)
         figures[f"{layer}_adds_ms"] = round(median - previous, 3)
         previous = median
+    figures[f"{BY_HAND}_ms"] = round(statistics.median(wall[BY_HAND]), 3)
+    figures["langgraph_ms"] = round(figures["pipeline_ms"] - figures[f"{BY_HAND}_ms"], 3)
     return figures
 
 
@@ -181,6 +200,10 @@ def main() -> None:
             f"{LABELS[layer]:<36}{figures[layer + '_ms']:>9.3f}{figures[layer + '_adds_ms']:>9.3f}"
             f"{figures[layer + '_cpu_ms']:>13.3f}"
         )
+    print(
+        f"{LABELS[BY_HAND]:<36}{figures[BY_HAND + '_ms']:>9.3f}   (pipeline minus this, LangGraph's machinery: "
+        f"{figures['langgraph_ms']:.3f} ms)"
+    )
     shape = f"{figures['requests_per_layer']} requests per layer, concurrency 1, {figures['rounds']} interleaved rounds"
     print(f"({shape})")
     if args.json:
