@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.console import Console
@@ -153,7 +153,11 @@ def eval_router(
     cascade_threshold: float = typer.Option(0.5, help="cascade: defer when the weak expert's competence is lower"),
     vote: str = typer.Option("weighted", "--vote", help="combine the called experts: weighted | majority"),
     seed: int = typer.Option(0, help="split and sampling seed"),
-    plot: Optional[Path] = typer.Option(None, "--plot", help="save the strong/weak cost-quality curve (PNG)"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="save the cost-quality curve (PNG)"),
+    frontier: bool = typer.Option(
+        False, "--frontier", help="the policy at several budgets against the random-mix hull of single models"
+    ),
+    budgets: str = typer.Option("0.25,0.5,0.75,1.0", "--budgets", help="--frontier: budgets, x the best single's cost"),
     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
 ) -> None:
     """Route a labelled test table with profiles from a training table; no model is called."""
@@ -179,16 +183,21 @@ def eval_router(
             pairs = {name: (train_tables[name], table) for name, table in test_tables.items()}
     except (OutcomeFileError, ValueError) as error:
         _fail(str(error))
+    budget_list = _budgets(budgets) if frontier else ()
     settings = PolicySettings(max_experts=max_experts, k=k, target=target, cascade_threshold=cascade_threshold)
     options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, vote=vote, seed=seed)
     reports = {}
     with console.status("profiling and routing..."):
         for name, (train_table, test_table) in pairs.items():
             reports[name] = evaluate(train_table, test_table, options)
+            if frontier:
+                reports[name].update(_frontier(train_table, test_table, options, budget_list))
     for name, report in reports.items():
         _print_report(name, report)
+        if frontier:
+            _print_frontier(name, report)
     if plot is not None:
-        _plot(reports, plot)
+        (_plot_frontier if frontier else _plot)(reports, plot)
         console.print(f"wrote {plot}")
     if as_json:
         payload = next(iter(reports.values())) if len(reports) == 1 else {"benchmarks": reports}
@@ -275,6 +284,66 @@ def _plot(reports: dict[str, dict[str, object]], path: Path) -> None:
     axis.set_xlabel("share of queries sent to the strong model")
     axis.set_ylabel("accuracy")
     axis.set_title("cost-quality curve (dotted: random routing)")
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+
+
+def _budgets(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        _fail(f"--budgets {text!r} must be numbers separated by commas, like 0.25,0.5,1.0")
+    if not values or any(value <= 0 for value in values):
+        _fail(f"--budgets {text!r} must be positive numbers (x the best single model's mean cost)")
+    return values
+
+
+def _frontier(train: Any, test: Any, options: Any, budgets: tuple[float, ...]) -> dict[str, object]:
+    from router.frontier import measure_frontier
+
+    try:
+        return measure_frontier(train, test, options, budgets)
+    except ValueError as error:
+        _fail(str(error))
+
+
+def _print_frontier(name: str, report: dict[str, object]) -> None:
+    table = Table(title=f"{name}: cost-quality frontier (pool APGR {report['pool_apgr']:.3f}; 0.5 = random-mix hull)")
+    for column in ("budget", "accuracy", "mean cost", "random-mix hull", "over the hull"):
+        table.add_column(column, justify="right")
+    for row in report["frontier"]:  # type: ignore[attr-defined]
+        gap = row["accuracy"] - row["hull_accuracy"]
+        table.add_row(
+            f"{row['budget']:.2f}x",
+            f"{row['accuracy']:.4f}",
+            f"{row['mean_cost']:.4g}",
+            "-" if math.isnan(row["hull_accuracy"]) else f"{row['hull_accuracy']:.4f}",
+            "-" if math.isnan(gap) else f"{gap:+.4f}",
+        )
+    console.print(table)
+
+
+def _plot_frontier(reports: dict[str, dict[str, object]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from router.frontier import CostPoint, hull_accuracy
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for name, report in reports.items():
+        points = [CostPoint(**point) for point in report["single_models"]]  # type: ignore[attr-defined]
+        rows = report["frontier"]  # type: ignore[assignment]
+        axis.plot([r["mean_cost"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=f"{name} policy")
+        axis.scatter([p.mean_cost for p in points], [p.accuracy for p in points], s=12, color="grey")
+        span = sorted(p.mean_cost for p in points)
+        grid = [span[0] + (span[-1] - span[0]) * i / 100 for i in range(101)]
+        axis.plot(grid, [hull_accuracy(points, cost) for cost in grid], linestyle=":", color="grey")
+    axis.set_xlabel("mean cost per question")
+    axis.set_ylabel("accuracy")
+    axis.set_title("cost-quality frontier (grey: single models; dotted: random-mix hull)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
