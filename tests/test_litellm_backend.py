@@ -84,3 +84,20 @@ async def test_a_litellm_expert_in_a_ray_actor(api_server: ServerThread) -> None
         assert completion.text and completion.usage.completion_tokens > 0
     finally:
         await pool.shutdown()
+
+
+async def test_one_sdk_client_for_a_named_openai_endpoint_and_litellm_s_own_otherwise(
+    api_server: ServerThread,
+) -> None:
+    named = LiteLLMBackend(spec_for(api_server))
+    await named.load()
+    assert named._arguments(ask("hi"), stream=False)["client"] is named._client  # the same client every call
+    assert str(named._client.base_url).rstrip("/") == api_server.url + "/v1"
+    assert (await named.generate([ask("Say hello.")]))[0].error is None  # answered through that client
+    # no api_base in the pool file: the provider's address and the environment's keys stay LiteLLM's business
+    default = LiteLLMBackend(ExpertSpec(name="hosted", backend="litellm", model="openai/gpt-4.1-mini"))
+    await default.load()
+    assert "client" not in default._arguments(ask("hi"), stream=False)
+    other = LiteLLMBackend(spec_for(api_server).model_copy(update={"model": "anthropic/claude-3-5-sonnet"}))
+    await other.load()
+    assert "client" not in other._arguments(ask("hi"), stream=False)  # not an OpenAI-protocol provider

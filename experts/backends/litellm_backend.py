@@ -47,8 +47,16 @@ class LiteLLMBackend:
         self._client = self._openai_client()
 
     def _openai_client(self) -> Any:
-        """One SDK client for every call when LiteLLM routes this model over the OpenAI protocol, else None."""
+        """One SDK client for every call, or None to leave the client to LiteLLM.
+
+        Only for a model LiteLLM routes over the OpenAI protocol to an ``api_base`` the pool file names, with a
+        key from ``api_key_env``: everything else (the provider's default address, keys and bases read from the
+        environment, other providers) stays LiteLLM's own resolution, errors included.
+        """
         api_base = self.spec.options.get("api_base")
+        key_env = self.spec.options.get("api_key_env")
+        if not api_base or not key_env:
+            return None
         try:
             provider = self._litellm.get_llm_provider(self.spec.model, api_base=api_base)[1]
         except Exception:  # LiteLLM does not know the provider: let each call report it
@@ -57,10 +65,8 @@ class LiteLLMBackend:
             return None
         import openai
 
-        key_env = self.spec.options.get("api_key_env")
-        api_key = os.environ.get(key_env) if key_env else os.environ.get("OPENAI_API_KEY")
         # retries stay LiteLLM's (options.num_retries); the per-call timeout is passed with each call
-        return openai.AsyncOpenAI(api_key=api_key or "unused", base_url=api_base, max_retries=0)
+        return openai.AsyncOpenAI(api_key=os.environ[key_env], base_url=api_base, max_retries=0)
 
     def describe(self) -> dict[str, object]:
         facts: dict[str, object] = {

@@ -116,7 +116,7 @@ class KeyStore:
         return found
 
     async def count(self) -> int:
-        return len(self.config_keys) + len(await self._from_redis())
+        return len(await self.records())
 
     async def records(self) -> list[KeyRecord]:
         """Every key known now: the config file's, then Redis'."""
