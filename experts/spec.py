@@ -166,7 +166,7 @@ class ProfileSource(_Strict):
         return self
 
 
-Policy = Literal["skills", "category", "cost", "cascade"]
+Policy = Literal["skills", "category", "cost", "cascade", "escalate"]
 
 
 class RoutingSpec(_Strict):
@@ -180,8 +180,18 @@ class RoutingSpec(_Strict):
     target: Annotated[float, Field(gt=0.0, le=1.0)] = 0.9
     temperature: Annotated[float, Field(ge=0.0)] = 0.0
     cost_lambda: Annotated[float, Field(ge=0.0)] = 0.0
-    budget_per_query: Annotated[float, Field(gt=0.0)] | None = None
+    budget_per_query: Annotated[float, Field(gt=0.0)] | None = Field(
+        None, description="cost policy: no plan whose expected cost exceeds this (cost units)"
+    )
+    budget: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
+        None,
+        description="cost/escalate: mean cost over traffic <= this x the best single expert's (fits lambda "
+        "or the escalation threshold on the profiled questions); a request's moesaic.budget overrides it",
+    )
     cascade_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = 0.5
+    escalate_threshold: Annotated[float, Field(ge=0.0, le=1.0)] = Field(
+        0.0, description="escalate: the first stage stops on agreement only if its mean competence reaches this"
+    )
     profiles: ProfileSource | None = None
 
 

@@ -1,5 +1,9 @@
 """The pipeline as a LangGraph ``StateGraph``: route (understand, recruit) -> ask experts -> aggregate.
 
+An escalation (``cost`` or ``escalate`` policy) adds a loop: after the first stage's experts answer,
+``review`` decides from their answers whether they settle it (they agree, competently enough) or the
+second stage is asked (``second_stage``); aggregation then covers every answer received.
+
 Each node is a small async method; the graph only wires them. Understanding the query and recruiting
 its experts are two methods but one node (``route``): one LangGraph super-step costs ~0.3 ms of
 machinery on this hardware, more than both steps' own work. The route step fans out
@@ -107,7 +111,12 @@ class PipelineNodes:
             decision = self._forced(request.experts, healthy)
         else:
             decision = self.router.recruit(
-                state["estimate"], healthy=healthy, k=request.k, policy=request.policy, started=started
+                state["estimate"],
+                healthy=healthy,
+                k=request.k,
+                policy=request.policy,
+                started=started,
+                budget=request.budget,
             )
             decision = with_measured_aggregator(decision, self.aggregators)
         if request.stream:
@@ -125,13 +134,73 @@ class PipelineNodes:
     async def fan_out(self, state: PipelineState) -> list[Send]:
         """One ``Send`` per recruited expert (async on purpose: LangGraph runs a sync branch in a thread pool)."""
         decision = state["decision"]
-        stream_single = state["request"].stream and len(decision.experts) == 1
+        stream_single = state["request"].stream and len(decision.experts) == 1 and decision.escalation is None
         return [
             Send(
                 "ask_expert",
-                ExpertTask(request=state["request"], expert=name, stream=stream_single, reserve=state.get("reserve")),
+                ExpertTask(
+                    request=state["request"], expert=name, stream=stream_single, reserve=state.get("reserve"), stage=1
+                ),
             )
             for name in decision.experts
+        ]
+
+    async def after_answers(self, state: PipelineState) -> str:
+        """Once a stage has answered: review the first stage of an escalation, else aggregate."""
+        escalation = state["decision"].escalation
+        return "review" if escalation is not None and escalation.escalated is None else "aggregate"
+
+    async def review(self, state: PipelineState) -> dict[str, Any]:
+        """Decide whether the first stage settles the answer or the second stage is asked (``escalation``)."""
+        started = time.perf_counter()
+        request, decision = state["request"], state["decision"]
+        assert decision.escalation is not None
+        answers = [a for a in state.get("answers", []) if a.error is None]
+        escalated, reason = self._escalation_verdict(request, decision, answers)
+        escalation = decision.escalation.model_copy(update={"escalated": escalated, "reason": reason})
+        experts = decision.experts + (escalation.then if escalated else [])
+        update: dict[str, Any] = {"escalation": escalation, "experts": experts, "k": len(experts)}
+        if escalated and decision.aggregator is None:
+            update["aggregator"] = self.aggregator.aggregator
+        decision = decision.model_copy(update=update)
+        if request.stream:
+            get_stream_writer()(stream_event("escalation", escalation=escalation))
+        return {"decision": decision, "timings_ms": {"review": _ms_since(started)}}
+
+    def _escalation_verdict(
+        self, request: PipelineRequest, decision: RoutingDecision, answers: list[ExpertAnswer]
+    ) -> tuple[bool, str]:
+        """(escalate?, why): stop only when every first-stage expert answered, alike, and competently enough."""
+        assert decision.escalation is not None
+        if len(answers) < len(decision.experts):
+            return True, f"{len(decision.experts) - len(answers)} first-stage expert(s) failed"
+        candidates = [
+            Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
+            for a in answers
+        ]
+        kind, outcome = self.aggregator.count_votes(request.messages, candidates)
+        if outcome.answer is None or outcome.agreement < 1.0 - 1e-9:  # as router.plans.stage_agrees offline
+            shown = ", ".join(f"{answer!r}: {weight:.2f}" for answer, weight in outcome.totals.items()) or "none"
+            return True, f"the first stage did not agree ({kind} answers and their weights: {shown})"
+        confidence = sum(candidate.competence for candidate in candidates) / len(candidates)
+        threshold = decision.escalation.threshold
+        agreed = f"the first stage agreed on {outcome.answer!r}"
+        if confidence < threshold:
+            return True, f"{agreed} but its mean competence {confidence:.2f} < {threshold:.2f}"
+        return False, f"{agreed} (mean competence {confidence:.2f} >= {threshold:.2f})"
+
+    async def second_stage(self, state: PipelineState) -> list[Send] | str:
+        """The second stage's ``Send``s when the review escalated, else on to aggregation."""
+        decision = state["decision"]
+        assert decision.escalation is not None
+        if not decision.escalation.escalated:
+            return "aggregate"
+        return [
+            Send(
+                "ask_expert",
+                ExpertTask(request=state["request"], expert=name, stream=False, reserve=state.get("reserve"), stage=2),
+            )
+            for name in decision.escalation.then
         ]
 
     async def ask_expert(self, task: ExpertTask) -> dict[str, Any]:
@@ -150,11 +219,12 @@ class PipelineNodes:
             except (ExpertCallFailed, ExpertUnavailable) as error:
                 code = getattr(error, "code", None)
                 answers.append(ExpertAnswer(name, "", "error", str(error), code))
-                calls.append(CallRecord.failure(name, "expert", str(error), time.perf_counter() - started))
+                failure = CallRecord.failure(name, "expert", str(error), time.perf_counter() - started)
+                calls.append(replace(failure, stage=task["stage"]))
             else:
                 answer = ExpertAnswer(name, completion.text, completion.finish_reason, completion.error)
                 answers.append(replace(answer, tool_calls=completion.tool_calls))
-                calls.append(CallRecord.of(name, "expert", completion))
+                calls.append(replace(CallRecord.of(name, "expert", completion), stage=task["stage"]))
             timings[f"expert:{name}"] = _ms_since(started)
             failed = answers[-1]
             # no replacement for an answer, a caller's mistake (it would fail alike) or a stream already begun
@@ -290,9 +360,11 @@ def build_graph(nodes: PipelineNodes) -> Any:
     graph.add_node("route", nodes.route)
     graph.add_node("ask_expert", nodes.ask_expert)
     graph.add_node("aggregate", nodes.aggregate)
+    graph.add_node("review", nodes.review)
     graph.add_edge(START, "route")
     graph.add_conditional_edges("route", nodes.fan_out, ["ask_expert"])
-    graph.add_edge("ask_expert", "aggregate")
+    graph.add_conditional_edges("ask_expert", nodes.after_answers, ["review", "aggregate"])
+    graph.add_conditional_edges("review", nodes.second_stage, ["ask_expert", "aggregate"])
     graph.add_edge("aggregate", END)
     return graph.compile()
 

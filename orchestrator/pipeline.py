@@ -72,12 +72,14 @@ class Orchestrator:
                 yield TextEvent(payload["text"])
         yield DoneEvent(_result(final_state, started))
 
-    def route(self, query: str, k: int | None = None, policy: str | None = None) -> RoutingDecision:
+    def route(
+        self, query: str, k: int | None = None, policy: str | None = None, budget: float | None = None
+    ) -> RoutingDecision:
         """The routing decision alone, over the currently healthy experts (``POST /v1/route``)."""
         started = time.perf_counter()
         estimate = self.router.understand(query)
         healthy = set(self.pool.healthy_names())
-        decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started)
+        decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started, budget=budget)
         return with_measured_aggregator(decision, self.aggregators)
 
     async def call_expert(self, name: str, request: GenerationRequest) -> Completion:

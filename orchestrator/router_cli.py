@@ -145,12 +145,15 @@ def eval_router(
     test: Optional[Path] = typer.Option(None, "--test", help="test outcome table"),
     split: float = typer.Option(0.3, "--split", help="test share when splitting --outcomes"),
     pool: Optional[str] = typer.Option(None, "--pool", help="open-small | mixed | comma-separated expert names"),
-    policy: str = typer.Option("skills", "--policy", help="skills | category | cost | cascade"),
+    policy: str = typer.Option("skills", "--policy", help="skills | category | cost | cascade | escalate"),
     max_experts: int = typer.Option(3, "--max-experts", help="most experts called per query"),
     k: Optional[int] = typer.Option(None, "-k", help="a fixed number of experts (default: adaptive)"),
     target: float = typer.Option(0.9, help="adaptive k: stop adding experts at this estimated success"),
     budget: Optional[float] = typer.Option(None, "--budget", help="cap cost at F x the best single expert's"),
     cascade_threshold: float = typer.Option(0.5, help="cascade: defer when the weak expert's competence is lower"),
+    escalate_threshold: float = typer.Option(
+        0.0, help="escalate: stop on agreement only above this mean competence (--budget fits it instead)"
+    ),
     vote: str = typer.Option("weighted", "--vote", help="combine the called experts: weighted | majority"),
     seed: int = typer.Option(0, help="split and sampling seed"),
     plot: Optional[Path] = typer.Option(None, "--plot", help="save the cost-quality curve (PNG)"),
@@ -184,7 +187,13 @@ def eval_router(
     except (OutcomeFileError, ValueError) as error:
         _fail(str(error))
     budget_list = _budgets(budgets) if frontier else ()
-    settings = PolicySettings(max_experts=max_experts, k=k, target=target, cascade_threshold=cascade_threshold)
+    settings = PolicySettings(
+        max_experts=max_experts,
+        k=k,
+        target=target,
+        cascade_threshold=cascade_threshold,
+        escalate_threshold=escalate_threshold,
+    )
     options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, vote=vote, seed=seed)
     reports = {}
     with console.status("profiling and routing..."):
@@ -207,8 +216,13 @@ def eval_router(
 def route(
     query: str = typer.Argument(..., help="the question to route"),
     pool: str = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools"),
-    policy: Optional[str] = typer.Option(None, "--policy", help="skills | category | cost | cascade (default: pool's)"),
+    policy: Optional[str] = typer.Option(
+        None, "--policy", help="skills | category | cost | cascade | escalate (default: pool's)"
+    ),
     k: Optional[int] = typer.Option(None, "-k", help="a fixed number of experts"),
+    budget: Optional[float] = typer.Option(
+        None, "--budget", help="cost/escalate: mean cost <= F x the best single expert's (default: pool's)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print the decision as one JSON object"),
 ) -> None:
     """Show which experts would answer a question, and why (no model is called)."""
@@ -219,7 +233,9 @@ def route(
     try:
         spec = load_pool(pool)
         router = build_router(spec)
-        decision = router.recruit(router.understand(query), k=k, policy=policy)
+        if budget is not None and budget <= 0:
+            raise ValueError(f"--budget must be above 0, got {budget}")
+        decision = router.recruit(router.understand(query), k=k, policy=policy, budget=budget)
     except (PoolFileError, RouterSetupError, PolicyUnavailable, ValueError) as error:
         _fail(str(error))
     if as_json:
@@ -232,6 +248,34 @@ def route(
         table.add_column(column)
     for score in decision.scores:
         table.add_row(score.name, f"{score.score:.3f}", "yes" if score.chosen else "", score.reason)
+    console.print(table)
+    if decision.plans:
+        _print_plans(decision)
+    if decision.escalation is not None:
+        console.print(
+            f"second stage: {', '.join(decision.escalation.then)}, asked if the first stage disagrees"
+            f" or its mean competence is below {decision.escalation.threshold:.2f}"
+        )
+
+
+def _print_plans(decision: object) -> None:
+    from router.decision import RoutingDecision
+
+    assert isinstance(decision, RoutingDecision)
+    budget = "" if decision.budget is None else f", budget {decision.budget:g}x the best single expert's cost"
+    table = Table(title=f"plans weighed: lambda {decision.cost_lambda:.3g}{budget}")
+    for column in ("plan", "kind", "est. accuracy", "exp. cost", "value", "why"):
+        table.add_column(column, justify="right" if column in ("est. accuracy", "exp. cost", "value") else "left")
+    for plan in decision.plans:
+        then = f", then {' + '.join(plan.then)}" if plan.then else ""
+        table.add_row(
+            " + ".join(plan.experts) + then,
+            plan.kind,
+            f"{plan.estimated_accuracy:.3f}",
+            f"{plan.expected_cost:.1f}",
+            f"{plan.value:.4f}",
+            plan.reason,
+        )
     console.print(table)
 
 
@@ -261,6 +305,13 @@ def _print_report(name: str, report: dict[str, object]) -> None:
     table.add_row("random expert", cell(report["random_accuracy"]), "1.00", "")
     table.add_row("per-question oracle", cell(report["oracle_accuracy"]), "", "")
     console.print(table)
+    if "cost_lambda" in report:
+        console.print(f"  cost policy: lambda {report['cost_lambda']:.4g} per unit of expected cost")
+    if "escalate_threshold" in report:
+        console.print(
+            f"  escalate: threshold {report['escalate_threshold']:.2f}, "
+            f"second stage asked on {report['escalation_share']:.1%} of the questions"
+        )
     if "apgr" in report:
         console.print(
             f"  RouteLLM: APGR {report['apgr']:.3f}, CPT(50%) {report['cpt50']:.3f}, CPT(80%) {report['cpt80']:.3f}"

@@ -27,6 +27,7 @@ class PipelineRequest:
     strategy: str | None = None  # None: the pool file's aggregation strategy
     consensus: float | None | Literal["pool"] = "pool"  # short-cut share; None: never; "pool": the pool's
     aggregator_max_tokens: int | None = None  # None: the pool's aggregation.max_tokens
+    budget: float | None = None  # cost/escalate policies: mean cost <= budget x the best single expert's
 
     @property
     def messages(self) -> list[Message]:
@@ -51,6 +52,7 @@ class CallRecord:
     batch_size: int = 1
     finish_reason: str = "stop"
     error: str | None = None
+    stage: int = 1  # an escalation's second stage is 2
 
     @classmethod
     def of(cls, expert: str, role: str, completion: Completion) -> CallRecord:
@@ -162,6 +164,7 @@ class ExpertTask(TypedDict):
     expert: str
     stream: bool
     reserve: Any  # the request's Reserve, shared by its expert calls
+    stage: int  # 1, or 2 for an escalation's second stage
 
 
 def stream_event(kind: str, **data: Any) -> dict[str, Any]:

@@ -196,6 +196,35 @@ class CompetenceEstimator:
         return (weighted + prior * local) / (mass + prior), weights.max(1)
 
 
+def out_of_fold(profiles: ProfileSet, settings: CompetenceSettings) -> tuple[np.ndarray, np.ndarray]:
+    """Competence and category probabilities of every profiled question from an estimator that never saw it.
+
+    Two halves (by a hash of the question id), each estimated by an estimator fitted on the other: in-sample
+    estimates are over-confident, and whatever is fitted on them (cost penalties, plan models) would be too.
+    """
+    from router.profiles import build_profiles
+
+    table = profiles.outcomes()
+    first, second = table.split(0.5, seed=12345)
+    position = {question: i for i, question in enumerate(table.ids)}
+    competence = np.zeros((len(table), len(table.experts)))
+    categories = np.zeros((len(table), max(len(profiles.categories), 1)))
+    for fitted_on, estimated in ((first, second), (second, first)):
+        if not len(estimated):
+            continue
+        fold = build_profiles(fitted_on, pool="fold", smoothing=profiles.smoothing)
+        estimates = CompetenceEstimator(fold, settings).estimate(estimated.texts)
+        rows = [position[question] for question in estimated.ids]
+        competence[rows] = estimates.competence
+        # the fold may lack a category: place its columns under the full profile's categories
+        columns = [profiles.categories.index(category) for category in fold.categories]
+        if len(profiles.categories) > 1:
+            categories[np.ix_(rows, columns)] = estimates.category_probs
+        else:
+            categories[rows] = 1.0
+    return competence, categories
+
+
 def _softmax(logits: np.ndarray) -> np.ndarray:
     shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
     return shifted / shifted.sum(axis=1, keepdims=True)

@@ -20,6 +20,29 @@ class ExpertScore(BaseModel):
     reason: str = ""
 
 
+class PlanScore(BaseModel):
+    """One plan the cost optimiser weighed for a query (``router/plans.py``)."""
+
+    experts: list[str] = Field(description="asked first (all of them, unless the plan escalates)")
+    then: list[str] = Field(default_factory=list, description="asked only if the first stage does not settle it")
+    kind: str = Field(description="single | vote | escalate")
+    estimated_accuracy: float
+    expected_cost: float = Field(description="expected cost, the second stage weighted by its chance")
+    escalation_chance: float = 0.0
+    value: float = Field(description="estimated accuracy - lambda x expected cost")
+    chosen: bool = False
+    reason: str = ""
+
+
+class Escalation(BaseModel):
+    """A second stage: who, when it is asked, and (once the first stage answered) what happened."""
+
+    then: list[str] = Field(description="the second stage's experts")
+    threshold: float = Field(0.0, description="the first stage's mean competence needed to stop when it agrees")
+    escalated: bool | None = Field(None, description="null until the first stage has answered")
+    reason: str = ""
+
+
 class RoutingDecision(BaseModel):
     """The router's answer for one query."""
 
@@ -34,6 +57,10 @@ class RoutingDecision(BaseModel):
     competence: dict[str, float] = Field(
         default_factory=dict, description="chosen expert -> estimated chance it answers correctly (measured profiles)"
     )
+    plans: list[PlanScore] = Field(default_factory=list, description="cost policy: every plan weighed, best first")
+    cost_lambda: float | None = Field(None, description="cost policy: the penalty per unit of expected cost")
+    budget: float | None = Field(None, description="mean-cost budget, x the best single expert's cost")
+    escalation: Escalation | None = Field(None, description="a second stage after the first experts answer")
     elapsed_ms: float = 0.0
 
     def explain(self) -> str:
@@ -41,4 +68,19 @@ class RoutingDecision(BaseModel):
         needs = ", ".join(f"{skill} {need:.2f}" for skill, need in self.skills.items()) or "no skill evidence"
         lines = [f"skills: {needs}" + (" (generalist fallback)" if self.fallback else "")]
         lines += [f"  {score.name}: {score.reason}" for score in self.scores]
+        if self.plans:
+            budget = "" if self.budget is None else f", budget {self.budget:g}x the best single expert's cost"
+            lines.append(f"plans (lambda {self.cost_lambda:.3g}{budget}):")
+            for plan in self.plans:
+                then = f", then {' + '.join(plan.then)}" if plan.then else ""
+                lines.append(
+                    f"  {'*' if plan.chosen else ' '} {' + '.join(plan.experts)}{then}: accuracy "
+                    f"{plan.estimated_accuracy:.3f}, cost {plan.expected_cost:.1f}, value {plan.value:.4f}"
+                )
+        if self.escalation is not None:
+            state = {None: "pending", True: "escalated", False: "stopped"}[self.escalation.escalated]
+            lines.append(
+                f"escalation to {' + '.join(self.escalation.then)}: {state}"
+                + (f" ({self.escalation.reason})" if self.escalation.reason else "")
+            )
         return "\n".join(lines)

@@ -9,7 +9,7 @@ the per-question oracle. Strong/weak tables add RouteLLM's APGR and CPT.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -17,8 +17,9 @@ from aggregator.vote import majority_vote, weighted_vote
 from router.competence import CompetenceEstimator, CompetenceSettings
 from router.metrics import apgr, cpt, quality_curve
 from router.outcomes import OutcomeTable
+from router.plans import PlanData, PlanKey, PlanModel, fit_escalate_threshold, replay
 from router.policies import PolicySettings, QueryView, select
-from router.profiles import build_profiles
+from router.profiles import ProfileSet, build_profiles
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,44 @@ class EvalOptions:
     seed: int = 0
 
 
-def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> dict[str, object]:
-    """Every figure for one (train, test) pair; deterministic for a given seed."""
-    profiles = build_profiles(train, pool="eval")
-    estimator = CompetenceEstimator(profiles, options.competence)
+@dataclass
+class Fitted:
+    """What ``evaluate`` fits on the training table once, reused across budgets (``router/frontier.py``)."""
+
+    train: OutcomeTable
+    profiles: ProfileSet
+    estimator: CompetenceEstimator
+    competence: CompetenceSettings
+    _plan_data: PlanData | None = None
+    _plan_models: dict[int, PlanModel] = field(default_factory=dict)
+
+    @classmethod
+    def on(cls, train: OutcomeTable, competence: CompetenceSettings) -> Fitted:
+        profiles = build_profiles(train, pool="eval")
+        return cls(train, profiles, CompetenceEstimator(profiles, competence), competence)
+
+    @property
+    def plan_data(self) -> PlanData:
+        if self._plan_data is None:
+            self._plan_data = PlanData.from_profiles(self.profiles, self.competence)
+        return self._plan_data
+
+    def plan_model(self, max_experts: int) -> PlanModel:
+        if max_experts not in self._plan_models:
+            self._plan_models[max_experts] = PlanModel.fit(self.plan_data, max_experts)
+        return self._plan_models[max_experts]
+
+
+def evaluate(
+    train: OutcomeTable, test: OutcomeTable, options: EvalOptions, fitted: Fitted | None = None
+) -> dict[str, object]:
+    """Every figure for one (train, test) pair; deterministic for a given seed.
+
+    ``fitted`` (from ``Fitted.on(train, options.competence)``) skips refitting when one training table is
+    evaluated several times.
+    """
+    fitted = fitted or Fitted.on(train, options.competence)
+    profiles, estimator = fitted.profiles, fitted.estimator
     estimates = estimator.estimate(test.texts)
     global_accuracy = profiles.global_accuracy
     best_single = int(np.argmax(global_accuracy))
@@ -42,13 +77,20 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
     best_single_cost = _mean(test.cost[:, best_single]) if test.cost is not None else None
     expected_cost = estimates.category_probs @ profiles.mean_cost if profiles.mean_cost is not None else None
     category_best = np.argmax(profiles.accuracy, axis=1)
+    plan_model = fitted.plan_model(settings.max_experts) if options.policy == "cost" else None
+    cap = None
     if options.budget_factor is not None and profiles.mean_cost is not None:
         cap = options.budget_factor * float(profiles.global_cost[best_single])  # type: ignore[index]
-        settings = replace(settings, cost_lambda=_calibrate_lambda(estimator, train, options.policy, settings, cap))
+    if cap is not None and plan_model is not None:
+        settings = replace(settings, cost_lambda=plan_model.fit_lambda(cap))
+    if options.policy == "escalate" and cap is not None:
+        settings = replace(settings, escalate_threshold=fit_escalate_threshold(fitted.plan_data, cap))
     rng = np.random.default_rng(options.seed)
 
-    top1, weighted, majority, calls, costs, scores = [], [], [], [], [], []
+    top1, weighted, majority, calls, costs, scores, escalated = [], [], [], [], [], [], []
     for i in range(len(test)):
+        zero_cost = np.zeros(len(test.experts))
+        query_cost = zero_cost if expected_cost is None else expected_cost[i]
         view = QueryView(
             competence=estimates.competence[i],
             global_competence=global_accuracy,
@@ -57,9 +99,17 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
             expected_cost=None if expected_cost is None else expected_cost[i],
             ood=bool(estimates.ood[i]),
             generalist=best_single,
+            plans=None if plan_model is None else plan_model.estimate(estimates.competence[i], query_cost, settings.k),
         )
         selection = select(options.policy, view, settings, rng)
         chosen = selection.experts
+        actual_cost = test.cost[i] if test.cost is not None else zero_cost
+        if selection.then:
+            key = PlanKey(tuple(chosen), tuple(selection.then))
+            preds = None if test.preds is None else test.preds[i]
+            run = replay(key, test.correct[i], actual_cost, estimates.competence[i], preds, settings.escalate_threshold)
+            chosen = chosen + selection.then if run.escalated else chosen
+            escalated.append(run.escalated)
         top1.append(_outcome(test.correct[i, chosen[0]]))
         weighted.append(_vote(test, i, chosen, estimates.competence[i], "weighted"))
         majority.append(_vote(test, i, chosen, estimates.competence[i], "majority"))
@@ -69,7 +119,7 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
 
     report: dict[str, object] = {
         "policy": options.policy,
-        "train_questions": len(train),
+        "train_questions": len(fitted.train),
         "test_questions": len(test),
         "experts": list(test.experts),
         "vote": options.vote,
@@ -85,70 +135,19 @@ def evaluate(train: OutcomeTable, test: OutcomeTable, options: EvalOptions) -> d
         "best_single_cost": best_single_cost,
         "random_accuracy": float(np.nanmean(test.correct)),
         "oracle_accuracy": float(np.mean(np.nan_to_num(test.correct).max(axis=1))),
-        "category_oracle_accuracy": _category_oracle(train, test),
+        "category_oracle_accuracy": _category_oracle(fitted.train, test),
     }
+    if options.policy == "cost":
+        report["cost_lambda"] = settings.cost_lambda
+    if options.policy == "escalate":
+        report["escalate_threshold"] = settings.escalate_threshold
+        report["escalation_share"] = float(np.mean(escalated)) if escalated else 0.0
     report["gain_over_best_single"] = report["accuracy"] - report["best_single_accuracy"]  # type: ignore[operator]
     if best_single_cost:
         report["cost_vs_best_single"] = report["mean_cost"] / best_single_cost  # type: ignore[operator]
     if set(test.experts) == {"weak", "strong"}:
         report.update(_routellm(estimator, test))
     return report
-
-
-def _calibrate_lambda(
-    estimator: CompetenceEstimator, train: OutcomeTable, policy: str, settings: PolicySettings, cap: float
-) -> float:
-    """The smallest cost penalty whose choices on the training questions cost at most ``cap`` on average.
-
-    Uses training questions only, so the test answers never tune the router. Competence is
-    estimated out of fold (two halves, each estimated by a model fitted on the other), because
-    in-sample estimates are over-confident and would under-spend on new questions; costs are
-    the training questions' real ones.
-    """
-    assert train.cost is not None
-    competence, category_probs = _out_of_fold(train, estimator.settings)
-    profiles = estimator.profiles
-    assert profiles.mean_cost is not None
-    expected = category_probs @ profiles.mean_cost
-    best = np.argmax(profiles.accuracy, axis=1)
-    generalist = int(np.argmax(profiles.global_accuracy))
-
-    def mean_cost(penalty: float) -> float:
-        trial = replace(settings, cost_lambda=penalty)
-        rng = np.random.default_rng(0)
-        total = 0.0
-        for i in range(len(train)):
-            view = QueryView(
-                competence[i], profiles.global_accuracy, category_probs[i], best, expected[i], False, generalist
-            )
-            total += float(train.cost[i, select(policy, view, trial, rng).experts].sum())  # type: ignore[index]
-        return total / max(len(train), 1)
-
-    low, high = 0.0, 1.0 / max(float(expected.min()), 1e-9)
-    if mean_cost(low) <= cap:
-        return low
-    for _ in range(30):  # bisection: cost falls as the penalty grows
-        middle = (low + high) / 2
-        low, high = (middle, high) if mean_cost(middle) > cap else (low, middle)
-    return high
-
-
-def _out_of_fold(train: OutcomeTable, settings: object) -> tuple[np.ndarray, np.ndarray]:
-    """Competence and category probabilities of every training question from a model that never saw it."""
-    first, second = train.split(0.5, seed=12345)
-    position = {question: i for i, question in enumerate(train.ids)}
-    competence = np.zeros((len(train), len(train.experts)))
-    categories: np.ndarray | None = None
-    for fitted_on, estimated in ((first, second), (second, first)):
-        estimates = CompetenceEstimator(build_profiles(fitted_on, pool="fold"), settings).estimate(estimated.texts)  # type: ignore[arg-type]
-        rows = [position[question] for question in estimated.ids]
-        competence[rows] = estimates.competence
-        if categories is None:
-            categories = np.zeros((len(train), estimates.category_probs.shape[1]))
-        if estimates.category_probs.shape[1] == categories.shape[1]:
-            categories[rows] = estimates.category_probs
-    assert categories is not None
-    return competence, categories
 
 
 def _routellm(estimator: CompetenceEstimator, test: OutcomeTable) -> dict[str, object]:

@@ -96,13 +96,14 @@ def measure_frontier(
     """
     from dataclasses import replace
 
-    from router.evaluate import EvalOptions, evaluate
+    from router.evaluate import EvalOptions, Fitted, evaluate
 
     assert isinstance(options, EvalOptions)
     points = single_model_points(test)
+    fitted = Fitted.on(train, options.competence)
     rows: list[FrontierRow] = []
     for budget in budgets:
-        report = evaluate(train, test, replace(options, budget_factor=budget))
+        report = evaluate(train, test, replace(options, budget_factor=budget), fitted)
         spent = float(report["mean_cost"])  # type: ignore[arg-type]
         accuracy = float(report["accuracy"])  # type: ignore[arg-type]
         rows.append(FrontierRow(budget, accuracy, spent, hull_accuracy(points, spent)))

@@ -4,10 +4,14 @@
   replacement (greedy, or sampled with a temperature); adaptive k adds experts while the
   estimated chance that at least one of them is right is below ``target``, up to ``max_experts``.
 - ``category`` (Composition of Experts): the predicted category's best expert.
-- ``cost``: most competence per cost: maximise competence - lambda x cost, or add experts by
-  competence while the expected cost stays under a per-query ``budget``.
+- ``cost``: an optimiser over plans (``router/plans.py``): each single expert, each top-k set, an
+  escalation; the plan maximising estimated accuracy - lambda x expected cost wins, within a per-query
+  ``budget`` when one is set. Without fitted plan estimates only single experts are candidates.
 - ``cascade`` (Language Model Cascades): the cheapest expert unless its estimated competence
   is below ``cascade_threshold``, then the strongest.
+- ``escalate`` (answer-aware cascade): the two most competent of the cheaper half answer first; a
+  second stage (the most competent of the rest) is asked only when they disagree or their mean
+  competence is below ``escalate_threshold``. The pipeline decides after the first stage's answers.
 Out-of-distribution queries go to the generalist under every policy. Each selection says,
 for every expert, why it was or was not chosen.
 """
@@ -19,8 +23,10 @@ from typing import Literal
 
 import numpy as np
 
-PolicyName = Literal["skills", "category", "cost", "cascade"]
-POLICIES: tuple[str, ...] = ("skills", "category", "cost", "cascade")
+from router.plans import PlanEstimate, PlanKey, escalation_key
+
+PolicyName = Literal["skills", "category", "cost", "cascade", "escalate"]
+POLICIES: tuple[str, ...] = ("skills", "category", "cost", "cascade", "escalate")
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,7 @@ class PolicySettings:
     cost_lambda: float = 0.0
     budget: float | None = None  # per-query cap on expected cost
     cascade_threshold: float = 0.5
+    escalate_threshold: float = 0.0  # escalate: the first stage's mean competence needed to stop on agreement
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class QueryView:
     expected_cost: np.ndarray | None  # (E,)
     ood: bool
     generalist: int
+    plans: list[PlanEstimate] | None = None  # the cost optimiser's candidates, estimated (router/plans.py)
 
 
 @dataclass
@@ -54,6 +62,9 @@ class Selection:
     scores: np.ndarray
     reasons: dict[int, str] = field(default_factory=dict)
     fallback: bool = False
+    then: list[int] = field(default_factory=list)  # a second stage, asked only if the first does not settle it
+    plan: PlanEstimate | None = None  # the cost optimiser's choice
+    considered: list[PlanEstimate] = field(default_factory=list)  # every plan it weighed
 
 
 def select(policy: str, view: QueryView, settings: PolicySettings, rng: np.random.Generator) -> Selection:
@@ -74,6 +85,8 @@ def select(policy: str, view: QueryView, settings: PolicySettings, rng: np.rando
         return _explain_rest(chosen, "not chosen: not the predicted category's best expert")
     if policy == "cost":
         return _cost(view, settings)
+    if policy == "escalate":
+        return _escalate(view, settings)
     return _cascade(view, settings)
 
 
@@ -115,33 +128,60 @@ def _skills(view: QueryView, settings: PolicySettings, rng: np.random.Generator)
 
 
 def _cost(view: QueryView, settings: PolicySettings) -> Selection:
-    cost = view.expected_cost if view.expected_cost is not None else np.zeros_like(view.competence)
-    scores = view.competence - settings.cost_lambda * cost
-    selection = Selection([], scores)
-    if settings.budget is None:
-        return _take([int(i) for i in np.argsort(-scores, kind="stable")], view, settings, selection)
-    spent = 0.0
+    """The plan with the most estimated accuracy - lambda x expected cost (within ``budget`` when set)."""
+    plans = view.plans if view.plans is not None else _single_plans(view)
     limit = settings.k or settings.max_experts
-    for index in [int(i) for i in np.argsort(-view.competence, kind="stable")]:
-        if spent + cost[index] > settings.budget:
-            selection.reasons[index] = (
-                f"not chosen: would exceed the budget ({spent + cost[index]:.0f} > {settings.budget:.0f})"
-            )
-        elif len(selection.experts) >= limit or (
-            settings.k is None
-            and selection.experts
-            and set_success(view.competence[selection.experts]) >= settings.target
-        ):
-            selection.reasons[index] = "not chosen: the set is complete"
-        else:
-            selection.experts.append(index)
-            spent += cost[index]
-            selection.reasons[index] = f"chosen: competence {view.competence[index]:.3f} at cost {cost[index]:.0f}"
-    if not selection.experts:  # nothing fits: the cheapest expert answers
-        cheapest = int(np.argmin(cost))
-        selection.experts.append(cheapest)
-        selection.reasons[cheapest] = "chosen: nothing fits the budget, cheapest expert"
-    return selection
+    plans = [plan for plan in plans if len(plan.key.members) <= limit] or _single_plans(view)
+    affordable = [plan for plan in plans if settings.budget is None or plan.cost <= settings.budget]
+    over_budget = not affordable
+    if over_budget:  # nothing fits the per-query budget: the cheapest plan
+        affordable = [min(plans, key=lambda plan: plan.cost)]
+    values = np.array([plan.accuracy - settings.cost_lambda * plan.cost for plan in affordable])
+    best = affordable[int(np.argmax(values))]
+    first = sorted(best.key.first, key=lambda i: (-view.competence[i], i))
+    scores = view.competence - settings.cost_lambda * _cost_of(view)
+    selection = Selection(first, scores, then=list(best.key.then), plan=best, considered=list(plans))
+    why = "nothing fits the budget, cheapest plan" if over_budget else "best estimated accuracy - lambda x cost"
+    for index in first:
+        selection.reasons[index] = (
+            f"chosen: {why} (plan accuracy {best.accuracy:.3f}, cost {best.cost:.0f}, "
+            f"lambda {settings.cost_lambda:.3g})"
+        )
+    for index in best.key.then:
+        selection.reasons[index] = f"second stage: asked only if the first disagrees (chance {best.escalation:.2f})"
+    return _explain_rest(selection, "not chosen: not in the best plan")
+
+
+def _single_plans(view: QueryView) -> list[PlanEstimate]:
+    """Without fitted plan estimates: each expert alone, its competence as its accuracy."""
+    cost = _cost_of(view)
+    return [PlanEstimate(PlanKey((e,)), float(view.competence[e]), float(cost[e])) for e in range(len(cost))]
+
+
+def _cost_of(view: QueryView) -> np.ndarray:
+    return view.expected_cost if view.expected_cost is not None else np.zeros_like(view.competence)
+
+
+def _escalate(view: QueryView, settings: PolicySettings) -> Selection:
+    """Two cheaper experts first; the strongest of the rest only if they disagree (or are not competent enough)."""
+    key = escalation_key(view.competence, _cost_of(view))
+    if key is None:  # fewer than three experts: the most competent answers
+        best = int(np.argmax(view.competence))
+        selection = Selection([best], view.competence)
+        selection.reasons[best] = "chosen: too few experts to escalate, the most competent"
+        return _explain_rest(selection, "not chosen: less competent")
+    first = sorted(key.first, key=lambda i: (-view.competence[i], i))
+    selection = Selection(first, view.competence, then=list(key.then))
+    for index in first:
+        selection.reasons[index] = (
+            f"first stage: among the two most competent of the cheaper half ({view.competence[index]:.3f})"
+        )
+    strong = key.then[0]
+    selection.reasons[strong] = (
+        f"second stage: asked if the first stage disagrees or its mean competence is below "
+        f"{settings.escalate_threshold:.2f} (own {view.competence[strong]:.3f})"
+    )
+    return _explain_rest(selection, "not chosen: not among the cheaper half's best two nor the strongest of the rest")
 
 
 def _cascade(view: QueryView, settings: PolicySettings) -> Selection:

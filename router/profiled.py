@@ -8,6 +8,7 @@ and why it was or was not chosen.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -15,10 +16,14 @@ import numpy as np
 
 from experts.spec import PoolSpec
 from router.competence import CompetenceEstimates, CompetenceEstimator
-from router.decision import ExpertScore, RoutingDecision
-from router.policies import POLICIES, PolicySettings, QueryView, select
+from router.decision import Escalation, ExpertScore, PlanScore, RoutingDecision
+from router.plans import PlanData, PlanEstimate, PlanModel, fit_escalate_threshold
+from router.policies import POLICIES, PolicySettings, QueryView, Selection, select
 from router.profiles import ProfileSet
-from router.recruit import NoExpertAvailable
+from router.recruit import NoExpertAvailable, PolicyUnavailable
+
+logger = logging.getLogger("moesaic.router")
+PLAN_POLICIES = ("cost", "escalate")  # policies whose choices depend on plans fitted on the profiled questions
 
 
 class ProfileMismatch(ValueError):
@@ -67,8 +72,67 @@ class ProfiledRouter:
             cost_lambda=routing.cost_lambda,
             budget=routing.budget_per_query,
             cascade_threshold=routing.cascade_threshold,
+            escalate_threshold=routing.escalate_threshold,
         )
         self._rng = np.random.default_rng()
+        self._plan_data: PlanData | None = None
+        self._plan_model: PlanModel | None = None
+        self._thresholds: dict[float, float] = {}
+        if routing.policy in PLAN_POLICIES:
+            self.plan_model()  # fitted at start-up, not on the first request
+
+    def plan_model(self) -> PlanModel:
+        """The cost optimiser's plan model over this pool's experts, fitted once on the profiled questions."""
+        if self._plan_model is None:
+            started = time.perf_counter()
+            self._plan_model = PlanModel.fit(self._plans_data(), self.settings.max_experts)
+            logger.info(
+                "fitted the plan model on %d profiled questions in %.1f s",
+                len(self.profiles.query_ids),
+                time.perf_counter() - started,
+            )
+        return self._plan_model
+
+    def _plans_data(self) -> PlanData:
+        if self._plan_data is None:
+            full = PlanData.from_profiles(self.profiles, self.estimator.settings)
+            columns = self.columns
+            self._plan_data = PlanData(
+                full.competence[:, columns],
+                full.expected_cost[:, columns],
+                full.actual_cost[:, columns],
+                full.correct[:, columns],
+                None if full.preds is None else full.preds[:, columns],
+            )
+        return self._plan_data
+
+    def best_single_cost(self) -> float | None:
+        """Mean cost of the pool's best single expert on the profiled questions (the unit of a budget F)."""
+        if self.mean_cost is None:
+            return None
+        global_cost = self.profiles.global_cost
+        assert global_cost is not None
+        return float(global_cost[self.columns][int(np.argmax(self.global_accuracy))])
+
+    def _budgeted(self, policy: str, settings: PolicySettings, budget: float | None) -> PolicySettings:
+        """Settings with lambda (``cost``) or the threshold (``escalate``) fitted for a mean-cost budget of F."""
+        budget = budget if budget is not None else self.pool.routing.budget
+        if budget is None or policy not in PLAN_POLICIES:
+            return settings
+        unit = self.best_single_cost()
+        if unit is None:
+            raise PolicyUnavailable(
+                "a budget needs each expert's cost, and these profiles have none; "
+                "profile with an outcome table that has <expert>|chars columns",
+                param="moesaic.budget",
+            )
+        cap = budget * unit
+        if policy == "cost":
+            return replace(settings, cost_lambda=self.plan_model().fit_lambda(cap))
+        key = round(cap, 9)
+        if key not in self._thresholds:
+            self._thresholds[key] = fit_escalate_threshold(self._plans_data(), cap)
+        return replace(settings, escalate_threshold=self._thresholds[key])
 
     @property
     def vocabulary(self) -> list[str]:
@@ -94,29 +158,41 @@ class ProfiledRouter:
         k: int | None = None,
         policy: str | None = None,
         started: float | None = None,
+        budget: float | None = None,
     ) -> RoutingDecision:
+        """Choose experts for ``estimate``; ``budget`` (F x the best single expert's mean cost) for cost/escalate."""
         started = time.perf_counter() if started is None else started
         policy = policy or self.pool.routing.policy
         if policy not in POLICIES:
             raise ValueError(f"unknown routing policy {policy!r}; choose one of {', '.join(POLICIES)}")
+        if budget is not None and policy not in PLAN_POLICIES:
+            raise PolicyUnavailable(
+                f"a budget applies to the cost and escalate policies (model moesaic/cost or moesaic/escalate); "
+                f"this request's policy is {policy!r}",
+                param="moesaic.budget",
+            )
         usable = [i for i, name in enumerate(self.names) if healthy is None or name in healthy]
         if not usable:
             raise NoExpertAvailable("no routable expert is healthy; check /healthz and the actors' logs")
         est = estimate.estimates
         competence = est.competence[0, self.columns]
         settings = self.settings if k is None else replace(self.settings, k=k)
+        settings = self._budgeted(policy, settings, budget)
         generalist = self.generalist if self.generalist in usable else usable[int(np.argmax(competence[usable]))]
+        expected_cost = np.zeros(len(self.names)) if self.mean_cost is None else est.category_probs[0] @ self.mean_cost
         view = QueryView(
             competence=competence[usable],
             global_competence=self.global_accuracy[usable],
             category_probs=est.category_probs[0],
             category_best=np.array([_nearest_usable(best, usable, competence) for best in self.category_best]),
-            expected_cost=None if self.mean_cost is None else (est.category_probs[0] @ self.mean_cost)[usable],
+            expected_cost=None if self.mean_cost is None else expected_cost[usable],
             ood=bool(est.ood[0]),
             generalist=usable.index(generalist),
+            plans=self._plans(policy, competence, expected_cost, usable, settings),
         )
         selection = select(policy, view, settings, self._rng)
         chosen = [usable[i] for i in selection.experts]
+        then = [usable[i] for i in selection.then]
         scores = []
         for position, index in enumerate(usable):
             scores.append(
@@ -138,6 +214,7 @@ class ProfiledRouter:
             for i in range(len(self.names))
             if i not in usable
         ]
+        plans = self._plan_scores(selection, usable, settings) if policy == "cost" else []
         return RoutingDecision(
             policy=policy,
             skills=estimate.skills,
@@ -147,8 +224,62 @@ class ProfiledRouter:
             scores=scores,
             fallback=selection.fallback,
             aggregator=self.pool.roles.aggregator if len(chosen) > 1 else None,
-            competence={self.names[i]: round(float(competence[i]), 4) for i in chosen},
+            competence={self.names[i]: round(float(competence[i]), 4) for i in chosen + then},
+            plans=plans,
+            cost_lambda=settings.cost_lambda if policy == "cost" else None,
+            budget=(budget if budget is not None else self.pool.routing.budget) if policy in PLAN_POLICIES else None,
+            escalation=self._escalation(selection, usable, policy, settings) if then else None,
             elapsed_ms=round((time.perf_counter() - started) * 1000, 3),
+        )
+
+    def _plans(
+        self,
+        policy: str,
+        competence: np.ndarray,
+        expected_cost: np.ndarray,
+        usable: list[int],
+        settings: PolicySettings,
+    ) -> list[PlanEstimate] | None:
+        """The cost optimiser's candidates over the usable experts (all healthy: the fitted plans; else singles)."""
+        if policy != "cost":
+            return None
+        if len(usable) != len(self.names):  # plans are fitted over the whole pool: singles of the healthy ones
+            return None
+        return self.plan_model().estimate(competence, expected_cost, settings.k)
+
+    def _plan_scores(self, selection: Selection, usable: list[int], settings: PolicySettings) -> list[PlanScore]:
+        names = [self.names[i] for i in usable]
+        chosen = selection.plan
+        scores = []
+        for plan in sorted(selection.considered, key=lambda p: -(p.accuracy - settings.cost_lambda * p.cost)):
+            value = plan.accuracy - settings.cost_lambda * plan.cost
+            won = chosen is not None and plan.key == chosen.key
+            if won:
+                reason = "chosen: the highest estimated accuracy - lambda x cost"
+            elif settings.budget is not None and plan.cost > settings.budget:
+                reason = f"not chosen: expected cost over the per-query budget {settings.budget:.0f}"
+            else:
+                reason = f"not chosen: value {value:.4f} below the chosen plan's"
+            scores.append(
+                PlanScore(
+                    experts=[names[i] for i in plan.key.first],
+                    then=[names[i] for i in plan.key.then],
+                    kind=plan.key.kind.value,
+                    estimated_accuracy=round(plan.accuracy, 4),
+                    expected_cost=round(plan.cost, 2),
+                    escalation_chance=round(plan.escalation, 4),
+                    value=round(value, 6),
+                    chosen=won,
+                    reason=reason,
+                )
+            )
+        return scores
+
+    def _escalation(self, selection: Selection, usable: list[int], policy: str, settings: PolicySettings) -> Escalation:
+        threshold = settings.escalate_threshold if policy == "escalate" else 0.0
+        return Escalation(
+            then=[self.names[usable[i]] for i in selection.then],
+            threshold=round(threshold, 4),
         )
 
 

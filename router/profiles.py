@@ -42,6 +42,21 @@ class ProfileSet:
     skills: list[str] | None = None
     skill_answered: np.ndarray | None = None  # (S, E)
     skill_correct: np.ndarray | None = None  # (S, E)
+    query_preds: np.ndarray | None = None  # (N, E) object: each expert's extracted answer (None: none given)
+    query_cost: np.ndarray | None = None  # (N, E) what each call cost
+
+    def outcomes(self) -> OutcomeTable:
+        """The profiled questions as an outcome table (for fits on part of them, e.g. out of fold)."""
+        return OutcomeTable(
+            source=self.source or self.pool,
+            ids=list(self.query_ids),
+            texts=list(self.query_texts),
+            experts=list(self.experts),
+            correct=self.query_correct,
+            categories=list(self.query_categories),
+            preds=self.query_preds,
+            cost=self.query_cost,
+        )
 
     # -- derived statistics ----------------------------------------------------------------
     @property
@@ -131,6 +146,8 @@ class ProfileSet:
                 "categories": self.query_categories,
                 # NaN is not JSON: missing outcomes are null
                 "correct": [[None if np.isnan(v) else int(v) for v in row] for row in self.query_correct],
+                "preds": None if self.query_preds is None else self.query_preds.tolist(),
+                "cost": None if self.query_cost is None else self.query_cost.tolist(),
             },
             "skills": None
             if self.skills is None
@@ -158,6 +175,12 @@ class ProfileSet:
                 [[np.nan if v is None else float(v) for v in row] for row in queries["correct"]], dtype=float
             ).reshape(-1, len(experts))
             mean_cost = data.get("mean_cost")
+            preds, costs = queries.get("preds"), queries.get("cost")
+            query_preds = None
+            if preds is not None:
+                query_preds = np.empty((len(query_correct), len(experts)), dtype=object)
+                query_preds[:] = [[None if v is None else str(v) for v in row] for row in preds]
+            query_cost = None if costs is None else np.asarray(costs, dtype=float).reshape(-1, len(experts))
             skills = data.get("skills")
             skill_fields: dict[str, object] = {}
             if skills is not None:
@@ -181,6 +204,8 @@ class ProfileSet:
                 query_correct=query_correct,
                 source=str(data.get("source", "")),
                 version=data.get("version"),  # type: ignore[arg-type]
+                query_preds=query_preds,
+                query_cost=query_cost,
                 **skill_fields,  # type: ignore[arg-type]
             )
         except (KeyError, TypeError, ValueError, AssertionError) as error:
@@ -228,5 +253,7 @@ def build_profiles(table: OutcomeTable, pool: str, smoothing: float = 10.0) -> P
         query_categories=list(categories_of),
         query_correct=table.correct.copy(),
         source=table.source,
+        query_preds=None if table.preds is None else table.preds.copy(),
+        query_cost=None if table.cost is None else table.cost.copy(),
         **skill_fields,  # type: ignore[arg-type]
     )

@@ -22,7 +22,11 @@ class NoExpertAvailable(RuntimeError):
 
 
 class PolicyUnavailable(ValueError):
-    """The request asks for a policy this pool's router cannot run."""
+    """The request asks for a policy (or a budget) this pool's router cannot run; ``param`` names the field."""
+
+    def __init__(self, message: str, param: str = "model") -> None:
+        super().__init__(message)
+        self.param = param
 
 
 class SkillRouter:
@@ -51,12 +55,19 @@ class SkillRouter:
         k: int | None = None,
         policy: str | None = None,
         started: float | None = None,
+        budget: float | None = None,
     ) -> RoutingDecision:
         """Rank healthy routable experts for ``estimate`` and choose the best ``k``."""
         if policy not in (None, "skills"):
             raise PolicyUnavailable(
                 f"policy {policy!r} needs measured expert profiles; add routing.profiles to the pool file "
                 "(build them with `moesaic profile`)"
+            )
+        if budget is not None:
+            raise PolicyUnavailable(
+                "a cost budget needs measured expert profiles (the cost and escalate policies); add "
+                "routing.profiles to the pool file (build them with `moesaic profile`)",
+                param="moesaic.budget",
             )
         started = time.perf_counter() if started is None else started
         wanted = k or self.pool.routing.k or self.pool.routing.max_experts

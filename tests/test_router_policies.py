@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router.plans import PlanEstimate, PlanKey
 from router.policies import PolicySettings, QueryView, select, set_success
 
 RNG = np.random.default_rng(0)
@@ -55,14 +56,57 @@ def test_category_policy_uses_the_predicted_categorys_best() -> None:
     assert select("category", view(category_probs=np.array([0.1, 0.9])), PolicySettings(), RNG).experts == [0]
 
 
-def test_cost_policy_lambda_and_budget() -> None:
-    assert select("cost", view(), PolicySettings(k=1, cost_lambda=0.0), RNG).experts == [1]
+def test_cost_policy_without_plan_estimates_weighs_single_experts() -> None:
+    assert select("cost", view(), PolicySettings(cost_lambda=0.0), RNG).experts == [1]
     # competence - 0.01 x cost: 0.3-0.1=0.2, 0.6-1.0=-0.4, 0.5-0.4=0.1, 0.2-0.05=0.15
-    assert select("cost", view(), PolicySettings(k=1, cost_lambda=0.01), RNG).experts == [0]
-    under = select("cost", view(), PolicySettings(max_experts=3, target=0.99, budget=55.0), RNG)
-    assert under.experts == [2, 0, 3]  # 1 costs too much; the rest fit in 55
-    assert "exceed the budget" in under.reasons[1]
+    chosen = select("cost", view(), PolicySettings(cost_lambda=0.01), RNG)
+    assert chosen.experts == [0] and chosen.then == [] and chosen.plan is not None
     assert select("cost", view(), PolicySettings(budget=1.0), RNG).experts == [3]  # nothing fits: cheapest
+
+
+PLANS = [
+    PlanEstimate(PlanKey((1,)), 0.60, 100.0),
+    PlanEstimate(PlanKey((0, 2, 3)), 0.65, 55.0),
+    PlanEstimate(PlanKey((0, 3), (1,)), 0.62, 45.0, escalation=0.3),  # 15 + 0.3 x 100
+    PlanEstimate(PlanKey((3,)), 0.20, 5.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("settings", "first", "then"),
+    [
+        # lambda 0: the most accurate plan, its experts most competent first
+        (PolicySettings(cost_lambda=0.0), [2, 0, 3], []),
+        # 0.001: 0.60-0.1=0.5, 0.65-0.055=0.595, 0.62-0.045=0.575, 0.2-0.005=0.195
+        (PolicySettings(cost_lambda=0.001), [2, 0, 3], []),
+        # 0.005: 0.1, 0.375, 0.395, 0.175: the escalation wins
+        (PolicySettings(cost_lambda=0.005), [0, 3], [1]),
+        # a per-query budget of 50 leaves the escalation and the cheap single: the escalation is more accurate
+        (PolicySettings(budget=50.0), [0, 3], [1]),
+        # nothing within 1: the cheapest plan
+        (PolicySettings(budget=1.0), [3], []),
+        # at most one expert: only single plans
+        (PolicySettings(k=1), [1], []),
+    ],
+)
+def test_cost_policy_picks_the_plan_with_the_best_accuracy_minus_lambda_cost(
+    settings: PolicySettings, first: list[int], then: list[int]
+) -> None:
+    chosen = select("cost", view(plans=PLANS), settings, RNG)
+    assert (chosen.experts, chosen.then) == (first, then)
+    assert chosen.plan is not None and list(chosen.plan.key.then) == then
+    assert len(chosen.considered) == (2 if settings.k == 1 else 4)
+    assert all(chosen.reasons[i].startswith("chosen") for i in first)
+
+
+def test_escalate_policy_asks_the_cheaper_halfs_best_two_first() -> None:
+    # expected cost [10, 100, 40, 5]: the cheaper half is experts 0 and 3; the strongest of the rest is 1 (0.6)
+    chosen = select("escalate", view(), PolicySettings(escalate_threshold=0.4), RNG)
+    assert (chosen.experts, chosen.then) == ([0, 3], [1])
+    assert chosen.reasons[1].startswith("second stage") and "0.40" in chosen.reasons[1]
+    assert chosen.reasons[2].startswith("not chosen")
+    few = view(competence=np.array([0.3, 0.6]), expected_cost=np.array([1.0, 2.0]), global_competence=np.ones(2))
+    assert select("escalate", few, PolicySettings(), RNG).experts == [1]  # too few experts to escalate
 
 
 def test_cascade_defers_when_the_weak_expert_is_unsure() -> None:
@@ -73,7 +117,7 @@ def test_cascade_defers_when_the_weak_expert_is_unsure() -> None:
 
 
 def test_out_of_distribution_goes_to_the_generalist_under_every_policy() -> None:
-    for policy in ("skills", "category", "cost", "cascade"):
+    for policy in ("skills", "category", "cost", "cascade", "escalate"):
         chosen = select(policy, view(ood=True, generalist=0), PolicySettings(), RNG)
         assert chosen.experts == [0] and chosen.fallback
 

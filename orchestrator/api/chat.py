@@ -117,6 +117,7 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
         strategy=options.strategy if options else None,
         consensus=options.consensus_share() if options else "pool",
         aggregator_max_tokens=options.aggregator_max_tokens if options else None,
+        budget=options.budget if options else None,
     )
 
 
@@ -199,7 +200,7 @@ def _pipeline_error(error: Exception) -> APIError:
     if isinstance(error, APIError):
         return error
     if isinstance(error, PolicyUnavailable):
-        return APIError(422, str(error), param="model", code="policy_unavailable")
+        return APIError(422, str(error), param=error.param, code="policy_unavailable")
     if isinstance(error, NoExpertAvailable):
         return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
     if isinstance(error, AllExpertsFailed):

@@ -66,9 +66,15 @@ async def route(http_request: Request) -> dict[str, Any]:
         require_model(principal, body.model)  # the key's allowed models apply to routing decisions too
     policy = policy_of(body.model, orchestrator)
     try:
-        decision = orchestrator.route(body.text, k=body.moesaic.k if body.moesaic else None, policy=policy)
+        options = body.moesaic
+        decision = orchestrator.route(
+            body.text,
+            k=options.k if options else None,
+            policy=policy,
+            budget=options.budget if options else None,
+        )
     except PolicyUnavailable as error:
-        raise APIError(422, str(error), param="model", code="policy_unavailable") from None
+        raise APIError(422, str(error), param=error.param, code="policy_unavailable") from None
     except NoExpertAvailable as error:
         raise APIError(503, str(error), "service_unavailable", code="no_healthy_expert") from None
     return {

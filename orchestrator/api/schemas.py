@@ -120,6 +120,11 @@ class MoesaicOptions(BaseModel):
         None, description="the aggregator's own token budget (default: the pool's aggregation.max_tokens)"
     )
     moe_routing: MoERoutingIn | None = Field(None, description="steer experts on the moe backend (others ignore it)")
+    budget: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
+        None,
+        description="moesaic/cost and moesaic/escalate: spend like a mean cost of this x the best single "
+        "expert's (default: the pool's routing.budget)",
+    )
 
     def consensus_share(self) -> float | None | Literal["pool"]:
         """What the pipeline's ``consensus`` gets: a share, None (never), or "pool" (the pool's setting)."""
