@@ -78,7 +78,7 @@ class ProfiledRouter:
         self._plan_data: PlanData | None = None
         self._plan_model: PlanModel | None = None
         self._thresholds: dict[float, float] = {}
-        if routing.policy in PLAN_POLICIES:
+        if routing.policy == "cost":
             self.plan_model()  # fitted at start-up, not on the first request
 
     def plan_model(self) -> PlanModel:

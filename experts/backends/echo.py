@@ -13,7 +13,10 @@ make an expert misbehave on purpose. Its ``options`` (all optional) are fault in
 * ``error_code``: how a failing batch fails. Without it the backend raises (the whole actor
   call fails, as a crashing model would); with it each request of the batch is answered with
   ``Completion.failed`` carrying this code, as a hosted API reports a 429 (``rate_limited``),
-  a 5xx (``upstream_unavailable``) or a prompt that is too long (``context_length_exceeded``).
+  a 5xx (``upstream_unavailable``) or a prompt that is too long (``context_length_exceeded``);
+* ``replies``: scripted answers, ``{regular expression: text}``: when the last user message matches a
+  pattern (the first that does), the expert says that text instead of echoing (an expert that answers
+  right or wrong on cue, for escalation and aggregation tests).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import random
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from experts.backends.base import BackendError, DeltaSink
 from experts.spec import ExpertSpec
@@ -43,6 +46,17 @@ class EchoFaults(BaseModel):
     fail_rate: Annotated[float, Field(ge=0.0, le=1.0)] = 0.0
     seed: int | None = None
     error_code: str | None = None
+    replies: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("replies")
+    @classmethod
+    def _patterns_compile(cls, replies: dict[str, str]) -> dict[str, str]:
+        for pattern in replies:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise ValueError(f"pattern {pattern!r} is not a regular expression: {error}") from None
+        return replies
 
 
 class EchoBackend:
@@ -99,7 +113,10 @@ class EchoBackend:
         self, index: int, request: GenerationRequest, batch_size: int, on_delta: DeltaSink | None
     ) -> Completion:
         last_user = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        words = re.findall(r"\S+\s*", last_user.strip())  # a "token" is a word and the space after it
+        scripted = next((text for pattern, text in self.faults.replies.items() if re.search(pattern, last_user)), None)
+        words = re.findall(
+            r"\S+\s*", (last_user if scripted is None else scripted).strip()
+        )  # a "token" is a word and the space after it
         limit = request.max_tokens or self.spec.generation.max_tokens
         kept = words[:limit]
         if on_delta is not None:
