@@ -9,7 +9,9 @@ too); write exactly one output line per input line, in input order, errors inclu
 
 Every routing decision and finished call goes to the progress log beside the output
 (``orchestrator/batch_io.py``), so a stopped run continues where it stopped without repeating
-calls. Routing uses the router's fast path: the keyword expert of the LLM path is not asked.
+calls. Routing uses the router's fast path: the keyword expert of the LLM path is not asked. An escalation
+(``cost``/``escalate`` policies) takes a second round: every first stage is reviewed once its answers are in
+(``orchestrator/escalation.py``), then the second stages that are needed run, grouped by expert as well.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from aggregator.synthesize import Candidate
 from experts.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
+from orchestrator.escalation import review_first_stage
 from orchestrator.graph import UNKNOWN_COMPETENCE, with_measured_aggregator
 from orchestrator.pipeline import Orchestrator
 from router.decision import ExpertScore, RoutingDecision
@@ -84,6 +87,10 @@ class BatchRunner:
         try:
             items = [self._route(line, progress, log) for line in lines]
             if not await self._ask_experts(items, progress, log, report, stop_after_experts):
+                report.stopped = True
+                return report
+            escalated = self._review_escalations(items, progress, log)
+            if escalated and not await self._ask_experts(escalated, progress, log, report, None, second_stage=True):
                 report.stopped = True
                 return report
             verdicts = await self._aggregate(items, progress, log, report)
@@ -147,12 +154,19 @@ class BatchRunner:
 
     # -- the experts, grouped by the dispatcher ----------------------------------------------
     async def _ask_experts(
-        self, items: list[_Item], progress: Progress, log: ProgressLog, report: BatchReport, stop_after: int | None
+        self,
+        items: list[_Item],
+        progress: Progress,
+        log: ProgressLog,
+        report: BatchReport,
+        stop_after: int | None,
+        second_stage: bool = False,
     ) -> bool:
-        """Every missing expert call at once; False when stopped after ``stop_after`` experts."""
+        """Every missing expert call at once (``second_stage``: the escalations' second stages only); False when
+        stopped after ``stop_after`` experts."""
         todo: list[tuple[_Item, str]] = []
         for item in items:
-            for name in item.decision.experts if item.decision and item.error is None else []:
+            for name in _experts_to_ask(item, second_stage):
                 if (item.line.line, "expert", name) in progress.calls:
                     report.calls_reused += 1
                 else:
@@ -197,6 +211,30 @@ class BatchRunner:
             return False
         await everything
         return True
+
+    def _review_escalations(self, items: list[_Item], progress: Progress, log: ProgressLog) -> list[_Item]:
+        """Decide every pending escalation from its first stage's answers; returns the items that escalated."""
+        escalated = []
+        for item in items:
+            decision = item.decision
+            if item.error is not None or decision is None or decision.escalation is None:
+                continue
+            if decision.escalation.escalated is not None:  # reviewed in an earlier run (resumed)
+                escalated += [item] if decision.escalation.escalated else []
+                continue
+            assert item.request is not None
+            answered = []
+            for name in decision.experts:
+                completion = progress.calls.get((item.line.line, "expert", name))
+                if completion is not None and completion.error is None:
+                    competence = decision.competence.get(name, UNKNOWN_COMPETENCE)
+                    answered.append(Candidate(name, completion.text, competence, completion.finish_reason))
+            item.decision = review_first_stage(self.orchestrator.aggregator, item.request.messages, decision, answered)
+            progress.routes[item.line.line] = item.decision
+            log.route(item.line.line, item.decision)
+            if item.decision.escalation is not None and item.decision.escalation.escalated:
+                escalated.append(item)
+        return escalated
 
     # -- aggregation -------------------------------------------------------------------------
     async def _aggregate(
@@ -258,6 +296,18 @@ class BatchRunner:
             Candidate(name, c.text, competence.get(name, UNKNOWN_COMPETENCE), c.finish_reason) for name, c in usable
         ]
         return self.orchestrator.aggregator.plan(item.request.messages, candidates, aggregator=item.decision.aggregator)
+
+
+def _experts_to_ask(item: _Item, second_stage: bool) -> list[str]:
+    if item.decision is None or item.error is not None:
+        return []
+    if second_stage:
+        assert item.decision.escalation is not None
+        return list(item.decision.escalation.then)
+    escalation = item.decision.escalation
+    if escalation is not None and escalation.escalated:  # resumed after the review: the first stage only here
+        return [name for name in item.decision.experts if name not in escalation.then]
+    return list(item.decision.experts)
 
 
 def _finish(step: ModelStep, completion: Completion) -> Verdict:

@@ -34,6 +34,7 @@ from aggregator.synthesize import Candidate
 from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
 from experts.retry import is_client_mistake
 from experts.types import Completion, GenerationRequest
+from orchestrator.escalation import review_first_stage
 from orchestrator.replacements import Reserve, unfilled, with_replacements
 from orchestrator.state import (
     CallRecord,
@@ -154,40 +155,15 @@ class PipelineNodes:
         """Decide whether the first stage settles the answer or the second stage is asked (``escalation``)."""
         started = time.perf_counter()
         request, decision = state["request"], state["decision"]
-        assert decision.escalation is not None
-        answers = [a for a in state.get("answers", []) if a.error is None]
-        escalated, reason = self._escalation_verdict(request, decision, answers)
-        escalation = decision.escalation.model_copy(update={"escalated": escalated, "reason": reason})
-        experts = decision.experts + (escalation.then if escalated else [])
-        update: dict[str, Any] = {"escalation": escalation, "experts": experts, "k": len(experts)}
-        if escalated and decision.aggregator is None:
-            update["aggregator"] = self.aggregator.aggregator
-        decision = decision.model_copy(update=update)
-        if request.stream:
-            get_stream_writer()(stream_event("escalation", escalation=escalation))
-        return {"decision": decision, "timings_ms": {"review": _ms_since(started)}}
-
-    def _escalation_verdict(
-        self, request: PipelineRequest, decision: RoutingDecision, answers: list[ExpertAnswer]
-    ) -> tuple[bool, str]:
-        """(escalate?, why): stop only when every first-stage expert answered, alike, and competently enough."""
-        assert decision.escalation is not None
-        if len(answers) < len(decision.experts):
-            return True, f"{len(decision.experts) - len(answers)} first-stage expert(s) failed"
-        candidates = [
+        answered = [
             Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
-            for a in answers
+            for a in state.get("answers", [])
+            if a.error is None
         ]
-        kind, outcome = self.aggregator.count_votes(request.messages, candidates)
-        if outcome.answer is None or outcome.agreement < 1.0 - 1e-9:  # as router.plans.stage_agrees offline
-            shown = ", ".join(f"{answer!r}: {weight:.2f}" for answer, weight in outcome.totals.items()) or "none"
-            return True, f"the first stage did not agree ({kind} answers and their weights: {shown})"
-        confidence = sum(candidate.competence for candidate in candidates) / len(candidates)
-        threshold = decision.escalation.threshold
-        agreed = f"the first stage agreed on {outcome.answer!r}"
-        if confidence < threshold:
-            return True, f"{agreed} but its mean competence {confidence:.2f} < {threshold:.2f}"
-        return False, f"{agreed} (mean competence {confidence:.2f} >= {threshold:.2f})"
+        decision = review_first_stage(self.aggregator, request.messages, decision, answered)
+        if request.stream:
+            get_stream_writer()(stream_event("escalation", escalation=decision.escalation))
+        return {"decision": decision, "timings_ms": {"review": _ms_since(started)}}
 
     async def second_stage(self, state: PipelineState) -> list[Send] | str:
         """The second stage's ``Send``s when the review escalated, else on to aggregation."""

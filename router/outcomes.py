@@ -182,7 +182,11 @@ def _table(frame: object, experts: list[str], source: str) -> OutcomeTable:
         correct[:, j] = values.astype(float).to_numpy()
     preds = None
     if all(f"{expert}|pred" in frame.columns for expert in experts):
-        preds = np.stack([frame[f"{e}|pred"].map(_as_pred).to_numpy(dtype=object) for e in experts], axis=1)
+        # a list, not Series.map: pandas would turn the None of "no answer" back into NaN, a ballot for "nan"
+        columns = [[_as_pred(value) for value in frame[f"{e}|pred"]] for e in experts]
+        preds = np.empty((len(frame), len(experts)), dtype=object)
+        for j, column in enumerate(columns):
+            preds[:, j] = column
     return OutcomeTable(
         source=source,
         ids=ids,

@@ -44,3 +44,23 @@ def test_cheapest_mix_picks_the_least_cost_per_group_that_reaches_the_count() ->
     assert cost == 20.0 and [s.name for s in chosen] == ["small", "small"]
     cost, chosen = router_ceiling.cheapest_mix(groups, 18)
     assert cost == float("inf") and chosen == []
+
+
+def test_targets_read_the_hull_at_the_cost_the_policy_spent() -> None:
+    import numpy as np
+
+    from router.outcomes import OutcomeTable
+
+    # two models: cheap (cost 1, right on 1 of 2) and dear (cost 3, right on both)
+    table = OutcomeTable(
+        source="<two>",
+        ids=["q1", "q2"],
+        texts=["a", "b"],
+        experts=["cheap", "dear"],
+        correct=np.array([[1.0, 1.0], [0.0, 1.0]]),
+        cost=np.array([[1.0, 3.0], [1.0, 3.0]]),
+    )
+    report = router_targets._with_hull({"mean_cost": 2.0}, table)
+    assert report["hull_accuracy"] == pytest.approx(0.75)  # half and half: 0.5 x 0.5 + 0.5 x 1.0
+    options = router_targets._cost_options(0.5)(router_targets.CompetenceSettings(), 3)
+    assert (options.policy, options.budget_factor, options.settings.k, options.seed) == ("cost", 0.5, None, 3)

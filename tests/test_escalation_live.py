@@ -8,6 +8,7 @@ through ``POST /v1/route``; and once over the embedded model.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from experts.pool import ExpertPool
 from experts.spec import RoutingSpec, load_pool
 from experts.types import GenerationRequest, Message
 from orchestrator.api.app import create_app
+from orchestrator.batch import BatchRunner
 from orchestrator.graph import PipelineNodes, build_graph
 from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, build_aggregator
 from orchestrator.state import PipelineRequest
@@ -179,6 +181,22 @@ def test_escalation_over_http_shows_each_stage(client: tuple[openai.OpenAI, str]
     )
     text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks if chunk.choices)
     assert text == "The answer is (B)."
+
+
+async def test_batch_mode_runs_the_second_stage_only_where_the_first_disagreed(
+    orchestrator: Orchestrator, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text(
+        json.dumps({"id": "agree", "question": AGREE}) + "\n" + json.dumps({"id": "split", "question": DISAGREE}) + "\n"
+    )
+    report = await BatchRunner(orchestrator, max_tokens=32).run(source, tmp_path / "out.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert report.failed == 0 and report.calls_made == 5  # 2 + 3
+    assert sorted(rows[0]["experts"]) == ["cheap-a", "cheap-b"] and rows[0]["answer"] == "The answer is (B)."
+    assert rows[1]["experts"][-1] == "strong" and rows[1]["answer"] == "The answer is (C)."
+    again = await BatchRunner(orchestrator, max_tokens=32).run(source, tmp_path / "out.jsonl")
+    assert again.calls_made == 0 and again.calls_reused == 5  # resumed: the reviewed decisions were kept
 
 
 def test_route_explains_the_cost_plans_and_takes_a_budget(client: tuple[openai.OpenAI, str]) -> None:
