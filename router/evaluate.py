@@ -81,8 +81,10 @@ def evaluate(
     cap = None
     if options.budget_factor is not None and profiles.mean_cost is not None:
         cap = options.budget_factor * float(profiles.global_cost[best_single])  # type: ignore[index]
+    choice = None
     if cap is not None and plan_model is not None:
-        settings = replace(settings, cost_lambda=plan_model.fit_lambda(cap))
+        choice = plan_model.budget_choice(cap)
+        settings = replace(settings, cost_lambda=choice.penalty, mix=choice.mix)
     if options.policy == "escalate" and cap is not None:
         settings = replace(settings, escalate_threshold=fit_escalate_threshold(fitted.plan_data, cap))
     rng = np.random.default_rng(options.seed)
@@ -139,6 +141,7 @@ def evaluate(
     }
     if options.policy == "cost":
         report["cost_lambda"] = settings.cost_lambda
+        report["random_mix"] = choice is not None and choice.mix is not None  # the optimiser lost to one here
     if options.policy == "escalate":
         report["escalate_threshold"] = settings.escalate_threshold
         report["escalation_share"] = float(np.mean(escalated)) if escalated else 0.0

@@ -53,21 +53,43 @@ def single_model_points(test: OutcomeTable) -> list[CostPoint]:
     ]
 
 
+@dataclass(frozen=True)
+class Mix:
+    """Send a question to ``dear`` with probability ``share``, else to ``cheap`` (indices into the points)."""
+
+    cheap: int
+    dear: int
+    share: float
+    accuracy: float
+
+
+def best_mix(points: list[CostPoint], mean_cost: float) -> Mix | None:
+    """The random mix of two single models (or one alone: share 0) most accurate at a mean cost <= ``mean_cost``.
+
+    None when even the cheapest model costs more than ``mean_cost``.
+    """
+    affordable = [i for i, point in enumerate(points) if point.mean_cost <= mean_cost]
+    if not affordable:
+        return None
+    alone = max(affordable, key=lambda i: (points[i].accuracy, -points[i].mean_cost))
+    best = Mix(alone, alone, 0.0, points[alone].accuracy)
+    for cheap in affordable:  # a mix of a cheaper and a dearer model, spending exactly mean_cost
+        for dear, point in enumerate(points):
+            if point.mean_cost > mean_cost and point.accuracy > points[cheap].accuracy:
+                share = (mean_cost - points[cheap].mean_cost) / (point.mean_cost - points[cheap].mean_cost)
+                accuracy = points[cheap].accuracy + share * (point.accuracy - points[cheap].accuracy)
+                if accuracy > best.accuracy:
+                    best = Mix(cheap, dear, share, accuracy)
+    return best
+
+
 def hull_accuracy(points: list[CostPoint], mean_cost: float) -> float:
     """The best accuracy a random mix of single models reaches at a mean cost of at most ``mean_cost``.
 
     NaN when even the cheapest model costs more than ``mean_cost``.
     """
-    affordable = [point for point in points if point.mean_cost <= mean_cost]
-    if not affordable:
-        return math.nan
-    best = max(point.accuracy for point in affordable)
-    for cheap in affordable:  # a mix of a cheaper and a dearer model, spending exactly mean_cost
-        for dear in points:
-            if dear.mean_cost > mean_cost and dear.accuracy > cheap.accuracy:
-                share = (mean_cost - cheap.mean_cost) / (dear.mean_cost - cheap.mean_cost)
-                best = max(best, cheap.accuracy + share * (dear.accuracy - cheap.accuracy))
-    return best
+    mix = best_mix(points, mean_cost)
+    return math.nan if mix is None else mix.accuracy
 
 
 def pool_apgr(rows: list[FrontierRow], oracle_accuracy: float) -> float:

@@ -29,10 +29,12 @@ import numpy as np
 
 from aggregator.vote import weighted_vote
 from router.competence import CompetenceSettings
+from router.frontier import CostPoint, Mix, best_mix
 from router.profiles import ProfileSet
 
 MIN_OUT_OF_FOLD = 40  # fewer profiled questions than this: plan models are fitted on in-sample competence
 MAX_FITTED_PLANS = 256  # a large pool keeps the plans most often among the candidates
+GUARD_Z = 2.0  # the optimiser must beat a budget's best random mix by this many standard errors, else the mix serves
 GAIN_PRIOR = 50.0  # a plan's measured gain is shrunk toward 0 as if by this many questions with none
 _CLIP = 0.01  # competence is clipped to [0.01, 0.99] before taking log-odds
 
@@ -233,6 +235,21 @@ class _TrainingChoices:
     accuracy: np.ndarray  # (N, P)
     expected_cost: np.ndarray  # (N, P)
     actual_cost: np.ndarray  # (N, P)
+    actual_correct: np.ndarray  # (N, P)
+    experts: int = 0  # the first ``experts`` columns are the single experts, in order
+
+
+@dataclass(frozen=True)
+class BudgetChoice:
+    """How the cost policy keeps a mean-cost cap: the optimiser at ``penalty``, unless it did not beat the best
+    random mix of two single experts (``mix``) on the profiled questions at that cap by ``GUARD_Z`` standard errors
+    of the paired difference: then the mix serves, and the policy is not worse than what a user gets without a
+    router."""
+
+    penalty: float
+    optimiser_accuracy: float  # on the profiled questions (out-of-fold competence)
+    mix: Mix | None = None
+    mix_accuracy: float = float("nan")
 
 
 @dataclass
@@ -276,7 +293,7 @@ class PlanModel:
             if key.then:
                 escalated = np.array([float(r.escalated) for r in replays])
                 escalation[key] = _fit_logistic(competence[np.ix_(rows, list(key.first))], escalated)
-        empty = _TrainingChoices(np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0)))
+        empty = _TrainingChoices(np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0)), np.zeros((0, 0)))
         model = cls(max_experts, gain, escalation, empty)
         model.training = model._training_choices(candidates, data)
         return model
@@ -309,21 +326,48 @@ class PlanModel:
         width = max((len(keys) for keys in candidates), default=0)
         shape = (len(candidates), width)
         accuracy, estimated, actual = np.full(shape, -np.inf), np.zeros(shape), np.zeros(shape)
+        right = np.zeros(shape)
         for i, keys in enumerate(candidates):
             for p, key in enumerate(keys):
                 estimate = self._estimate(key, data.competence[i], data.expected_cost[i])
                 if estimate is not None:
                     accuracy[i, p], estimated[i, p] = estimate.accuracy, estimate.cost
-                    actual[i, p] = data.replay(i, key).cost
-        return _TrainingChoices(accuracy, estimated, actual)
+                    outcome = data.replay(i, key)
+                    actual[i, p], right[i, p] = outcome.cost, outcome.correct
+        return _TrainingChoices(accuracy, estimated, actual, right, data.competence.shape[1])
 
     def mean_cost(self, penalty: float) -> float:
         """Mean real cost over the profiled questions when each takes its best plan at this cost penalty."""
-        if self.training.accuracy.size == 0:
-            return 0.0
-        value = self.training.accuracy - penalty * self.training.expected_cost
-        chosen = np.argmax(value, axis=1)
-        return float(self.training.actual_cost[np.arange(len(chosen)), chosen].mean())
+        return float(self._chosen(penalty, self.training.actual_cost).mean()) if self.training.accuracy.size else 0.0
+
+    def training_accuracy(self, penalty: float) -> float:
+        """Accuracy over the profiled questions when each takes its best plan at this cost penalty."""
+        return float(self._chosen(penalty, self.training.actual_correct).mean()) if self.training.accuracy.size else 0.0
+
+    def _chosen(self, penalty: float, values: np.ndarray) -> np.ndarray:
+        chosen = np.argmax(self.training.accuracy - penalty * self.training.expected_cost, axis=1)
+        return values[np.arange(len(chosen)), chosen]
+
+    def budget_choice(self, cap: float) -> BudgetChoice:
+        """The penalty for ``cap`` (``fit_lambda``), or the random mix of two single experts that beat it on the
+        profiled questions at the same cap."""
+        penalty = self.fit_lambda(cap)
+        accuracy = self.training_accuracy(penalty)
+        training = self.training
+        singles = [
+            CostPoint(str(e), float(training.actual_cost[:, e].mean()), float(training.actual_correct[:, e].mean()))
+            for e in range(training.experts)
+        ]
+        mix = best_mix(singles, cap)
+        if mix is None:
+            return BudgetChoice(penalty, accuracy)
+        right = training.actual_correct
+        mixed = mix.share * right[:, mix.dear] + (1 - mix.share) * right[:, mix.cheap]
+        difference = self._chosen(penalty, right) - mixed  # paired, question by question
+        margin = GUARD_Z * float(difference.std(ddof=1)) / np.sqrt(len(difference)) if len(difference) > 1 else 0.0
+        if float(difference.mean()) > margin:
+            return BudgetChoice(penalty, accuracy, None, mix.accuracy)
+        return BudgetChoice(penalty, accuracy, mix, mix.accuracy)
 
     def fit_lambda(self, cap: float) -> float:
         """The smallest penalty whose choices on the profiled questions cost at most ``cap`` on average.

@@ -23,6 +23,7 @@ from typing import Literal
 
 import numpy as np
 
+from router.frontier import Mix
 from router.plans import PlanEstimate, PlanKey, escalation_key
 
 PolicyName = Literal["skills", "category", "cost", "cascade", "escalate"]
@@ -40,6 +41,7 @@ class PolicySettings:
     budget: float | None = None  # per-query cap on expected cost
     cascade_threshold: float = 0.5
     escalate_threshold: float = 0.0  # escalate: the first stage's mean competence needed to stop on agreement
+    mix: Mix | None = None  # cost: the random mix of two experts that beat the optimiser at this budget
 
 
 @dataclass(frozen=True)
@@ -84,6 +86,8 @@ def select(policy: str, view: QueryView, settings: PolicySettings, rng: np.rando
         chosen.reasons[best] = f"chosen: best measured expert for predicted category #{category}"
         return _explain_rest(chosen, "not chosen: not the predicted category's best expert")
     if policy == "cost":
+        if settings.mix is not None and view.plans is not None:
+            return _mixed(view, settings.mix, rng)
         return _cost(view, settings)
     if policy == "escalate":
         return _escalate(view, settings)
@@ -150,6 +154,17 @@ def _cost(view: QueryView, settings: PolicySettings) -> Selection:
     for index in best.key.then:
         selection.reasons[index] = f"second stage: asked only if the first disagrees (chance {best.escalation:.2f})"
     return _explain_rest(selection, "not chosen: not in the best plan")
+
+
+def _mixed(view: QueryView, mix: Mix, rng: np.random.Generator) -> Selection:
+    """The budget's random mix: the dearer expert with probability ``mix.share``, else the cheaper one."""
+    chosen = mix.dear if rng.random() < mix.share else mix.cheap
+    selection = Selection([chosen], view.competence, considered=list(view.plans or []))
+    selection.reasons[chosen] = (
+        f"chosen: at this budget a random mix ({mix.share:.2f} of questions to expert #{mix.dear}, the rest to "
+        f"#{mix.cheap}) was more accurate on the profiled questions ({mix.accuracy:.3f}) than any plan choice"
+    )
+    return _explain_rest(selection, "not chosen: outside this budget's random mix")
 
 
 def _single_plans(view: QueryView) -> list[PlanEstimate]:

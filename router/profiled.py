@@ -128,7 +128,8 @@ class ProfiledRouter:
             )
         cap = budget * unit
         if policy == "cost":
-            return replace(settings, cost_lambda=self.plan_model().fit_lambda(cap))
+            choice = self.plan_model().budget_choice(cap)
+            return replace(settings, cost_lambda=choice.penalty, mix=choice.mix)
         key = round(cap, 9)
         if key not in self._thresholds:
             self._thresholds[key] = fit_escalate_threshold(self._plans_data(), cap)
@@ -254,7 +255,9 @@ class ProfiledRouter:
         for plan in sorted(selection.considered, key=lambda p: -(p.accuracy - settings.cost_lambda * p.cost)):
             value = plan.accuracy - settings.cost_lambda * plan.cost
             won = chosen is not None and plan.key == chosen.key
-            if won:
+            if chosen is None:
+                reason = "not chosen: at this budget a random mix of two experts serves (see the chosen expert)"
+            elif won:
                 reason = "chosen: the highest estimated accuracy - lambda x cost"
             elif settings.budget is not None and plan.cost > settings.budget:
                 reason = f"not chosen: expected cost over the per-query budget {settings.budget:.0f}"

@@ -12,6 +12,7 @@ from test_eval_router import run_json, shared_slice
 
 from aggregator.vote import competence_weight
 from router.evaluate import EvalOptions, evaluate
+from router.frontier import Mix
 from router.outcomes import OutcomeTable
 from router.plans import PlanData, PlanKey, PlanModel, candidate_keys, fit_escalate_threshold, replay
 from router.policies import PolicySettings
@@ -90,6 +91,24 @@ def test_lambda_is_the_smallest_penalty_within_the_mean_cost_cap() -> None:
     assert model.mean_cost(model.fit_lambda(1.0)) == 1.0
     # a cap below every plan: the cheapest choices
     assert model.mean_cost(model.fit_lambda(0.5)) == 1.0
+
+
+def test_a_random_mix_serves_a_budget_where_the_optimiser_does_not_clearly_beat_it() -> None:
+    # at a cap of 3 the optimiser takes the vote of all three: right on q0, q1, q3; expert 0 alone (the best mix
+    # within the cap) on q0 and q3. The paired difference (0, 1, 0, 0) has mean 0.25 and standard error 0.25: under
+    # two standard errors, so on four questions the mix serves
+    small = PlanModel.fit(four_questions(), max_experts=3, prior=0.0).budget_choice(3.0)
+    assert small.mix == Mix(0, 0, 0.0, 0.5) and small.optimiser_accuracy == 0.75 and small.mix_accuracy == 0.5
+    # the same questions 25 times over: the standard error falls to 0.044 and the optimiser serves
+    data = four_questions()
+    repeated = PlanData(
+        *(
+            np.tile(array, (25, 1))
+            for array in (data.competence, data.expected_cost, data.actual_cost, data.correct, data.preds)
+        )
+    )
+    large = PlanModel.fit(repeated, max_experts=3, prior=0.0).budget_choice(3.0)
+    assert large.mix is None and large.penalty == 0.0 and large.optimiser_accuracy == pytest.approx(0.75)
 
 
 def test_escalate_threshold_is_the_lowest_that_buys_the_most_accuracy_within_the_cap() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from router.frontier import Mix
 from router.plans import PlanEstimate, PlanKey
 from router.policies import PolicySettings, QueryView, select, set_success
 
@@ -97,6 +98,15 @@ def test_cost_policy_picks_the_plan_with_the_best_accuracy_minus_lambda_cost(
     assert chosen.plan is not None and list(chosen.plan.key.then) == then
     assert len(chosen.considered) == (2 if settings.k == 1 else 4)
     assert all(chosen.reasons[i].startswith("chosen") for i in first)
+
+
+def test_cost_policy_serves_its_budgets_random_mix_when_it_has_one() -> None:
+    settings = PolicySettings(mix=Mix(cheap=3, dear=1, share=0.25, accuracy=0.4))
+    draws = [select("cost", view(plans=PLANS), settings, np.random.default_rng(seed)).experts for seed in range(400)]
+    assert {tuple(d) for d in draws} == {(1,), (3,)}
+    assert 0.18 < sum(d == [1] for d in draws) / 400 < 0.32  # the dearer expert a quarter of the time
+    chosen = select("cost", view(plans=PLANS), settings, RNG)
+    assert "random mix" in chosen.reasons[chosen.experts[0]]
 
 
 def test_escalate_policy_asks_the_cheaper_halfs_best_two_first() -> None:
