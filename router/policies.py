@@ -160,10 +160,14 @@ def _mixed(view: QueryView, mix: Mix, rng: np.random.Generator) -> Selection:
     """The budget's random mix: the dearer expert with probability ``mix.share``, else the cheaper one."""
     chosen = mix.dear if rng.random() < mix.share else mix.cheap
     selection = Selection([chosen], view.competence, considered=list(view.plans or []))
+    role = "dearer" if chosen == mix.dear else "cheaper"
     selection.reasons[chosen] = (
-        f"chosen: at this budget a random mix ({mix.share:.2f} of questions to expert #{mix.dear}, the rest to "
-        f"#{mix.cheap}) was more accurate on the profiled questions ({mix.accuracy:.3f}) than any plan choice"
+        f"chosen: this budget is served by a random mix of two experts, this one the {role} "
+        f"(the dearer answers {mix.share:.0%} of questions); the optimiser did not clearly beat the mix's "
+        f"accuracy on the profiled questions ({mix.accuracy:.3f})"
     )
+    other = mix.cheap if chosen == mix.dear else mix.dear
+    selection.reasons.setdefault(other, "not chosen this time: the other expert of this budget's random mix")
     return _explain_rest(selection, "not chosen: outside this budget's random mix")
 
 

@@ -249,3 +249,21 @@ async def test_escalation_over_the_embedded_model(embedded_pool: ExpertPool, tmp
     assert first == [("math", 1), ("writer", 1)]
     assert sorted((c.expert, c.stage) for c in state["calls"] if c.stage == 2) == expected
     assert state["final"].text
+
+
+def test_cli_route_lists_the_plans_and_refuses_a_budget_without_a_plan_policy(pool_file: Path) -> None:
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    shown = CliRunner().invoke(
+        app, ["route", DISAGREE, "--pool", str(pool_file), "--policy", "cost", "--budget", "0.5"]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "plans weighed: lambda" in shown.output and "budget 0.5x" in shown.output
+    assert "escalate" in shown.output and "vote" in shown.output and "single" in shown.output
+    as_json = CliRunner().invoke(app, ["route", AGREE, "--pool", str(pool_file), "--json"])
+    decision = json.loads(as_json.output.strip().splitlines()[-1])
+    assert decision["policy"] == "escalate" and decision["escalation"]["then"] == ["strong"]
+    refused = CliRunner().invoke(app, ["route", AGREE, "--pool", str(pool_file), "--policy", "skills", "--budget", "1"])
+    assert refused.exit_code == 2 and "budget applies to the cost and escalate policies" in refused.output
