@@ -142,6 +142,11 @@ def evaluate(
     if options.policy == "cost":
         report["cost_lambda"] = settings.cost_lambda
         report["random_mix"] = choice is not None and choice.mix is not None  # the optimiser lost to one here
+        assert plan_model is not None
+        names = list(test.experts)
+        report["plan_gains"] = {  # what each multi-expert plan added over its best member, on the training part
+            key.label(names): round(gain, 4) for key, gain in plan_model.gain.items() if len(key.members) > 1
+        }
     if options.policy == "escalate":
         report["escalate_threshold"] = settings.escalate_threshold
         report["escalation_share"] = float(np.mean(escalated)) if escalated else 0.0
