@@ -201,22 +201,31 @@ async def test_batch_mode_runs_the_second_stage_only_where_the_first_disagreed(
 
 def test_route_explains_the_cost_plans_and_takes_a_budget(client: tuple[openai.OpenAI, str]) -> None:
     _, url = client
-    body = {"model": "moesaic/cost", "query": DISAGREE, "moesaic": {"budget": 0.5}}
+    body = {"model": "moesaic/cost", "query": DISAGREE}
     routed = httpx.post(f"{url}/v1/route", json=body, timeout=30).json()
     decision = routed["decision"]
     assert "plans (lambda" in routed["explanation"]
-    assert decision["budget"] == 0.5 and decision["cost_lambda"] is not None
+    assert decision["budget"] is None and decision["cost_lambda"] == 0.0  # the pool sets no budget
     plans = decision["plans"]
     assert len(plans) >= 4 and sum(plan["chosen"] for plan in plans) == 1
     assert {plan["kind"] for plan in plans} >= {"single", "vote", "escalate"}
     values = [plan["value"] for plan in plans]
     assert values == sorted(values, reverse=True) and plans[0]["chosen"]  # best first, and it won
-    for plan in plans:
+    assert all(plan["value"] == pytest.approx(plan["estimated_accuracy"], abs=1e-3) for plan in plans)
+    chosen = plans[0]
+    assert sorted(decision["experts"]) == sorted(chosen["experts"])
+
+    budgeted = httpx.post(f"{url}/v1/route", json={**body, "moesaic": {"budget": 0.5}}, timeout=30).json()
+    decision = budgeted["decision"]
+    assert decision["budget"] == 0.5 and decision["cost_lambda"] > 0.0
+    for plan in decision["plans"]:
         expected = plan["estimated_accuracy"] - decision["cost_lambda"] * plan["expected_cost"]
         assert plan["value"] == pytest.approx(expected, abs=1e-3)
-    generous = httpx.post(f"{url}/v1/route", json={**body, "moesaic": {"budget": 50}}, timeout=30).json()
-    assert generous["decision"]["cost_lambda"] == 0.0  # a budget nothing reaches: the most accurate plan
-    refused = httpx.post(f"{url}/v1/route", json={**body, "model": "moesaic/skills"}, timeout=30)
+    # on 120 profiled questions the optimiser does not beat the budget's random mix by two standard errors
+    reasons = [score["reason"] for score in decision["scores"] if score["chosen"]]
+    assert not any(plan["chosen"] for plan in decision["plans"]) and "random mix" in reasons[0]
+
+    refused = httpx.post(f"{url}/v1/route", json={**body, "model": "moesaic/skills", "moesaic": {"budget": 1}})
     assert refused.status_code == 422
     assert refused.json()["error"]["param"] == "moesaic.budget"
     bad = httpx.post(f"{url}/v1/route", json={**body, "moesaic": {"budget": -1}}, timeout=30)
