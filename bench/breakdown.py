@@ -46,8 +46,8 @@ os.environ["FAKE_OPENAI_KEY"] = "sk-fake"
 
 from bench.load import QUESTION, free_port, litellm_pool  # noqa: E402
 from experts.backends.litellm_backend import LiteLLMBackend  # noqa: E402
-from experts.pool import ExpertPool  # noqa: E402
-from experts.spec import parse_pool  # noqa: E402
+from experts.config.pool_spec import parse_pool  # noqa: E402
+from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
 from orchestrator.graph import PipelineNodes  # noqa: E402
 from orchestrator.pipeline import Orchestrator  # noqa: E402

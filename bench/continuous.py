@@ -53,9 +53,9 @@ def measure_continuous(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from experts.continuous import ContinuousEngine
-    from experts.decoding import SamplingParams
-    from experts.embedded import prepare_model, resolve_model
+    from experts.engine.continuous import ContinuousEngine
+    from experts.engine.decoding import SamplingParams
+    from experts.engine.embedded import prepare_model, resolve_model
 
     hf_logging.disable_progress_bar()
     torch.set_num_threads(threads)

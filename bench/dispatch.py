@@ -42,11 +42,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-from experts.dispatcher import dispatching  # noqa: E402
-from experts.embedded import prepare_model, resolve_model  # noqa: E402
-from experts.lifecycle import loaded_bytes  # noqa: E402
-from experts.pool import ExpertPool  # noqa: E402
-from experts.spec import PoolSpec, parse_pool  # noqa: E402
+from experts.actor.lifecycle import loaded_bytes  # noqa: E402
+from experts.config.pool_spec import PoolSpec, parse_pool  # noqa: E402
+from experts.engine.embedded import prepare_model, resolve_model  # noqa: E402
+from experts.runtime.dispatch.dispatcher import dispatching  # noqa: E402
+from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
 from orchestrator.batch import BatchRunner  # noqa: E402
 from orchestrator.pipeline import Orchestrator  # noqa: E402

@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experts.backends.echo import EchoBackend  # noqa: E402
-from experts.pool import ExpertPool  # noqa: E402
-from experts.spec import parse_pool  # noqa: E402
+from experts.config.pool_spec import parse_pool  # noqa: E402
+from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
 from orchestrator.pipeline import Orchestrator  # noqa: E402
 from orchestrator.state import PipelineRequest  # noqa: E402

@@ -68,8 +68,8 @@ def build_tool_agent(orchestrator: Orchestrator) -> Any:
 
 
 async def main(question: str, pool_name: str) -> None:
-    from experts.pool import ExpertPool
-    from experts.spec import load_pool
+    from experts.config.pool_spec import load_pool
+    from experts.runtime.pool import ExpertPool
 
     pool = ExpertPool(load_pool(pool_name))
     await pool.start()

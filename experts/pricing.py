@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping
 
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 
 HOSTED_BACKENDS = frozenset({"litellm"})
 

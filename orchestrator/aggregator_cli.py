@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from aggregator.choice import AggregatorChoice, SyntheticCase
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
 from orchestrator.router_cli import _fail, console
 
 
@@ -34,7 +34,7 @@ def bench_aggregators(
     import asyncio
 
     from aggregator.choice import build_cases
-    from experts.spec import PoolFileError, load_pool
+    from experts.config.pool_spec import PoolFileError, load_pool
     from router.dataset import load_dataset, read_results
     from router.outcomes import OutcomeFileError
 
@@ -89,7 +89,7 @@ async def _measure(
 
     from aggregator.choice import measure
     from aggregator.synthesize import Sampling
-    from experts.pool import ExpertPool
+    from experts.runtime.pool import ExpertPool
 
     pool = ExpertPool(spec, ray_address=ray)
     try:

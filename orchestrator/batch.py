@@ -26,7 +26,7 @@ from typing import Any
 
 from aggregator.strategies import ModelStep, Verdict
 from aggregator.synthesize import Candidate
-from experts.pool import ExpertCallFailed, ExpertUnavailable
+from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
 from orchestrator.escalation import review_first_stage

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experts.spec import PoolFileError, PoolSpec, load_pool
+from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
 from orchestrator.batch import BatchReport, BatchRunner
 from orchestrator.batch_io import BatchInputError, read_items
 
@@ -62,8 +62,8 @@ async def _run(
     temperature: Optional[float],
     ray_address: Optional[str],
 ) -> BatchReport:
-    from experts.dispatcher import dispatching
-    from experts.pool import ExpertPool
+    from experts.runtime.dispatch.dispatcher import dispatching
+    from experts.runtime.pool import ExpertPool
     from orchestrator.pipeline import Orchestrator
 
     pool = ExpertPool(spec, ray_address=ray_address)

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
-from experts.spec import PoolFileError, PoolSpec, load_pool
+from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
 
 app = typer.Typer(help="Moesaic: several LLM experts answer together.", no_args_is_help=True)
 console = Console()
@@ -109,7 +109,7 @@ def experts(pool: str = PoolOption) -> None:
 @app.command()
 def prepare(pool: str = PoolOption) -> None:
     """Dequantise and cache the pool's GGUF models once, so actors start fast."""
-    from experts.embedded import dequantised_dir, prepare_model, resolve_model
+    from experts.engine.embedded import dequantised_dir, prepare_model, resolve_model
 
     spec = _load(pool)
     models = sorted({expert.model for expert in spec.experts if expert.backend == "local"})
@@ -162,7 +162,7 @@ def ask(
 
 
 async def _ask(spec: PoolSpec, question: str, k, policy, strategy, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
-    from experts.pool import ExpertPool
+    from experts.runtime.pool import ExpertPool
     from experts.types import GenerationRequest, Message
     from orchestrator.pipeline import Orchestrator
     from orchestrator.state import PipelineRequest

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from experts.spec import PoolFileError, PoolSpec, load_pool, resolve_pool_path
+from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool, resolve_pool_path
 
 app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the KubeRay RayService.")
 

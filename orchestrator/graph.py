@@ -31,8 +31,8 @@ from langgraph.types import Send
 from aggregator.choice import AggregatorChoice
 from aggregator.strategies import Aggregator, ModelStep, Verdict
 from aggregator.synthesize import Candidate
-from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
-from experts.retry import is_client_mistake
+from experts.runtime.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
+from experts.runtime.retry import is_client_mistake
 from experts.types import Completion, GenerationRequest
 from orchestrator.escalation import review_first_stage
 from orchestrator.replacements import Reserve, unfilled, with_replacements

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, Optional
 import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from experts.spec import PoolFileError, PoolSpec, load_pool
+from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline import Orchestrator
 from orchestrator.state import PipelineRequest
@@ -263,7 +263,7 @@ async def serve_mcp(
     protocol_out: io.RawIOBase | None = None,
 ) -> None:
     """Start the pool, serve MCP on ``transport`` until the client leaves (stdio) or a signal (http), stop."""
-    from experts.pool import ExpertPool
+    from experts.runtime.pool import ExpertPool
 
     pool = ExpertPool(spec, ray_address=ray_address)
     try:

@@ -13,9 +13,9 @@ from typing import Any, AsyncIterator, Union
 
 from aggregator.strategies import AggregationSettings, Aggregator
 from aggregator.synthesize import Sampling
-from experts.dispatcher import Dispatcher, dispatching
-from experts.pool import ExpertPool
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
+from experts.runtime.dispatch.dispatcher import Dispatcher, dispatching
+from experts.runtime.pool import ExpertPool
 from experts.types import Completion, GenerationRequest
 from orchestrator.graph import PipelineNodes, build_graph, with_measured_aggregator
 from orchestrator.state import PipelineRequest, PipelineResult, PipelineState

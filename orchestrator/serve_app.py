@@ -7,7 +7,7 @@ section (replicas or autoscaling, the replica's resources).
 
 Each ingress replica starts its own ``ExpertPool``: one actor per expert, placed with the
 resources of its pool entry (fractional CPUs, GPUs; a placement group for multi-GPU experts, see
-``experts/placement.py``). The replica then serves ``create_app(orchestrator=...)`` (routes, auth,
+``experts/runtime/placement.py``). The replica then serves ``create_app(orchestrator=...)`` (routes, auth,
 limits, metrics, the same as ``moesaic serve``) through Serve's HTTP proxy, and stops its experts
 when Serve stops the replica.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
-from experts.spec import PoolSpec, load_pool, parse_pool, resolve_pool_path
+from experts.config.pool_spec import PoolSpec, load_pool, parse_pool, resolve_pool_path
 from orchestrator.deploy_cli import pool_document
 
 INGRESS_NAME = "MoesaicIngress"
@@ -64,7 +64,7 @@ class MoesaicIngress:
     """One replica: the pool's experts in actors, and the API over them (``__serve_build_asgi_app__``)."""
 
     async def __init__(self, pool_data: dict[str, Any], pool_source: str, service: dict[str, Any] | None, host: str):
-        from experts.pool import ExpertPool
+        from experts.runtime.pool import ExpertPool
         from orchestrator.pipeline import Orchestrator
 
         spec = spec_from(pool_data, pool_source)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from aggregator.strategies import Verdict
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
 from orchestrator.state import ExpertAnswer
 
 TOOL_CALLS_STRATEGY = "tool_calls"

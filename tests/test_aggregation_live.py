@@ -13,8 +13,8 @@ from typing import Any
 import openai
 import pytest
 
-from experts.pool import ExpertPool
-from experts.spec import parse_pool
+from experts.config.pool_spec import parse_pool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
 from tests.conftest import ServerThread

@@ -126,7 +126,7 @@ def test_bench_aggregators_measures_stores_and_the_router_uses_it(
     stored = ProfileStore(redis_url, "choice-live").load_document("aggregators")
     assert stored is not None and stored["default"] == figures["default"] in ("conductor", "generalist")
 
-    from experts.spec import load_pool
+    from experts.config.pool_spec import load_pool
     from router.factory import load_aggregator_choice
 
     spec["aggregation"] = {"choice": {"redis": redis_url}}

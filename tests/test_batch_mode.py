@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from experts.dispatcher import Dispatcher
+from experts.runtime.dispatch.dispatcher import Dispatcher
 from orchestrator.batch import BatchRunner
 from orchestrator.batch_io import BatchInputError, ProgressLog, read_items
 from orchestrator.pipeline import Orchestrator

@@ -7,10 +7,10 @@ import time
 
 import pytest
 
+from experts.actor.batcher import RequestBatcher
 from experts.backends.base import BackendError
 from experts.backends.echo import EchoBackend
-from experts.batcher import RequestBatcher
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 from experts.types import GenerationRequest, Message, TextDelta
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from experts.breaker import CircuitBreaker
-from experts.resilience_spec import BreakerSpec
+from experts.config.resilience_spec import BreakerSpec
+from experts.runtime.breaker import CircuitBreaker
 
 
 class FakeClock:

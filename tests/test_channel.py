@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 
 from experts.channel import ChannelClient, ChannelLost, ChannelServer, RemoteError
-from experts.pool import ExpertPool
-from experts.spec import parse_pool
+from experts.config.pool_spec import parse_pool
+from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from tests.conftest import echo_pool_spec
 from tests.test_faults import killed

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
-from experts.continuous import ContinuousEngine, PromptTooLong
-from experts.decoding import EngineOutput, SamplingParams
-from experts.engine import BatchDecoder
+from experts.engine.continuous import ContinuousEngine, PromptTooLong
+from experts.engine.decoding import EngineOutput, SamplingParams
+from experts.engine.static import BatchDecoder
 
 pytestmark = pytest.mark.model
 
@@ -41,7 +41,7 @@ class Loaded:
     def __init__(self, attn_implementation: str = "sdpa") -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from experts.embedded import prepare_model, resolve_model
+        from experts.engine.embedded import prepare_model, resolve_model
 
         directory = prepare_model(resolve_model(MODEL))
         self.tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -231,9 +231,9 @@ def test_eager_attention_takes_the_additive_mask() -> None:
 
 
 async def test_local_backend_batches_join_the_running_loop(loaded: Loaded) -> None:
-    from experts.actor import ExpertActor
+    from experts.actor.expert_actor import ExpertActor
     from experts.backends.local import LocalBackend
-    from experts.spec import ExpertSpec
+    from experts.config.pool_spec import ExpertSpec
     from experts.types import GenerationRequest, Message
 
     spec = {"name": "cb", "backend": "local", "model": MODEL, "batching": {"max_batch_size": 4}}
@@ -263,7 +263,7 @@ async def test_local_backend_batches_join_the_running_loop(loaded: Loaded) -> No
 def test_engine_option_is_checked() -> None:
     from experts.backends.base import BackendError
     from experts.backends.local import LocalBackend
-    from experts.spec import ExpertSpec
+    from experts.config.pool_spec import ExpertSpec
 
     static = LocalBackend(ExpertSpec(name="s", backend="local", model=MODEL, options={"engine": "static"}))
     assert not static.joins_running_batch and static.describe()["engine"] == "static"

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from experts import scheduler
-from experts.dispatcher import Dispatcher, dispatching
-from experts.pool import ExpertCallFailed, ExpertPool
-from experts.scheduler import QueueView
+from experts.runtime.dispatch import scheduler
+from experts.runtime.dispatch.dispatcher import Dispatcher, dispatching
+from experts.runtime.dispatch.scheduler import QueueView
+from experts.runtime.pool import ExpertCallFailed, ExpertPool
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline import Orchestrator
 from orchestrator.state import PipelineRequest

@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from experts.pool import ExpertPool
-from experts.spec import RoutingSpec, load_pool
+from experts.config.pool_spec import RoutingSpec, load_pool
+from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.api.app import create_app
 from orchestrator.batch import BatchRunner

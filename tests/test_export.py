@@ -12,7 +12,7 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 
-from experts.pool import ExpertPool
+from experts.runtime.pool import ExpertPool
 from experts.types import Message
 from orchestrator.export import moesaic_subgraph, moesaic_tool, to_moesaic_messages
 from orchestrator.pipeline import Orchestrator

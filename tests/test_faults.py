@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
+from experts.config.pool_spec import PoolSpec, parse_pool
 from experts.errors import ExpertCallFailed, ExpertUnavailable
-from experts.pool import ExpertPool
-from experts.spec import PoolSpec, parse_pool
+from experts.runtime.pool import ExpertPool
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.graph import AllExpertsFailed
 from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, TextEvent
@@ -262,7 +262,7 @@ async def test_a_killed_actor_mid_request_is_restarted_and_the_request_answered(
 
 async def test_a_restarted_residency_managed_expert_is_loaded_again(ray_session: None) -> None:
 
-    from experts.dispatcher import dispatching
+    from experts.runtime.dispatch.dispatcher import dispatching
     from tests.dispatch_fakes import residency_spec
 
     pool = await started(residency_spec("ab", budget_gb=2.0))

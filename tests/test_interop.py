@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from experts.pool import ExpertPool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
 from tests.conftest import ServerThread, echo_pool_spec

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from experts.pool import ExpertPool
-from experts.spec import parse_pool
+from experts.config.pool_spec import parse_pool
+from experts.runtime.pool import ExpertPool
 from experts.types import Message
 from orchestrator.pipeline import Orchestrator
 from orchestrator.state import PipelineRequest

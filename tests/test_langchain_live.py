@@ -21,8 +21,8 @@ from langchain_core.tools import tool
 from langchain_moesaic import ChatMoesaic
 from pydantic import BaseModel
 
-from experts.pool import ExpertPool
-from experts.spec import parse_pool
+from experts.config.pool_spec import parse_pool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
 from tests.conftest import ServerThread

@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from experts.backends.litellm_backend import LiteLLMBackend
-from experts.pool import ExpertPool
-from experts.spec import ExpertSpec, parse_pool
+from experts.config.pool_spec import ExpertSpec, parse_pool
+from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message, TextDelta
 from tests.conftest import ServerThread
 

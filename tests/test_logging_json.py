@@ -18,8 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from experts.actor import ExpertActor
-from experts.pool import ExpertPool
+from experts.actor.expert_actor import ExpertActor
+from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.api.app import create_app
 from orchestrator.observability import context
@@ -91,14 +91,14 @@ def test_text_format_for_people() -> None:
 async def test_actor_logs_each_batch_with_its_request_ids(caplog: pytest.LogCaptureFixture) -> None:
     actor = ExpertActor(echo_pool_spec("log-actor").expert("a").model_dump())
     await actor.start()
-    with caplog.at_level(logging.INFO, logger="experts.actor"):  # the service's default level: no line
+    with caplog.at_level(logging.INFO, logger="experts.actor.expert_actor"):  # the service's default level: no line
         await actor.generate_batch([GenerationRequest([Message("user", "hi")], request_id="req-0")])
-    assert not [r for r in caplog.records if r.name == "experts.actor"]
-    with caplog.at_level(logging.DEBUG, logger="experts.actor"):
+    assert not [r for r in caplog.records if r.name == "experts.actor.expert_actor"]
+    with caplog.at_level(logging.DEBUG, logger="experts.actor.expert_actor"):
         await actor.generate_batch(
             [GenerationRequest([Message("user", "hi")], request_id=rid) for rid in ("req-1", "req-2")]
         )
-    [record] = [r for r in caplog.records if r.name == "experts.actor"]
+    [record] = [r for r in caplog.records if r.name == "experts.actor.expert_actor"]
     assert record.request_ids == ["req-1", "req-2"] and record.batch_size == 2  # type: ignore[attr-defined]
     assert record.request_id is None and record.outcome == "ok"  # type: ignore[attr-defined]  # two requests
     assert record.levelno == logging.DEBUG
@@ -108,9 +108,9 @@ async def test_a_failed_batch_is_a_warning_with_its_request_ids(caplog: pytest.L
     spec = echo_pool_spec("log-actor-fails", fail_generate=True, error_code="rate_limited").expert("a")
     actor = ExpertActor(spec.model_dump())
     await actor.start()
-    with caplog.at_level(logging.INFO, logger="experts.actor"):
+    with caplog.at_level(logging.INFO, logger="experts.actor.expert_actor"):
         await actor.generate_batch([GenerationRequest([Message("user", "hi")], request_id="req-9")])
-    [record] = [r for r in caplog.records if r.name == "experts.actor"]
+    [record] = [r for r in caplog.records if r.name == "experts.actor.expert_actor"]
     assert record.levelno == logging.WARNING and record.request_id == "req-9"  # type: ignore[attr-defined]
     assert record.outcome == "1 of 1 failed"  # type: ignore[attr-defined]
 
@@ -170,4 +170,4 @@ def test_request_id_from_header_to_access_log_and_every_expert_call(
     batches = actor_lines(request_id, expected=3)
     assert sorted(str(line["expert"]) for line in batches) == ["a", "b", "b"]
     assert all(line["request_ids"] == [request_id] and line["request_id"] == request_id for line in batches)
-    assert all(line["logger"] == "experts.actor" and line["level"] == "DEBUG" for line in batches)
+    assert all(line["logger"] == "experts.actor.expert_actor" and line["level"] == "DEBUG" for line in batches)

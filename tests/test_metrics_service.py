@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from experts.pool import ExpertPool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.observability.exposition import Exposition
 from orchestrator.observability.metrics import LATENCY_BUCKETS, ServiceMetrics

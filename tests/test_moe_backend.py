@@ -18,9 +18,9 @@ import torch
 
 from experts.backends import create_backend
 from experts.backends.base import BackendError
+from experts.config.pool_spec import parse_pool
 from experts.moe.options import RoutingOptions
-from experts.pool import ExpertPool
-from experts.spec import parse_pool
+from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
@@ -35,7 +35,7 @@ QUESTIONS = ["What is two plus two?", "Name a colour of the sky at noon on a cle
 def moe_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import transformers as t
 
-    from experts.embedded import prepare_model, resolve_model
+    from experts.engine.embedded import prepare_model, resolve_model
 
     tokenizer = t.AutoTokenizer.from_pretrained(prepare_model(resolve_model("embedded:smollm2-135m-instruct")))
     config = t.Qwen3MoeConfig(

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from experts.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
+from experts.runtime.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, TextEvent
 from orchestrator.state import PipelineRequest

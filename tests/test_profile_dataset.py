@@ -14,8 +14,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from experts.pool import ExpertPool
-from experts.spec import load_pool
+from experts.config.pool_spec import load_pool
+from experts.runtime.pool import ExpertPool
 from orchestrator.cli import app
 from router.dataset import load_dataset, read_results, results_table, run_profiling
 from router.outcomes import OutcomeFileError

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from experts.pool import ExpertPool
-from experts.spec import load_pool
+from experts.config.pool_spec import load_pool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.cli import app as cli
 from orchestrator.pipeline import Orchestrator

@@ -8,9 +8,9 @@ import random
 
 import pytest
 
-from experts.lifecycle import ModelLifecycle, loaded_bytes, weights_gb
-from experts.residency import ExpertFootprint, ResidencyError, ResidencyManager
-from experts.spec import ExpertSpec, PoolFileError, parse_pool
+from experts.actor.lifecycle import ModelLifecycle, loaded_bytes, weights_gb
+from experts.config.pool_spec import ExpertSpec, PoolFileError, parse_pool
+from experts.runtime.dispatch.residency import ExpertFootprint, ResidencyError, ResidencyManager
 
 
 class FakeActors:
@@ -184,7 +184,7 @@ async def test_on_a_gpu_parking_keeps_the_weights_in_host_ram() -> None:
 
 @pytest.mark.model
 def test_the_footprint_is_measured_from_the_weights_in_the_dtype_they_load_in() -> None:
-    from experts.embedded import prepare_model, resolve_model
+    from experts.engine.embedded import prepare_model, resolve_model
 
     cpu = weights_gb(SPEC)  # fp32 on CPU: 135M parameters x 4 bytes
     assert 0.45 < cpu < 0.56

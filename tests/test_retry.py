@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
+from experts.config.pool_spec import PoolFileError, parse_pool
+from experts.config.resilience_spec import ResilienceSpec, RetrySpec
 from experts.errors import ExpertCallFailed, ExpertUnavailable
-from experts.guarded import GuardedExpert
-from experts.resilience_spec import ResilienceSpec, RetrySpec
-from experts.retry import (
+from experts.runtime.guarded import GuardedExpert
+from experts.runtime.retry import (
     ACTOR_DIED,
     EXPERT_TIMEOUT,
     Backoff,
@@ -21,7 +22,6 @@ from experts.retry import (
     is_client_mistake,
     is_transient,
 )
-from experts.spec import PoolFileError, parse_pool
 from experts.types import Completion, GenerationRequest, Message, Usage
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
 from router import NoExpertAvailable, SkillRouter
 
 

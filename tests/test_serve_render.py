@@ -16,8 +16,8 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from experts.placement import bundles_for
-from experts.spec import PoolFileError, load_pool, parse_pool
+from experts.config.pool_spec import PoolFileError, load_pool, parse_pool
+from experts.runtime.placement import bundles_for
 from orchestrator.deploy_cli import pool_document, ray_service, render_files, serve_config
 from orchestrator.serve_app import INGRESS_NAME, build
 
@@ -162,7 +162,7 @@ def test_render_command(tmp_path: Path) -> None:
 def test_placement_group_created_once_and_removed(ray_session: None) -> None:
     from ray.util import placement_group_table
 
-    from experts.placement import ExpertPlacement
+    from experts.runtime.placement import ExpertPlacement
 
     spec = parse_pool(pool(), "p.yaml")
     placement = ExpertPlacement("prod")

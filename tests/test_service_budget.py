@@ -18,8 +18,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from experts.pool import ExpertPool
-from experts.spec import PoolSpec, parse_pool
+from experts.config.pool_spec import PoolSpec, parse_pool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
 from orchestrator.service.auth import Authenticator, KeyStore, hash_key, new_key

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from experts.pool import ExpertPool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
 from orchestrator.service.config import ServiceConfig

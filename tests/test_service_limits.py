@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from experts.pool import ExpertPool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.pipeline import Orchestrator
 from orchestrator.service.config import LimitsSection, ServiceConfig

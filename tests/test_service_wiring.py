@@ -16,7 +16,7 @@ import openai
 import pytest
 import redis
 
-from experts.pool import ExpertPool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.app import create_app
 from orchestrator.config import ServeSettings
 from orchestrator.pipeline import Orchestrator

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from experts.backends.base import Backend, BackendError, DeltaSink
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 
 
 def create_backend(spec: ExpertSpec) -> Backend:

@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from experts.backends.base import BackendError, DeltaSink
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
 
 _PASSED_OPTIONS = ("api_base", "api_version", "timeout", "num_retries", "extra_headers")

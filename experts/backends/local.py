@@ -7,14 +7,14 @@ than one thread each.
 
 Two engines (pool file ``options.engine``, ``local`` backend only):
 
-- ``continuous`` (default): one ``experts.continuous.ContinuousEngine`` per model, a decode
+- ``continuous`` (default): one ``experts.engine.continuous.ContinuousEngine`` per model, a decode
   loop over ``options.max_slots`` slots (default: ``batching.max_batch_size``) of
   ``options.max_len`` tokens (default: the model's context, at most 2048). Every batch the
   actor hands over is submitted to the running loop and joins it between two decode steps,
   so the actor lets several batches through at once (``joins_running_batch``). A
   completion's ``batch_size`` is the most requests that shared a forward with it; its
   ``latency_s`` runs from this call to its own last token.
-- ``static``: ``experts.engine.BatchDecoder``, one batch per call, run to its end in a
+- ``static``: ``experts.engine.static.BatchDecoder``, one batch per call, run to its end in a
   worker thread. The ``moe`` backend always uses it (its routing options apply per forward).
 """
 
@@ -26,7 +26,7 @@ import time
 from typing import Any, Callable
 
 from experts.backends.base import BackendError, DeltaSink
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
@@ -35,7 +35,7 @@ ENGINES = ("continuous", "static")
 
 
 class LocalBackend:
-    """Runs one local model with batched decoding (see ``experts.engine``)."""
+    """Runs one local model with batched decoding (see ``experts.engine.static``)."""
 
     def __init__(self, spec: ExpertSpec) -> None:
         self.spec = spec
@@ -81,7 +81,7 @@ class LocalBackend:
         import torch
         from transformers.utils import logging as hf_logging
 
-        from experts.engine import BatchDecoder
+        from experts.engine.static import BatchDecoder
 
         hf_logging.disable_progress_bar()  # one bar per actor per load only clutters the server log
         torch.set_num_threads(self.spec.resources.torch_threads)
@@ -105,7 +105,7 @@ class LocalBackend:
         """Start the continuous engine on the loaded model (no-op for the static engine or if running)."""
         if not self.joins_running_batch or self._continuous is not None:
             return
-        from experts.continuous import ContinuousEngine
+        from experts.engine.continuous import ContinuousEngine
 
         context = self._decoder.context_window
         max_len = _positive_option(self.spec, "max_len", min(context, 2048))
@@ -133,7 +133,7 @@ class LocalBackend:
         """(model on ``device``, tokenizer, directory) for the pool entry's ``model``."""
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        from experts.embedded import prepare_model, resolve_model
+        from experts.engine.embedded import prepare_model, resolve_model
 
         directory = prepare_model(resolve_model(self.spec.model))
         tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -198,7 +198,7 @@ class LocalBackend:
         return submitted
 
     def _params(self, request: GenerationRequest) -> Any:
-        from experts.decoding import SamplingParams
+        from experts.engine.decoding import SamplingParams
 
         return SamplingParams(
             max_tokens=request.max_tokens or self.spec.generation.max_tokens,

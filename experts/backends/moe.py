@@ -20,8 +20,8 @@ from typing import Any
 
 from experts.backends.base import BackendError
 from experts.backends.local import LocalBackend, TextSinkFn
+from experts.config.pool_spec import ExpertSpec
 from experts.moe.options import NO_OPTIONS, RoutingOptions
-from experts.spec import ExpertSpec
 from experts.types import Completion, GenerationRequest
 
 ENGINES = ("auto", "triton", "packed", "grouped", "reference")

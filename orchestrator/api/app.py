@@ -18,9 +18,9 @@ from typing import Any, AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from experts.pool import ExpertPool
+from experts.config.pool_spec import PoolSpec, load_pool
 from experts.pricing import Price, price_of, unpriced, unpriced_warning
-from experts.spec import PoolSpec, load_pool
+from experts.runtime.pool import ExpertPool
 from orchestrator.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.api.chat import router as chat_router
 from orchestrator.api.errors import APIError, install_error_handlers

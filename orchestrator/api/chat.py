@@ -13,8 +13,8 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
-from experts.pool import ExpertCallFailed, ExpertUnavailable
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
+from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.api.body import parse_json_object
 from orchestrator.api.errors import APIError, from_validation_error

@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
 from orchestrator.api.errors import APIError
 from orchestrator.api.schemas import ChatCompletionRequest
 from orchestrator.service.auth import ANONYMOUS, Principal

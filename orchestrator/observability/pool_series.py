@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from experts.dispatcher import Dispatcher
+from experts.runtime.dispatch.dispatcher import Dispatcher
 from orchestrator.observability.exposition import Exposition
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)

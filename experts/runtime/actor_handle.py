@@ -3,7 +3,7 @@
 Each try is bounded by a timeout (for a stream: the wait for the first piece and between
 pieces); a try whose caller is cancelled (the client went away) or that times out cancels its
 Ray task, so the actor's batcher drops the request if it has not started. Ray's failures
-become ``ExpertCallFailed`` with a code ``experts.retry`` understands:
+become ``ExpertCallFailed`` with a code ``experts.runtime.retry`` understands:
 
 * the actor died (``ActorDiedError``, e.g. killed or out of memory): a replacement actor is
   created with the same options and started (loaded) in the background; the try fails with
@@ -19,7 +19,7 @@ tells a dead actor (restart) from a live one.
 
 The handle keeps the actor's last health report; a health probe that times out (a busy
 machine loading models) keeps it and adds ``"probe": "slow"`` instead of declaring the actor
-lost. Retries and the circuit breaker are ``experts.guarded``'s business, not this one's.
+lost. Retries and the circuit breaker are ``experts.runtime.guarded``'s business, not this one's.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from typing import Any
 
 from experts.channel import DATA_METHODS, ChannelClient, ChannelLost, RemoteError, remove_socket_folder
 from experts.errors import ExpertCallFailed
-from experts.retry import ACTOR_DIED, ACTOR_UNAVAILABLE, EXPERT_TIMEOUT
+from experts.runtime.retry import ACTOR_DIED, ACTOR_UNAVAILABLE, EXPERT_TIMEOUT
 from experts.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)

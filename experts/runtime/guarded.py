@@ -6,7 +6,7 @@ Every call from the pool goes through here. A call is one or more *tries*:
    ``ExpertUnavailable``, so routing recruits someone else);
 2. the try runs on the actor (``ActorHandle``) within the expert's ``resilience.timeout_s``;
 3. its outcome goes to the breaker: a success, a failure, or neither for a caller's mistake;
-4. a transient failure (``experts.retry``) is tried again after an exponential, jittered
+4. a transient failure (``experts.runtime.retry``) is tried again after an exponential, jittered
    wait, or, when the actor died, once its replacement is ready; a stream only until its
    first piece went out (after that the caller already holds part of an answer).
 
@@ -24,11 +24,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import Any
 
-from experts.actor_handle import ActorHandle
-from experts.breaker import CircuitBreaker, Ticket
+from experts.config.resilience_spec import ResilienceSpec
 from experts.errors import ExpertCallFailed, ExpertUnavailable
-from experts.resilience_spec import ResilienceSpec
-from experts.retry import ACTOR_DIED, Backoff, classified, is_client_mistake, is_transient
+from experts.runtime.actor_handle import ActorHandle
+from experts.runtime.breaker import CircuitBreaker, Ticket
+from experts.runtime.retry import ACTOR_DIED, Backoff, classified, is_client_mistake, is_transient
 from experts.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)

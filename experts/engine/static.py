@@ -7,9 +7,9 @@ left-padded so all rows decode in lock-step; explicit position ids keep padding 
 shifting positions.
 
 This is the *static* engine: a batch runs from start to end and nobody joins it. The
-``local`` backend uses ``experts.continuous.ContinuousEngine`` by default; the ``moe``
+``local`` backend uses ``experts.engine.continuous.ContinuousEngine`` by default; the ``moe``
 backend, and ``local`` with ``options.engine: static``, use this one. What both engines do
-per request (sampling, stop strings, streaming hold-back) is in ``experts.decoding``.
+per request (sampling, stop strings, streaming hold-back) is in ``experts.engine.decoding``.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from experts.decoding import EngineOutput, RowDecoder, RowState, SamplingParams, TextSink
+from experts.engine.decoding import EngineOutput, RowDecoder, RowState, SamplingParams, TextSink
 
 __all__ = ["BatchDecoder", "EngineOutput", "SamplingParams", "TextSink"]
 

@@ -1,7 +1,7 @@
 """What both local engines do per request, in one place: sample, detokenise, stop, stream.
 
-``BatchDecoder`` (a static batch, ``experts.engine``) and ``ContinuousEngine`` (slots that
-requests join and leave, ``experts.continuous``) differ only in how they run the model. Turning
+``BatchDecoder`` (a static batch, ``experts.engine.static``) and ``ContinuousEngine`` (slots that
+requests join and leave, ``experts.engine.continuous``) differ only in how they run the model. Turning
 a row of logits into the next token, the token into text, noticing EOS, stop strings and
 max_tokens, and deciding how much text is safe to stream are the same for both, so they
 live here and both engines call them.

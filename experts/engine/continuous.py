@@ -3,13 +3,13 @@
 Why: with a static batch, a request that arrives while a batch is decoding waits for the
 whole batch to finish, and short answers hold their row until the longest is done. Here a
 background thread owns a decode loop over ``max_slots`` slots of a preallocated KV cache
-(``experts.slot_cache.SlotCache``). Between two decode steps, waiting requests are prefilled
+(``experts.engine.slot_cache.SlotCache``). Between two decode steps, waiting requests are prefilled
 into free slots and join the next step; a request that is done (EOS, stop string,
 max_tokens) leaves at once and its slot is reused. Each decode step is one forward for all
 running requests, one new token each, with per-row positions and a 4D attention mask that
 covers only the longest running sequence. transformers still computes the forward; the loop,
 the cache and the mask are ours. Sampling, stop strings and streaming hold-back are shared
-with the static engine (``experts.decoding``).
+with the static engine (``experts.engine.decoding``).
 
 A forward that raises fails the requests that were in it; the loop goes on with the next.
 
@@ -29,8 +29,8 @@ from typing import Any, Callable
 
 import torch
 
-from experts.decoding import EngineOutput, RowDecoder, RowState, SamplingParams
-from experts.slot_cache import SlotCache
+from experts.engine.decoding import EngineOutput, RowDecoder, RowState, SamplingParams
+from experts.engine.slot_cache import SlotCache
 
 PieceSink = Callable[[str], None]  # new text of one request, called on the engine's thread
 

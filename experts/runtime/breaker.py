@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from experts.resilience_spec import BreakerSpec
+from experts.config.resilience_spec import BreakerSpec
 
 BreakerState = Literal["closed", "open", "half_open"]
 

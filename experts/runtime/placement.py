@@ -3,7 +3,7 @@
 An expert with ``resources.num_gpus > 1`` gets a placement group before its actor starts: its
 GPUs (and CPUs) are reserved together on one node (``STRICT_PACK``), atomically, and the actor
 runs inside the group. The group outlives the actor: when a dead actor is replaced
-(``experts/actor_handle.py``) the new one starts in the same group, on GPUs still held for it,
+(``experts/runtime/actor_handle.py``) the new one starts in the same group, on GPUs still held for it,
 instead of competing for GPUs again. The pool removes the groups when it shuts down.
 
 The group has one bundle holding all of the expert's GPUs rather than one bundle per GPU: a Ray
@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 
 STRATEGY = "STRICT_PACK"
 

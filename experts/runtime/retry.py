@@ -19,7 +19,7 @@ import random
 import re
 from dataclasses import dataclass
 
-from experts.resilience_spec import RetrySpec
+from experts.config.resilience_spec import RetrySpec
 from experts.types import Completion
 
 # our own codes for failures seen by the pool

@@ -1,6 +1,6 @@
 """One expert's model going in and out of memory inside its actor: load, park, unload, timed and counted.
 
-The residency manager (driver side, ``experts/residency.py``) decides *when* an expert loads
+The residency manager (driver side, ``experts/runtime/dispatch/residency.py``) decides *when* an expert loads
 or leaves; this object decides *how* for one backend, and keeps the counts that ``/healthz``
 and ``/metrics`` report. Parking means "weights to host RAM, back to the GPU quickly"; it only
 exists for models on a GPU. On a CPU the weights already live in host RAM, so parking would
@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from experts.spec import ExpertSpec
+from experts.config.pool_spec import ExpertSpec
 
 Residency = Literal["disk", "parked", "resident"]
 
@@ -103,25 +103,20 @@ class ModelLifecycle:
         return {"seconds": round(seconds, 6), **self.facts()}
 
 
-def on_gpu(spec: ExpertSpec) -> bool:
-    """Whether the expert's weights live in GPU memory (so parking in host RAM frees something)."""
-    return spec.resources.num_gpus > 0 or spec.resources.device == "cuda"
-
-
 def weights_gb(spec: ExpertSpec) -> float:
     """What the loaded expert occupies: ``residency.memory_gb`` if declared, else measured from its weights."""
     if spec.residency.memory_gb is not None:
         return spec.residency.memory_gb
     if spec.backend not in ("local", "moe"):
         return 0.0
-    dtype = str(spec.options.get("dtype", "bfloat16" if on_gpu(spec) else "float32"))
+    dtype = str(spec.options.get("dtype", "bfloat16" if spec.on_gpu else "float32"))
     return loaded_bytes(_model_directory(spec), _DTYPE_BYTES.get(dtype)) / 1024**3
 
 
 def _model_directory(spec: ExpertSpec) -> Path:
     if spec.backend == "moe":
         return Path(spec.model).expanduser()
-    from experts.embedded import prepare_model, resolve_model
+    from experts.engine.embedded import prepare_model, resolve_model
 
     return prepare_model(resolve_model(spec.model))  # GGUF: dequantised once (and cached) for the measure
 

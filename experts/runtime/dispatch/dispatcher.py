@@ -4,7 +4,7 @@ When the pool holds more local models than fit in memory, running requests in ar
 spends the time loading. The dispatcher instead lets routed requests wait in one queue per
 expert, runs an expert over everything queued for it as one batch (Symbolic-MoE: group work
 by assigned expert so each model loads once), picks the next expert with
-``experts.scheduler`` (overdue first, then resident, then most work), and tells the
+``experts.runtime.dispatch.scheduler`` (overdue first, then resident, then most work), and tells the
 ``ResidencyManager`` what is queued, so eviction keeps the experts needed next and the next
 expert is prefetched while another one runs (Read-ME, Pre-gated MoE).
 
@@ -22,11 +22,10 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-from experts import scheduler
-from experts.lifecycle import on_gpu
-from experts.pool import ExpertCallFailed, ExpertPool
-from experts.residency import ExpertFootprint, ResidencyManager
-from experts.spec import PoolSpec
+from experts.config.pool_spec import PoolSpec
+from experts.runtime.dispatch import scheduler
+from experts.runtime.dispatch.residency import ExpertFootprint, ResidencyManager
+from experts.runtime.pool import ExpertCallFailed, ExpertPool
 from experts.types import Completion, GenerationRequest
 
 _END = object()  # closes a streamed job's delta queue
@@ -319,7 +318,7 @@ def _footprint(spec: PoolSpec, name: str, facts: dict[str, Any]) -> ExpertFootpr
         name,
         float(facts.get("memory_gb") or 0.0),
         str(facts.get("node") or "local"),
-        on_gpu(spec.expert(name)),
+        spec.expert(name).on_gpu,
         state if state in ("disk", "parked", "resident") else "disk",
     )
 

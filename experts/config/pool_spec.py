@@ -13,9 +13,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from experts.config_errors import describe, read_yaml
-from experts.resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
-from experts.serve_spec import ServeSpec
+from experts.config.errors import describe, read_yaml
+from experts.config.resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
+from experts.config.serve_spec import ServeSpec
 
 # "moe": a local Mixture-of-Experts checkpoint on our MoE kernel path (experts/moe/);
 # "echo" exists only for overhead benchmarks and fault injection.
@@ -23,7 +23,7 @@ BackendName = Literal["litellm", "local", "moe", "echo"]
 
 _NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 
-POOLS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "pools"
+POOLS_DIR = Path(__file__).resolve().parents[2] / "deploy" / "pools"
 
 
 class PoolFileError(ValueError):
@@ -137,6 +137,11 @@ class ExpertSpec(_Strict):
         return {skill.strip().lower().replace(" ", "_"): score for skill, score in value.items()}
 
     @property
+    def on_gpu(self) -> bool:
+        """Whether the expert's weights live in GPU memory (so parking in host RAM frees something)."""
+        return self.resources.num_gpus > 0 or self.resources.device == "cuda"
+
+    @property
     def supports_tools(self) -> bool:
         """Whether the request's tools, tool_choice and response_format reach this expert's model.
 
@@ -196,7 +201,7 @@ class RoutingSpec(_Strict):
 
 
 class ResidencySpec(_Strict):
-    """Pool-wide residency: local experts load on demand within a memory budget per node (experts/residency.py).
+    """Pool-wide residency: local experts load on demand within a memory budget per node (runtime/dispatch/).
 
     Without this section every expert loads at start and stays loaded. With it, the actors of
     local experts start empty and a dispatcher loads, parks and unloads them as work arrives.

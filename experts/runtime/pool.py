@@ -5,12 +5,12 @@ one ``ExpertActor`` per expert with the resources its pool entry asks for, and k
 health table. Callers use expert names; the pool turns them into actor calls and Ray's
 failures into ``ExpertUnavailable``/``ExpertCallFailed`` with the expert's name in them.
 
-Every call goes through the expert's ``GuardedExpert`` (``experts/guarded.py``): a timeout per
+Every call goes through the expert's ``GuardedExpert`` (``experts/runtime/guarded.py``): a timeout per
 try, retries of transient failures with backoff, a circuit breaker that makes a failing expert
-unroutable for a cool-down, and a new actor when the old one died (``experts/actor_handle.py``).
-Settings come from the pool file's ``resilience`` sections (``experts/resilience_spec.py``).
+unroutable for a cool-down, and a new actor when the old one died (``experts/runtime/actor_handle.py``).
+Settings come from the pool file's ``resilience`` sections (``experts/config/resilience_spec.py``).
 In a pool with a ``residency`` section the local experts' actors start without loading;
-``experts.dispatcher.Dispatcher`` then drives ``control`` (load/park/unload) and ``generate_batch``.
+``experts.runtime.dispatch.dispatcher.Dispatcher`` then drives ``control`` (load/park/unload) and ``generate_batch``.
 """
 
 from __future__ import annotations
@@ -27,13 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Literal
 
-from experts.actor import ExpertActor
-from experts.actor_handle import ActorHandle
-from experts.breaker import BreakerState
+from experts.actor.expert_actor import ExpertActor
+from experts.config.pool_spec import ExpertSpec, PoolSpec
 from experts.errors import ExpertCallFailed, ExpertUnavailable
-from experts.guarded import GuardedExpert
-from experts.placement import ExpertPlacement
-from experts.spec import ExpertSpec, PoolSpec
+from experts.runtime.actor_handle import ActorHandle
+from experts.runtime.breaker import BreakerState
+from experts.runtime.guarded import GuardedExpert
+from experts.runtime.placement import ExpertPlacement
 from experts.types import Completion, GenerationRequest
 
 __all__ = ["ExpertCallFailed", "ExpertPool", "ExpertUnavailable"]
@@ -62,7 +62,7 @@ class ExpertPool:
         self._experts: dict[str, GuardedExpert] = {}
         self._remote_class: Any = None
         self._owns_ray = False
-        self.dispatcher: Any = None  # its one Dispatcher, if any (experts.dispatcher.dispatching)
+        self.dispatcher: Any = None  # its one Dispatcher, if any (experts.runtime.dispatch.dispatcher.dispatching)
         self._placement = ExpertPlacement(spec.name)  # placement groups of multi-GPU experts
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -6,7 +6,7 @@ through its actor's ``RequestBatcher``, so requests are batched by assigned expe
 
 In a pool with a ``residency`` section the actor starts without loading its model (it only
 measures what the model will occupy); the dispatcher then calls ``load``, ``park`` and
-``unload`` (``experts/lifecycle.py``) as its queues say which experts are needed next.
+``unload`` (``experts/actor/lifecycle.py``) as its queues say which experts are needed next.
 """
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ import time
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
+from experts.actor.batcher import RequestBatcher
+from experts.actor.lifecycle import ModelLifecycle, weights_gb
 from experts.backends import create_backend
-from experts.batcher import RequestBatcher
 from experts.channel import ChannelServer
-from experts.lifecycle import ModelLifecycle, weights_gb
+from experts.config.pool_spec import ExpertSpec
 from experts.log_format import configure_from_env
-from experts.spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, Message, TextDelta
 
 log = logging.getLogger(__name__)
