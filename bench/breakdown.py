@@ -49,9 +49,9 @@ from experts.backends.litellm_backend import LiteLLMBackend  # noqa: E402
 from experts.config.pool_spec import parse_pool  # noqa: E402
 from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
-from orchestrator.graph import PipelineNodes  # noqa: E402
-from orchestrator.pipeline import Orchestrator  # noqa: E402
-from orchestrator.state import PipelineRequest, PipelineState  # noqa: E402
+from orchestrator.pipeline.graph import PipelineNodes  # noqa: E402
+from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
+from orchestrator.pipeline.state import PipelineRequest, PipelineState  # noqa: E402
 
 LAYERS = ("upstream", "litellm", "backend", "actor", "pipeline", "http_app")
 BY_HAND = "nodes_by_hand"
@@ -88,7 +88,7 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
     import litellm
     import ray
 
-    from orchestrator.api.app import create_app
+    from orchestrator.server.api.app import create_app
 
     port = free_port()
     fake = start_fake(port)

@@ -48,9 +48,9 @@ from experts.engine.embedded import prepare_model, resolve_model  # noqa: E402
 from experts.runtime.dispatch.dispatcher import dispatching  # noqa: E402
 from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
-from orchestrator.batch import BatchRunner  # noqa: E402
-from orchestrator.pipeline import Orchestrator  # noqa: E402
-from orchestrator.state import PipelineRequest  # noqa: E402
+from orchestrator.pipeline.batch import BatchRunner  # noqa: E402
+from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
+from orchestrator.pipeline.state import PipelineRequest  # noqa: E402
 
 MODEL = "embedded:smollm2-135m-instruct"
 QUESTIONS = [

@@ -25,8 +25,8 @@ from experts.backends.echo import EchoBackend  # noqa: E402
 from experts.config.pool_spec import parse_pool  # noqa: E402
 from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
-from orchestrator.pipeline import Orchestrator  # noqa: E402
-from orchestrator.state import PipelineRequest  # noqa: E402
+from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
+from orchestrator.pipeline.state import PipelineRequest  # noqa: E402
 
 POOL = {
     "name": "echo-bench",

@@ -20,8 +20,8 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from orchestrator.export import moesaic_subgraph, moesaic_tool
-from orchestrator.pipeline import Orchestrator
+from orchestrator.integrations.langgraph_export import moesaic_subgraph, moesaic_tool
+from orchestrator.pipeline.orchestrator import Orchestrator
 
 
 def build_review_graph(orchestrator: Orchestrator) -> Any:

@@ -9,6 +9,28 @@ was the caller's mistake). Both name the expert in their message.
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ErrorCode(StrEnum):
+    """What kind of failure an expert call had (``Completion.error_code``, ``ExpertCallFailed.code``).
+
+    A ``StrEnum``: a code is its string wherever it travels (across the actor boundary, in JSON, in logs).
+    """
+
+    # failures the pool itself sees
+    EXPERT_TIMEOUT = "expert_timeout"  # the call took longer than the expert's resilience.timeout_s
+    ACTOR_DIED = "actor_died"  # the expert's Ray actor died during the call; the pool restarts it
+    ACTOR_UNAVAILABLE = "actor_unavailable"  # Ray could not reach the actor for a moment
+    # hosted-API failures (from the provider's exception type or HTTP status)
+    RATE_LIMITED = "rate_limited"
+    UPSTREAM_TIMEOUT = "upstream_timeout"
+    UPSTREAM_UNAVAILABLE = "upstream_unavailable"
+    CONNECTION_ERROR = "connection_error"
+    # the caller's mistakes: the same request would fail again anywhere
+    CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
+    INVALID_MOE_ROUTING = "invalid_moe_routing"
+
 
 class ExpertUnavailable(RuntimeError):
     """The expert does not exist or is not healthy (not started, circuit open, restarting)."""

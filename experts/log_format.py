@@ -2,7 +2,7 @@
 
 It lives in ``experts`` because the expert actors run in Ray workers, possibly on other
 machines where only this package travels; the API process uses the same formatters through
-``orchestrator.observability.logs``. Each JSON line has ``ts`` (UTC, ISO 8601), ``level``,
+``orchestrator.server.observability.logs``. Each JSON line has ``ts`` (UTC, ISO 8601), ``level``,
 ``logger``, ``message``, ``request_id`` (null when the line belongs to no request) and every
 ``extra={...}`` field the call passed. The format and level reach the workers through
 ``MOESAIC_LOG_FORMAT`` and ``MOESAIC_LOG_LEVEL``.

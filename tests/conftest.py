@@ -23,7 +23,7 @@ os.environ.setdefault("MOESAIC_LOG_LEVEL", "DEBUG")
 
 from experts.config.pool_spec import PoolSpec, load_pool, parse_pool  # noqa: E402
 from experts.runtime.pool import ExpertPool  # noqa: E402
-from orchestrator.pipeline import Orchestrator  # noqa: E402
+from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +130,7 @@ class ServerThread:
 
 @pytest.fixture(scope="session")
 def api_server(orchestrator: Orchestrator) -> Iterator[ServerThread]:
-    from orchestrator.api.app import create_app
+    from orchestrator.server.api.app import create_app
 
     with ServerThread(create_app(orchestrator=orchestrator)) as server:
         yield server

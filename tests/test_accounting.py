@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from aggregator.strategies import Verdict
 from experts.types import Completion, Usage
-from orchestrator.api.chat import pipeline_metadata
-from orchestrator.state import CallRecord, ExpertAnswer, PipelineResult
+from orchestrator.pipeline.state import CallRecord, ExpertAnswer, PipelineResult
 from router.decision import RoutingDecision
 
 
@@ -34,7 +33,7 @@ def test_usage_sums_keywords_fan_out_and_aggregator_and_lists_each_call() -> Non
     )
     assert result.usage.prompt_tokens == 172 and result.usage.completion_tokens == 128
     assert abs(result.usage.cost - 0.017) < 1e-12
-    metadata = pipeline_metadata(result)
+    metadata = result.metadata()
     assert [(c["expert"], c["role"]) for c in metadata["calls"]] == [
         ("kw", "keywords"),
         ("a", "expert"),

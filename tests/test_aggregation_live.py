@@ -15,8 +15,8 @@ import pytest
 
 from experts.config.pool_spec import parse_pool
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.pipeline import Orchestrator
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
 from tests.conftest import ServerThread
 
 pytestmark = [pytest.mark.ray, pytest.mark.model]

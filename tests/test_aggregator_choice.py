@@ -100,7 +100,7 @@ def test_bench_aggregators_measures_stores_and_the_router_uses_it(
     tmp_path: Path, redis_url: str, ray_session: None
 ) -> None:
     """The embedded model really aggregates each case; the stored choice then picks the aggregator per query."""
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     dataset = tmp_path / "labelled.jsonl"
     items = [{"id": qid, **q.model_dump(exclude_none=True)} for qid, q in QUESTIONS]

@@ -11,10 +11,10 @@ import pytest
 import yaml
 
 from experts.runtime.dispatch.dispatcher import Dispatcher
-from orchestrator.batch import BatchRunner
-from orchestrator.batch_io import BatchInputError, ProgressLog, read_items
-from orchestrator.pipeline import Orchestrator
-from orchestrator.state import PipelineRequest
+from orchestrator.pipeline.batch import BatchRunner
+from orchestrator.pipeline.batch_io import BatchInputError, ProgressLog, read_items
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.pipeline.state import PipelineRequest
 
 
 def write_lines(path: Path, lines: list[Any]) -> Path:
@@ -65,7 +65,7 @@ def test_a_progress_file_of_another_input_is_refused(tmp_path: Path) -> None:
 def test_cli_writes_one_line_per_input_line_in_order_with_errors(ray_session: None, tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     pool = {
         "name": "batch-echo",
@@ -145,7 +145,7 @@ async def test_batch_answers_equal_the_online_pipeline_and_each_expert_loads_onc
 
 
 def item_request(item: dict[str, Any]) -> Any:
-    from orchestrator.batch_io import BatchItem
+    from orchestrator.pipeline.batch_io import BatchItem
 
     return BatchItem.model_validate(item).generation(6, None)
 

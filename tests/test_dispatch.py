@@ -15,8 +15,8 @@ from experts.runtime.dispatch.dispatcher import Dispatcher, dispatching
 from experts.runtime.dispatch.scheduler import QueueView
 from experts.runtime.pool import ExpertCallFailed, ExpertPool
 from experts.types import Completion, GenerationRequest, Message
-from orchestrator.pipeline import Orchestrator
-from orchestrator.state import PipelineRequest
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.pipeline.state import PipelineRequest
 from tests.conftest import ServerThread, echo_pool_spec
 from tests.dispatch_fakes import FakePool, residency_spec
 
@@ -159,8 +159,8 @@ async def test_end_to_end_three_embedded_experts_with_room_for_two(residency_poo
 # -- /metrics ----------------------------------------------------------------------------------
 @pytest.mark.ray
 async def test_metrics_in_prometheus_text_format(ray_session: None) -> None:
-    from orchestrator.api.app import create_app
-    from orchestrator.api.metrics import render
+    from orchestrator.server.api.app import create_app
+    from orchestrator.server.api.metrics import render
 
     plain = ExpertPool(echo_pool_spec("metrics-plain"))
     await plain.start()

@@ -23,11 +23,11 @@ import yaml
 from experts.config.pool_spec import RoutingSpec, load_pool
 from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
-from orchestrator.api.app import create_app
-from orchestrator.batch import BatchRunner
-from orchestrator.graph import PipelineNodes, build_graph
-from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, build_aggregator
-from orchestrator.state import PipelineRequest
+from orchestrator.pipeline.batch import BatchRunner
+from orchestrator.pipeline.graph import PipelineNodes, build_graph
+from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, build_aggregator
+from orchestrator.pipeline.state import PipelineRequest
+from orchestrator.server.api.app import create_app
 from router.factory import load_profiles
 from router.outcomes import load_outcomes
 from router.profiled import ProfiledRouter
@@ -263,7 +263,7 @@ async def test_escalation_over_the_embedded_model(embedded_pool: ExpertPool, tmp
 def test_cli_route_lists_the_plans_and_refuses_a_budget_without_a_plan_policy(pool_file: Path) -> None:
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     shown = CliRunner().invoke(
         app, ["route", DISAGREE, "--pool", str(pool_file), "--policy", "cost", "--budget", "0.5"]

@@ -14,8 +14,8 @@ from langgraph.graph import START, MessagesState, StateGraph
 
 from experts.runtime.pool import ExpertPool
 from experts.types import Message
-from orchestrator.export import moesaic_subgraph, moesaic_tool, to_moesaic_messages
-from orchestrator.pipeline import Orchestrator
+from orchestrator.integrations.langgraph_export import moesaic_subgraph, moesaic_tool, to_moesaic_messages
+from orchestrator.pipeline.orchestrator import Orchestrator
 from tests.conftest import echo_pool_spec
 
 pytestmark = pytest.mark.ray

@@ -16,9 +16,9 @@ from experts.config.pool_spec import PoolSpec, parse_pool
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime.pool import ExpertPool
 from experts.types import Completion, GenerationRequest, Message
-from orchestrator.graph import AllExpertsFailed
-from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, TextEvent
-from orchestrator.state import PipelineRequest
+from orchestrator.pipeline.graph import AllExpertsFailed
+from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, TextEvent
+from orchestrator.pipeline.state import PipelineRequest
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.ray
@@ -158,7 +158,7 @@ async def test_transient_failures_are_retried_and_the_others_are_not(ray_session
 
 # -- timeouts, re-recruiting, partial answers, the breaker ------------------------------------
 async def test_a_timing_out_expert_is_replaced_the_answer_flagged_and_its_circuit_opens(ray_session: None) -> None:
-    from orchestrator.api.app import create_app
+    from orchestrator.server.api.app import create_app
 
     pool = await started(
         fault_pool(

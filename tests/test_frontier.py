@@ -11,7 +11,7 @@ import pytest
 from test_eval_router import run_json, shared_slice
 from typer.testing import CliRunner
 
-from orchestrator.cli import app
+from orchestrator.cli.main import app
 from router.frontier import CostPoint, FrontierRow, hull_accuracy, pool_apgr, single_model_points
 from router.outcomes import OutcomeTable
 

@@ -30,10 +30,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.config import ServeSettings
-from orchestrator.pipeline import Orchestrator
-from orchestrator.service.config import ServiceConfig
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.service.config import ServiceConfig
+from orchestrator.server.settings import ServeSettings
 from tests.conftest import ServerThread, echo_pool_spec
 
 pytestmark = pytest.mark.ray

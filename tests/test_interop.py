@@ -15,8 +15,8 @@ import openai
 import pytest
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.pipeline import Orchestrator
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
 from tests.conftest import ServerThread, echo_pool_spec
 
 pytestmark = pytest.mark.ray

@@ -7,8 +7,8 @@ import pytest
 from experts.config.pool_spec import parse_pool
 from experts.runtime.pool import ExpertPool
 from experts.types import Message
-from orchestrator.pipeline import Orchestrator
-from orchestrator.state import PipelineRequest
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.pipeline.state import PipelineRequest
 from router.keywords import KeywordExtractor, parse_keywords
 
 VOCABULARY = ["math", "code", "writing", "general_knowledge"]

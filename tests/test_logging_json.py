@@ -21,10 +21,10 @@ import pytest
 from experts.actor.expert_actor import ExpertActor
 from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
-from orchestrator.api.app import create_app
-from orchestrator.observability import context
-from orchestrator.observability.logs import configure_logging
-from orchestrator.pipeline import Orchestrator
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.observability import context
+from orchestrator.server.observability.logs import configure_logging
 from tests.conftest import ServerThread, echo_pool_spec
 
 CHAT = "/v1/chat/completions"

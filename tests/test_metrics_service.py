@@ -15,11 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.observability.exposition import Exposition
-from orchestrator.observability.metrics import LATENCY_BUCKETS, ServiceMetrics
-from orchestrator.pipeline import Orchestrator
-from orchestrator.state import CallRecord
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.pipeline.state import CallRecord
+from orchestrator.server.api.app import create_app
+from orchestrator.server.observability.exposition import Exposition
+from orchestrator.server.observability.metrics import LATENCY_BUCKETS, ServiceMetrics
 from tests.conftest import ServerThread, echo_pool_spec
 
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

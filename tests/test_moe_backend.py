@@ -22,8 +22,8 @@ from experts.config.pool_spec import parse_pool
 from experts.moe.options import RoutingOptions
 from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
-from orchestrator.api.app import create_app
-from orchestrator.pipeline import Orchestrator
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
 from tests.conftest import ServerThread
 
 pytestmark = [pytest.mark.model]

@@ -8,8 +8,8 @@ import pytest
 
 from experts.runtime.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
 from experts.types import GenerationRequest, Message
-from orchestrator.pipeline import DecisionEvent, DoneEvent, Orchestrator, TextEvent
-from orchestrator.state import PipelineRequest
+from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, TextEvent
+from orchestrator.pipeline.state import PipelineRequest
 from tests.conftest import echo_pool_spec
 
 pytestmark = [pytest.mark.ray, pytest.mark.model]
@@ -114,7 +114,7 @@ async def test_an_expert_that_fails_while_answering(ray_session: None) -> None:
         await pool.start()
         with pytest.raises(ExpertCallFailed, match="expert 'a' failed: BackendError"):
             await pool.generate("a", GenerationRequest([Message("user", "hi")]))
-        from orchestrator.graph import AllExpertsFailed
+        from orchestrator.pipeline.graph import AllExpertsFailed
 
         with pytest.raises(AllExpertsFailed, match="every recruited expert failed"):
             await Orchestrator(pool).run(PipelineRequest(GenerationRequest([Message("user", "solve 1 + 1")]), k=2))
@@ -148,7 +148,7 @@ def test_cli_ask_explains_and_prints_json(ray_session: None, tmp_path) -> None: 
     import yaml
     from typer.testing import CliRunner
 
-    from orchestrator.cli import app
+    from orchestrator.cli.main import app
 
     pool = {
         "name": "cli-echo",

@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 
 from experts.config.pool_spec import load_pool
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.cli import app as cli
-from orchestrator.pipeline import Orchestrator
+from orchestrator.cli.main import app as cli
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
 from router import RouterSetupError, build_router
 from router.outcomes import load_outcomes
 from router.profiled import ProfiledRouter

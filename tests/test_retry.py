@@ -11,11 +11,9 @@ import pytest
 
 from experts.config.pool_spec import PoolFileError, parse_pool
 from experts.config.resilience_spec import ResilienceSpec, RetrySpec
-from experts.errors import ExpertCallFailed, ExpertUnavailable
+from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable
 from experts.runtime.guarded import GuardedExpert
 from experts.runtime.retry import (
-    ACTOR_DIED,
-    EXPERT_TIMEOUT,
     Backoff,
     classified,
     code_for_message,
@@ -47,7 +45,13 @@ def test_provider_failures_are_classified_by_type_then_status(message: str, code
 
 
 def test_transient_and_client_mistakes() -> None:
-    for code in (EXPERT_TIMEOUT, ACTOR_DIED, "rate_limited", "upstream_unavailable", "connection_error"):
+    for code in (
+        ErrorCode.EXPERT_TIMEOUT,
+        ErrorCode.ACTOR_DIED,
+        "rate_limited",
+        "upstream_unavailable",
+        "connection_error",
+    ):
         assert is_transient(code) and not is_client_mistake(code)
     for code in ("context_length_exceeded", "invalid_moe_routing"):
         assert is_client_mistake(code) and not is_transient(code)
@@ -172,7 +176,9 @@ ASK = GenerationRequest([Message("user", "hi")])
 
 async def test_transient_failures_are_retried_with_backoff_until_an_answer() -> None:
     handle = ScriptedHandle(
-        ExpertCallFailed("slow", EXPERT_TIMEOUT), Completion.failed("RateLimitError: 429", "m"), ok("third time")
+        ExpertCallFailed("slow", ErrorCode.EXPERT_TIMEOUT),
+        Completion.failed("RateLimitError: 429", "m"),
+        ok("third time"),
     )
     expert, waits = guarded(handle)
     assert (await expert.generate(ASK)).text == "third time"
@@ -195,7 +201,9 @@ async def test_a_caller_mistake_and_an_unknown_failure_are_not_retried() -> None
 
 
 async def test_the_last_failure_is_raised_when_tries_run_out_and_a_dead_actor_is_waited_for() -> None:
-    handle = ScriptedHandle(ExpertCallFailed("died", ACTOR_DIED), ExpertCallFailed("late", EXPERT_TIMEOUT))
+    handle = ScriptedHandle(
+        ExpertCallFailed("died", ErrorCode.ACTOR_DIED), ExpertCallFailed("late", ErrorCode.EXPERT_TIMEOUT)
+    )
     expert, waits = guarded(handle, attempts=2)
     with pytest.raises(ExpertCallFailed, match="late"):
         await expert.generate(ASK)
@@ -203,7 +211,7 @@ async def test_the_last_failure_is_raised_when_tries_run_out_and_a_dead_actor_is
 
 
 async def test_an_open_circuit_refuses_the_call_and_stops_retries() -> None:
-    handle = ScriptedHandle(*[ExpertCallFailed("slow", EXPERT_TIMEOUT)] * 5)
+    handle = ScriptedHandle(*[ExpertCallFailed("slow", ErrorCode.EXPERT_TIMEOUT)] * 5)
     expert, _ = guarded(handle, attempts=5, failures=2)
     with pytest.raises(ExpertCallFailed, match="slow"):
         await expert.generate(ASK)
@@ -235,7 +243,7 @@ async def test_a_stream_is_retried_only_before_its_first_piece() -> None:
         async def stream(self, request: GenerationRequest, timeout_s: float | None) -> AsyncIterator[str | Completion]:
             self.tries += 1
             yield "one "
-            raise ExpertCallFailed("no next piece", EXPERT_TIMEOUT)
+            raise ExpertCallFailed("no next piece", ErrorCode.EXPERT_TIMEOUT)
 
     broken = BreaksMidStream()
     expert, _ = guarded(broken)

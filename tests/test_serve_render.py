@@ -18,8 +18,8 @@ from ray.serve.schema import ServeDeploySchema
 
 from experts.config.pool_spec import PoolFileError, load_pool, parse_pool
 from experts.runtime.placement import bundles_for
-from orchestrator.deploy_cli import pool_document, ray_service, render_files, serve_config
-from orchestrator.serve_app import INGRESS_NAME, build
+from orchestrator.cli.deploy import ray_service, render_files, serve_config
+from orchestrator.integrations.serve_app import INGRESS_NAME, build
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -50,7 +50,7 @@ def test_rendered_serve_config_passes_rays_schema() -> None:
     config = serve_config(spec, "p.yaml")
     schema = ServeDeploySchema.model_validate(config)
     [application] = schema.applications
-    assert application.import_path == "orchestrator.serve_app:build"
+    assert application.import_path == "orchestrator.integrations.serve_app:build"
     [deployment] = application.deployments
     assert deployment.name == INGRESS_NAME
     assert deployment.autoscaling_config["max_replicas"] == 3
@@ -109,7 +109,7 @@ def test_placement_bundles_only_for_multi_gpu_experts() -> None:
 
 
 def test_build_applies_the_serve_section() -> None:
-    app = build({"pool_spec": pool_document(load_pool("default")) | {"serve": {"num_replicas": 3}}})
+    app = build({"pool_spec": load_pool("default").document() | {"serve": {"num_replicas": 3}}})
     deployment = app._bound_deployment  # the Application's one deployment
     assert deployment.name == INGRESS_NAME
     assert deployment.num_replicas == 3

@@ -19,11 +19,11 @@ import redis
 from typer.testing import CliRunner
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.cli import app as cli
-from orchestrator.pipeline import Orchestrator
-from orchestrator.service.auth import Principal, auth_enabled, hash_key, is_loopback, new_key
-from orchestrator.service.config import (
+from orchestrator.cli.main import app as cli
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.service.auth import Principal, auth_enabled, hash_key, is_loopback, new_key
+from orchestrator.server.service.config import (
     KeyRecord,
     ServiceConfig,
     ServiceConfigError,
@@ -279,7 +279,7 @@ def test_auth_off_makes_every_caller_anonymous(echo_pool: ExpertPool) -> None:
 
 
 async def test_an_app_whose_lifespan_did_not_run_fails_closed() -> None:
-    from orchestrator.config import ServeSettings
+    from orchestrator.server.settings import ServeSettings
 
     app = create_app(ServeSettings(host="0.0.0.0"))  # nothing started: no keys to check against
     transport = httpx.ASGITransport(app=app)  # runs no lifespan

@@ -20,12 +20,12 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from experts.config.pool_spec import PoolSpec, parse_pool
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.pipeline import Orchestrator
-from orchestrator.service.auth import Authenticator, KeyStore, hash_key, new_key
-from orchestrator.service.config import KeyRecord, RateLimitSection, ServiceConfig
-from orchestrator.service.redis_link import RedisLink, connect_redis
-from orchestrator.service.spend import SpendTracker, dollars
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.service.auth import Authenticator, KeyStore, hash_key, new_key
+from orchestrator.server.service.config import KeyRecord, RateLimitSection, ServiceConfig
+from orchestrator.server.service.redis_link import RedisLink, connect_redis
+from orchestrator.server.service.spend import SpendTracker, dollars
 from tests.conftest import ServerThread, free_port
 
 # 2026-03-01 23:59:30 UTC: thirty seconds before a new UTC day

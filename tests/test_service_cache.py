@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 import redis
 
-from orchestrator.service.cache import ResponseCache
-from orchestrator.service.redis_link import RedisLink, RedisUnavailable, connect_redis
+from orchestrator.server.service.cache import ResponseCache
+from orchestrator.server.service.redis_link import RedisLink, RedisUnavailable, connect_redis
 from tests.conftest import RedisServer
 
 BODY: dict[str, Any] = {
@@ -170,7 +170,7 @@ async def test_redis_stopping_mid_run(caplog: pytest.LogCaptureFixture) -> None:
         assert link.status == "connected" and cache.local_entries == 0
 
         server.stop()
-        with caplog.at_level(logging.WARNING, logger="orchestrator.service.redis_link"):
+        with caplog.at_level(logging.WARNING, logger="orchestrator.server.service.redis_link"):
             assert await cache.get(first) is None  # Redis' copy is out of reach: a miss, not an error
             await cache.put(second, RESPONSE)
             assert await cache.get(second) == RESPONSE

@@ -17,9 +17,9 @@ import pytest
 import redis
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.pipeline import Orchestrator
-from orchestrator.service.config import ServiceConfig
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.service.config import ServiceConfig
 from tests.conftest import RedisServer, ServerThread, echo_pool_spec
 
 CHAT = "/v1/chat/completions"

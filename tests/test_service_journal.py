@@ -15,9 +15,9 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from orchestrator.journal_cli import app
-from orchestrator.service.journal import JournalEntry, RequestJournal
-from orchestrator.service.redis_link import RedisLink, connect_redis
+from orchestrator.cli.journal import app
+from orchestrator.server.service.journal import JournalEntry, RequestJournal
+from orchestrator.server.service.redis_link import RedisLink, connect_redis
 from tests.conftest import RedisServer, ServerThread, echo_pool_spec, free_port
 
 
@@ -101,7 +101,7 @@ async def test_unreadable_entries_are_skipped(redis_url: str, caplog: pytest.Log
     await link.client.xadd(stream, {"entry": "{not json"})
     await link.client.xadd(stream, {"other": "field"})
     await journal.append(entry(2))
-    with caplog.at_level(logging.WARNING, logger="orchestrator.service.journal"):
+    with caplog.at_level(logging.WARNING, logger="orchestrator.server.service.journal"):
         assert [item.request_id for item in await journal.read(10)] == ["req-1", "req-2"]
     assert sum("not readable" in record.getMessage() for record in caplog.records) == 2
     await link.close()
@@ -157,7 +157,7 @@ def test_tail_command(redis_url: str) -> None:
 
 
 def test_the_journal_commands_are_part_of_moesaic() -> None:
-    from orchestrator.cli import app as moesaic
+    from orchestrator.cli.main import app as moesaic
 
     result = CliRunner().invoke(moesaic, ["journal", "--help"])
     assert result.exit_code == 0 and "tail" in result.output and "replay" in result.output
@@ -177,8 +177,8 @@ def test_commands_say_what_to_do_when_something_is_not_there(redis_url: str) -> 
 async def echo_server(ray_session: None) -> AsyncIterator[ServerThread]:
     """A real server on the echo pool: ``expert/a`` answers with the question's words."""
     from experts.runtime.pool import ExpertPool
-    from orchestrator.api.app import create_app
-    from orchestrator.pipeline import Orchestrator
+    from orchestrator.pipeline.orchestrator import Orchestrator
+    from orchestrator.server.api.app import create_app
 
     pool = ExpertPool(echo_pool_spec("journal-replay"))
     await pool.start()

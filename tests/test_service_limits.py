@@ -15,10 +15,10 @@ import openai
 import pytest
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.pipeline import Orchestrator
-from orchestrator.service.config import LimitsSection, ServiceConfig
-from orchestrator.service.limits import Overloaded, RequestLimits
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.service.config import LimitsSection, ServiceConfig
+from orchestrator.server.service.limits import Overloaded, RequestLimits
 from tests.conftest import ServerThread, echo_pool_spec
 
 ASK = {"model": "expert/a", "messages": [{"role": "user", "content": "slow answer please"}], "max_tokens": 8}

@@ -15,8 +15,8 @@ from collections.abc import AsyncIterator
 import pytest
 import redis
 
-from orchestrator.service.ratelimit import RateDecision, RateLimiter, wait_s
-from orchestrator.service.redis_link import RedisLink, connect_redis
+from orchestrator.server.service.ratelimit import RateDecision, RateLimiter, wait_s
+from orchestrator.server.service.redis_link import RedisLink, connect_redis
 from tests.conftest import RedisServer
 
 

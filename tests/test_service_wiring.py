@@ -17,13 +17,13 @@ import pytest
 import redis
 
 from experts.runtime.pool import ExpertPool
-from orchestrator.api.app import create_app
-from orchestrator.config import ServeSettings
-from orchestrator.pipeline import Orchestrator
-from orchestrator.service.auth import hash_key, new_key
-from orchestrator.service.config import ServiceConfig
-from orchestrator.service.redis_link import RedisUnavailable
-from orchestrator.service.state import build_service_state
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.app import create_app
+from orchestrator.server.service.auth import hash_key, new_key
+from orchestrator.server.service.config import ServiceConfig
+from orchestrator.server.service.redis_link import RedisUnavailable
+from orchestrator.server.service.state import build_service_state
+from orchestrator.server.settings import ServeSettings
 from tests.conftest import ServerThread, echo_pool_spec, free_port
 
 ASK = {"model": "expert/a", "messages": [{"role": "user", "content": "cache me if you can"}], "temperature": 0}

@@ -27,6 +27,7 @@ from typing import Any, Callable
 
 from experts.backends.base import BackendError, DeltaSink
 from experts.config.pool_spec import ExpertSpec
+from experts.errors import ErrorCode
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
@@ -217,7 +218,7 @@ class LocalBackend:
             f"prompt of {len(ids)} tokens plus max_tokens {budget} exceeds the context window of {limit} of "
             f"{self.spec.model}; shorten the conversation or max_tokens",
             self.spec.model,
-            code="context_length_exceeded",
+            code=ErrorCode.CONTEXT_LENGTH_EXCEEDED,
         )
 
     def _completion(self, output: Any, latency_s: float, batch_size: int) -> Completion:

@@ -21,6 +21,7 @@ from typing import Any
 from experts.backends.base import BackendError
 from experts.backends.local import LocalBackend, TextSinkFn
 from experts.config.pool_spec import ExpertSpec
+from experts.errors import ErrorCode
 from experts.moe.options import NO_OPTIONS, RoutingOptions
 from experts.types import Completion, GenerationRequest
 
@@ -105,7 +106,9 @@ class MoEBackend(LocalBackend):
                 options.validate(self._blocks[0].spec)
             except ValueError as error:
                 results[position] = Completion.failed(
-                    f"moe_routing does not fit {self.spec.name!r}: {error}", self.spec.model, code="invalid_moe_routing"
+                    f"moe_routing does not fit {self.spec.name!r}: {error}",
+                    self.spec.model,
+                    code=ErrorCode.INVALID_MOE_ROUTING,
                 )
                 continue
             groups.setdefault(options, []).append(position)

@@ -291,6 +291,10 @@ class PoolSpec(_Strict):
     experts: Annotated[list[ExpertSpec], Field(min_length=1)]
     _source_dir: Path = PrivateAttr(default_factory=Path.cwd)
 
+    def document(self) -> dict[str, Any]:
+        """The validated pool as the plain mapping a pool file holds (defaults left out)."""
+        return self.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+
     @property
     def source_dir(self) -> Path:
         """The pool file's folder: relative paths inside the file are resolved from here."""

@@ -1,6 +1,6 @@
 """The pool file's ``serve`` section: how Ray Serve runs the API (replicas, autoscaling, the proxy).
 
-Used by ``orchestrator/serve_app.py`` (the Serve application) and ``moesaic deploy render`` (the
+Used by ``orchestrator/integrations/serve_app.py`` (the Serve application) and ``moesaic deploy render`` (the
 Serve config and the KubeRay ``RayService``). Each ingress replica runs the whole pipeline over
 its own actors for the pool's experts, so a replica is a full copy of the pool: scaling the
 ingress scales the experts with it.

@@ -31,8 +31,7 @@ from contextlib import suppress
 from typing import Any
 
 from experts.channel import DATA_METHODS, ChannelClient, ChannelLost, RemoteError, remove_socket_folder
-from experts.errors import ExpertCallFailed
-from experts.runtime.retry import ACTOR_DIED, ACTOR_UNAVAILABLE, EXPERT_TIMEOUT
+from experts.errors import ErrorCode, ExpertCallFailed
 from experts.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -215,7 +214,7 @@ class ActorHandle:
                 if sent:  # part of the answer is out: no silent restart; say whether the actor died
                     await self.call("health", timeout_s=timeout_s)
                     raise ExpertCallFailed(
-                        f"expert {self.name!r}: the stream broke off ({error})", ACTOR_UNAVAILABLE
+                        f"expert {self.name!r}: the stream broke off ({error})", ErrorCode.ACTOR_UNAVAILABLE
                     ) from error
         async for item in self._stream_ray(request, timeout_s):
             yield item
@@ -276,16 +275,17 @@ class ActorHandle:
             return {**self.report, "probe": "slow"}  # busy (loading a model?), not lost: keep the last state
         except Exception as error:
             failure = self._failure(actor, error)
-            if failure.code == ACTOR_UNAVAILABLE:
+            if failure.code == ErrorCode.ACTOR_UNAVAILABLE:
                 return {**self.report, "probe": "unreachable"}
-            if failure.code != ACTOR_DIED:  # the actor answered with an error: report it, it stays unroutable
+            if failure.code != ErrorCode.ACTOR_DIED:  # the actor answered with an error: report it, it stays unroutable
                 self.report = {**self.report, "state": "unreachable", "error": str(failure)}
         return self.report
 
     # -- errors ----------------------------------------------------------------------------
     def _timed_out(self, timeout_s: float | None, what: str = "an answer") -> ExpertCallFailed:
         return ExpertCallFailed(
-            f"expert {self.name!r} timed out: no {what} within {timeout_s:g} s (resilience.timeout_s)", EXPERT_TIMEOUT
+            f"expert {self.name!r} timed out: no {what} within {timeout_s:g} s (resilience.timeout_s)",
+            ErrorCode.EXPERT_TIMEOUT,
         )
 
     def _failure(self, actor: Any, error: BaseException) -> ExpertCallFailed:
@@ -293,12 +293,14 @@ class ActorHandle:
 
         if isinstance(error, ActorUnavailableError):
             return ExpertCallFailed(
-                f"expert {self.name!r} is unreachable for now: {_root_message(error)}", ACTOR_UNAVAILABLE
+                f"expert {self.name!r} is unreachable for now: {_root_message(error)}", ErrorCode.ACTOR_UNAVAILABLE
             )
         if isinstance(error, RayActorError):
             reason = _root_message(error)
             self.restart(actor, reason)
-            return ExpertCallFailed(f"expert {self.name!r} failed: its actor died ({reason}); restarting", ACTOR_DIED)
+            return ExpertCallFailed(
+                f"expert {self.name!r} failed: its actor died ({reason}); restarting", ErrorCode.ACTOR_DIED
+            )
         return ExpertCallFailed(f"expert {self.name!r} failed: {_root_message(error)}")
 
 

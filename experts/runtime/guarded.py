@@ -25,10 +25,10 @@ from contextlib import aclosing
 from typing import Any
 
 from experts.config.resilience_spec import ResilienceSpec
-from experts.errors import ExpertCallFailed, ExpertUnavailable
+from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable
 from experts.runtime.actor_handle import ActorHandle
 from experts.runtime.breaker import CircuitBreaker, Ticket
-from experts.runtime.retry import ACTOR_DIED, Backoff, classified, is_client_mistake, is_transient
+from experts.runtime.retry import Backoff, classified, is_client_mistake, is_transient
 from experts.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -199,7 +199,7 @@ class GuardedExpert:
         if not is_transient(code) or attempt >= self.backoff.attempts:
             return False
         self.retries += 1
-        if code == ACTOR_DIED:
+        if code == ErrorCode.ACTOR_DIED:
             wait = self.settings.timeout_s or self.handle.start_timeout_s
             if not await self.handle.wait_restarted(wait):
                 log.warning("expert %s: actor not ready again within %.1f s; no more retries", self.name, wait)

@@ -22,6 +22,7 @@ import random
 import signal
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -163,6 +164,12 @@ class ExpertPool:
     def restarts(self) -> dict[str, int]:
         """How often each expert's actor died and was replaced."""
         return {name: guarded.handle.restarts for name, guarded in self._experts.items()}
+
+    def expect(self, calls: Counter[str]) -> None:
+        """Nothing to keep in mind: every expert of a plain pool stays resident (``ExpertClient``)."""
+
+    async def release_all(self) -> None:
+        """Nothing to give back: a plain pool's experts stay loaded until ``shutdown`` (``ExpertClient``)."""
 
     async def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
         """Ask every actor for its health now.

@@ -20,49 +20,39 @@ import re
 from dataclasses import dataclass
 
 from experts.config.resilience_spec import RetrySpec
+from experts.errors import ErrorCode
 from experts.types import Completion
-
-# our own codes for failures seen by the pool
-EXPERT_TIMEOUT = "expert_timeout"  # the call took longer than the expert's resilience.timeout_s
-ACTOR_DIED = "actor_died"  # the expert's Ray actor died during the call; the pool restarts it
-ACTOR_UNAVAILABLE = "actor_unavailable"  # Ray could not reach the actor for a moment
-# codes for hosted-API failures (from the provider's exception type or HTTP status)
-RATE_LIMITED = "rate_limited"
-UPSTREAM_TIMEOUT = "upstream_timeout"
-UPSTREAM_UNAVAILABLE = "upstream_unavailable"
-CONNECTION_ERROR = "connection_error"
-CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
 
 TRANSIENT_CODES = frozenset(
     {
-        EXPERT_TIMEOUT,
-        ACTOR_DIED,
-        ACTOR_UNAVAILABLE,
-        RATE_LIMITED,
-        UPSTREAM_TIMEOUT,
-        UPSTREAM_UNAVAILABLE,
-        CONNECTION_ERROR,
+        ErrorCode.EXPERT_TIMEOUT,
+        ErrorCode.ACTOR_DIED,
+        ErrorCode.ACTOR_UNAVAILABLE,
+        ErrorCode.RATE_LIMITED,
+        ErrorCode.UPSTREAM_TIMEOUT,
+        ErrorCode.UPSTREAM_UNAVAILABLE,
+        ErrorCode.CONNECTION_ERROR,
     }
 )
-CLIENT_MISTAKE_CODES = frozenset({CONTEXT_LENGTH_EXCEEDED, "invalid_moe_routing"})
+CLIENT_MISTAKE_CODES = frozenset({ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.INVALID_MOE_ROUTING})
 
 _TYPE_CODES = {
-    "RateLimitError": RATE_LIMITED,
-    "Timeout": UPSTREAM_TIMEOUT,
-    "APITimeoutError": UPSTREAM_TIMEOUT,
-    "TimeoutError": UPSTREAM_TIMEOUT,
-    "ReadTimeout": UPSTREAM_TIMEOUT,
-    "APIConnectionError": CONNECTION_ERROR,
-    "ConnectionError": CONNECTION_ERROR,
-    "ConnectError": CONNECTION_ERROR,
-    "ConnectionRefusedError": CONNECTION_ERROR,
-    "ConnectionResetError": CONNECTION_ERROR,
-    "RemoteProtocolError": CONNECTION_ERROR,
-    "InternalServerError": UPSTREAM_UNAVAILABLE,
-    "ServiceUnavailableError": UPSTREAM_UNAVAILABLE,
-    "BadGatewayError": UPSTREAM_UNAVAILABLE,
-    "MidStreamFallbackError": UPSTREAM_UNAVAILABLE,
-    "ContextWindowExceededError": CONTEXT_LENGTH_EXCEEDED,
+    "RateLimitError": ErrorCode.RATE_LIMITED,
+    "Timeout": ErrorCode.UPSTREAM_TIMEOUT,
+    "APITimeoutError": ErrorCode.UPSTREAM_TIMEOUT,
+    "TimeoutError": ErrorCode.UPSTREAM_TIMEOUT,
+    "ReadTimeout": ErrorCode.UPSTREAM_TIMEOUT,
+    "APIConnectionError": ErrorCode.CONNECTION_ERROR,
+    "ConnectionError": ErrorCode.CONNECTION_ERROR,
+    "ConnectError": ErrorCode.CONNECTION_ERROR,
+    "ConnectionRefusedError": ErrorCode.CONNECTION_ERROR,
+    "ConnectionResetError": ErrorCode.CONNECTION_ERROR,
+    "RemoteProtocolError": ErrorCode.CONNECTION_ERROR,
+    "InternalServerError": ErrorCode.UPSTREAM_UNAVAILABLE,
+    "ServiceUnavailableError": ErrorCode.UPSTREAM_UNAVAILABLE,
+    "BadGatewayError": ErrorCode.UPSTREAM_UNAVAILABLE,
+    "MidStreamFallbackError": ErrorCode.UPSTREAM_UNAVAILABLE,
+    "ContextWindowExceededError": ErrorCode.CONTEXT_LENGTH_EXCEEDED,
 }
 _LEADING_TYPE = re.compile(r"^\s*(?:\w+\.)*([A-Z]\w*)\s*:")
 _STATUS = re.compile(r"(?:status[_ ]code|error code|http)[\s:=]*([1-5]\d\d)\b", re.IGNORECASE)
@@ -81,11 +71,11 @@ def is_client_mistake(code: str | None) -> bool:
 def code_for_status(status: int) -> str | None:
     """A hosted API's HTTP status as a failure code (429 and 5xx are transient; other 4xx are not)."""
     if status == 429:
-        return RATE_LIMITED
+        return ErrorCode.RATE_LIMITED
     if status == 408:
-        return UPSTREAM_TIMEOUT
+        return ErrorCode.UPSTREAM_TIMEOUT
     if status >= 500:
-        return UPSTREAM_UNAVAILABLE
+        return ErrorCode.UPSTREAM_UNAVAILABLE
     return None
 
 

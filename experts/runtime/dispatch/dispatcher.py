@@ -20,9 +20,10 @@ import time
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from experts.config.pool_spec import PoolSpec
+from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch import scheduler
 from experts.runtime.dispatch.residency import ExpertFootprint, ResidencyManager
 from experts.runtime.pool import ExpertCallFailed, ExpertPool
@@ -339,16 +340,13 @@ class _PoolControl:
         await self.pool.control(name, "unload")
 
 
-PoolLike = Union[ExpertPool, Dispatcher]
-
-
-def dispatching(pool: PoolLike, always: bool = False) -> PoolLike:
+def dispatching(pool: ExpertClient, always: bool = False) -> ExpertClient:
     """The pool's ``Dispatcher`` when its pool file has a ``residency`` section (or ``always``); else the pool.
 
     One dispatcher per pool, kept on the pool: it owns the view of which experts are resident,
     so two views of the same actors would book the same memory twice.
     """
-    if isinstance(pool, Dispatcher):
+    if not isinstance(pool, ExpertPool):  # a Dispatcher already
         return pool
     if pool.spec.residency is None and not always:
         return pool

@@ -1,0 +1,5 @@
+"""``python -m orchestrator.cli``: the ``moesaic`` command."""
+
+from orchestrator.cli.main import main
+
+main()

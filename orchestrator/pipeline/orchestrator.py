@@ -1,0 +1,116 @@
+"""``Orchestrator``: the one object the API and the CLI call.
+
+It owns the compiled graph and offers three ways in: run the pipeline, stream the
+pipeline (routing decision first, then text, then the full result), and call one expert
+directly (``model: expert/<name>``).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from typing import Any, AsyncIterator, Union
+
+from aggregator.strategies import AggregationSettings, Aggregator
+from aggregator.synthesize import Sampling
+from experts.config.pool_spec import PoolSpec
+from experts.runtime.client import ExpertClient
+from experts.runtime.dispatch.dispatcher import dispatching
+from experts.types import Completion, GenerationRequest
+from orchestrator.pipeline.graph import PipelineNodes, build_graph, with_measured_aggregator
+from orchestrator.pipeline.state import PipelineRequest, PipelineResult, PipelineState
+from router.decision import RoutingDecision
+from router.factory import build_router, load_aggregator_choice
+
+
+@dataclass(frozen=True)
+class DecisionEvent:
+    decision: RoutingDecision
+
+
+@dataclass(frozen=True)
+class TextEvent:
+    text: str
+
+
+@dataclass(frozen=True)
+class DoneEvent:
+    result: PipelineResult
+
+
+PipelineEvent = Union[DecisionEvent, TextEvent, DoneEvent]
+
+
+class Orchestrator:
+    """Runs requests through the pipeline graph over one ``ExpertPool``."""
+
+    def __init__(self, pool: ExpertClient) -> None:
+        self.pool = dispatching(pool)  # a pool file with a residency section: queues and on-demand loading
+        self.router = build_router(pool.spec)
+        self.aggregator = build_aggregator(pool.spec)
+        self.aggregators = load_aggregator_choice(pool.spec)
+        self.graph = build_graph(PipelineNodes(self.pool, self.router, self.aggregator, self.aggregators))
+
+    async def run(self, request: PipelineRequest) -> PipelineResult:
+        started = time.perf_counter()
+        state = await self.graph.ainvoke({"request": request, "timings_ms": {}})
+        return _result(state, started)
+
+    async def stream(self, request: PipelineRequest) -> AsyncIterator[PipelineEvent]:
+        """Yield ``DecisionEvent``, then ``TextEvent``s, then one ``DoneEvent``."""
+        started = time.perf_counter()
+        request = replace(request, stream=True)
+        final_state: dict[str, Any] = {}
+        async for mode, payload in self.graph.astream(
+            {"request": request, "timings_ms": {}}, stream_mode=["custom", "values"]
+        ):
+            if mode == "values":
+                final_state = payload
+            elif payload["kind"] == "decision":
+                yield DecisionEvent(payload["decision"])
+            elif payload["kind"] == "delta" and payload["text"]:
+                yield TextEvent(payload["text"])
+        yield DoneEvent(_result(final_state, started))
+
+    def route(
+        self, query: str, k: int | None = None, policy: str | None = None, budget: float | None = None
+    ) -> RoutingDecision:
+        """The routing decision alone, over the currently healthy experts (``POST /v1/route``)."""
+        started = time.perf_counter()
+        estimate = self.router.understand(query)
+        healthy = set(self.pool.healthy_names())
+        decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started, budget=budget)
+        return with_measured_aggregator(decision, self.aggregators)
+
+    async def call_expert(self, name: str, request: GenerationRequest) -> Completion:
+        return await self.pool.generate(name, request)
+
+    def stream_expert(self, name: str, request: GenerationRequest) -> AsyncIterator[str | Completion]:
+        return self.pool.stream(name, request)
+
+
+def build_aggregator(spec: PoolSpec) -> Aggregator:
+    """The pool's aggregation settings and roles as an ``Aggregator``."""
+    section = spec.aggregation
+    settings = AggregationSettings(
+        strategy=section.strategy,
+        consensus=section.consensus,
+        answer_kind=section.answer_kind,
+        sampling=Sampling(max_tokens=section.max_tokens, temperature=section.temperature),
+    )
+    return Aggregator(settings, spec.roles.aggregator, spec.roles.judge)
+
+
+def _result(state: PipelineState | dict[str, Any], started: float) -> PipelineResult:
+    timings = dict(state.get("timings_ms", {}))
+    timings["total"] = round((time.perf_counter() - started) * 1000, 3)
+    return PipelineResult(
+        verdict=state["final"],
+        decision=state["decision"],
+        answers=list(state.get("answers", [])),
+        calls=list(state.get("calls", [])),
+        timings_ms=timings,
+        partial=bool(state.get("partial", False)),
+        failed_experts=list(state.get("failed_experts", [])),
+        replacements=list(state.get("replacements", [])),
+    )

@@ -1,0 +1,167 @@
+"""The FastAPI application: routes, error handlers and the pool's lifetime.
+
+``create_app(settings)`` starts the pool in the app's lifespan (``moesaic serve``);
+``create_app(orchestrator=...)`` serves an orchestrator that is already running (tests,
+Ray Serve), and leaves its lifetime to the caller. Either way the lifespan builds the
+``ServiceState`` (auth, limits, Redis-backed stores) from ``service`` (a ``ServiceConfig``), else
+from the settings' config file, else safe defaults (in-process stores; auth by bind address),
+and at shutdown waits for in-flight requests before the pool goes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from experts.config.pool_spec import PoolSpec, load_pool
+from experts.pricing import Price, price_of, unpriced, unpriced_warning
+from experts.runtime.pool import ExpertPool
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.server.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
+from orchestrator.server.api.chat import router as chat_router
+from orchestrator.server.api.metrics import router as metrics_router
+from orchestrator.server.api.openapi import ERROR_RESPONSES, HEALTH_RESPONSES
+from orchestrator.server.api.route import router as route_router
+from orchestrator.server.api.schemas import ModelCard, ModelList, ModelPricing
+from orchestrator.server.errors import APIError, install_error_handlers
+from orchestrator.server.observability.metrics import ServiceMetrics
+from orchestrator.server.observability.middleware import ObservabilityMiddleware
+from orchestrator.server.service.auth import AuthMiddleware
+from orchestrator.server.service.config import ServiceConfig, load_service_config
+from orchestrator.server.service.limits import LimitsMiddleware
+from orchestrator.server.service.state import ServiceState, build_service_state
+from orchestrator.server.settings import ServeSettings
+
+# uvicorn's own logger: the service's start-up line appears beside uvicorn's, whatever the log setup
+startup_log = logging.getLogger("uvicorn.error")
+
+
+def create_app(
+    settings: ServeSettings | None = None,
+    orchestrator: Orchestrator | None = None,
+    service: ServiceConfig | None = None,
+) -> FastAPI:
+    """Build the app around a running orchestrator, or one started from ``settings``."""
+    if orchestrator is None and settings is None:
+        settings = ServeSettings.from_env()
+    if service is None:
+        service = load_service_config(settings.config) if settings and settings.config else ServiceConfig()
+    host = settings.host if settings is not None else "127.0.0.1"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.started = int(time.time())
+        if orchestrator is not None:
+            app.state.orchestrator = orchestrator
+            async with _serving(app, service, host, orchestrator.pool.spec) as state:
+                await _price_experts(app, state, orchestrator.pool)
+                try:
+                    yield
+                finally:
+                    await state.drain()
+            return
+        assert settings is not None
+        spec = load_pool(settings.pool)
+        async with _serving(app, service, host, spec) as state:  # Redis first: a required one fails fast
+            pool = ExpertPool(spec, ray_address=settings.ray_address, num_cpus=settings.num_cpus)
+            await pool.start()
+            app.state.orchestrator = Orchestrator(pool)
+            await _price_experts(app, state, pool)
+            try:
+                yield
+            finally:
+                await state.drain()  # in-flight requests finish before their experts go
+                await pool.shutdown()
+
+    app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
+    app.state.metrics = ServiceMetrics()  # this app's counts; /metrics writes them
+    app.state.prices = {}  # expert name -> Price, filled once the pool has started
+    install_error_handlers(app)
+    app.add_middleware(LimitsMiddleware)  # body size, concurrency and the waiting line (inner)
+    app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
+    app.include_router(chat_router)
+    app.include_router(route_router)
+    app.include_router(metrics_router)
+    # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
+    # sees every request and answer, the other middlewares' refusals included
+    app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> ModelList:
+        return ModelList(data=_model_cards(request))
+
+    @app.get("/v1/models/{model_id:path}")
+    async def get_model(model_id: str, request: Request) -> ModelCard:
+        for card in _model_cards(request):
+            if card.id == model_id:
+                return card
+        raise APIError(404, f"model {model_id!r} does not exist", "not_found_error", "model", "model_not_found")
+
+    @app.get("/healthz", responses=HEALTH_RESPONSES)
+    async def healthz(request: Request) -> JSONResponse:
+        pool: ExpertPool = request.app.state.orchestrator.pool
+        experts = await pool.health()
+        routable = [expert.name for expert in pool.spec.routable_experts]
+        healthy = [name for name in routable if pool.is_healthy(name)]
+        status = (
+            "ok" if len(pool.healthy_names()) == len(pool.expert_names) else "degraded" if healthy else "unavailable"
+        )
+        body: dict[str, Any] = {"status": status, "pool": pool.spec.name, "experts": experts}
+        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+    return app
+
+
+@asynccontextmanager
+async def _serving(app: FastAPI, config: ServiceConfig, host: str, spec: PoolSpec) -> AsyncIterator[ServiceState]:
+    """The service's state for the app's lifetime: announced at start, Redis closed at the end."""
+    state = await build_service_state(config, host, spec.model_dump_json())
+    app.state.service = state
+    startup_log.info(await state.summary())
+    try:
+        yield state
+    finally:
+        await state.close()
+
+
+async def _price_experts(app: FastAPI, state: ServiceState, pool: ExpertPool) -> None:
+    """Each expert's price for ``/v1/models``; a warning naming the unpriced ones while spend budgets are on."""
+    reports = await pool.health()
+    app.state.prices = {spec.name: price_of(spec, reports.get(spec.name)) for spec in pool.spec.experts}
+    missing = unpriced(pool.spec.experts, reports)
+    if missing and await state.budgets_on():
+        startup_log.warning(unpriced_warning(missing))
+
+
+def _model_cards(request: Request) -> list[ModelCard]:
+    """The models the caller may use (all of them when auth is off)."""
+    cards = _all_model_cards(request.app)
+    principal = getattr(request.state, "principal", None)
+    return cards if principal is None else [card for card in cards if principal.allows(card.id)]
+
+
+def _all_model_cards(app: FastAPI) -> list[ModelCard]:
+    orchestrator: Orchestrator = app.state.orchestrator
+    spec = orchestrator.pool.spec
+    created = app.state.started
+    cards = [ModelCard(id=PIPELINE_MODEL, created=created, description=f"routed pipeline over pool {spec.name!r}")]
+    for policy in orchestrator.router.policies:
+        cards.append(
+            ModelCard(id=f"{PIPELINE_MODEL}/{policy}", created=created, description=f"pipeline, {policy} policy")
+        )
+    prices: dict[str, Price] = app.state.prices
+    for expert in spec.experts:
+        detail = f"{expert.backend}:{expert.model}" + (f" - {expert.description}" if expert.description else "")
+        price = prices.get(expert.name) or price_of(expert)
+        pricing = ModelPricing(
+            source=price.source.value, input_per_1m=price.input_per_1m, output_per_1m=price.output_per_1m
+        )
+        cards.append(
+            ModelCard(id=f"{EXPERT_PREFIX}{expert.name}", created=created, description=detail, pricing=pricing)
+        )
+    return cards

@@ -1,0 +1,320 @@
+"""``POST /v1/chat/completions``: the pipeline (``model: moesaic``) or one expert (``expert/<name>``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from dataclasses import asdict
+from typing import Any, AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import ValidationError
+
+from experts.config.pool_spec import PoolSpec
+from experts.errors import ErrorCode
+from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
+from experts.types import Completion, GenerationRequest
+from orchestrator.pipeline.graph import AllExpertsFailed
+from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
+from orchestrator.pipeline.state import CallRecord, PipelineRequest
+from orchestrator.pipeline.tool_calls import with_passthrough
+from orchestrator.server.api.body import parse_json_object
+from orchestrator.server.api.gate import AnswerResponse, Gate
+from orchestrator.server.api.openapi import CHAT_RESPONSES, json_body
+from orchestrator.server.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
+from orchestrator.server.api.tool_schemas import tool_calls_delta
+from orchestrator.server.errors import APIError, from_validation_error
+from orchestrator.server.observability.context import current_request_id
+from orchestrator.server.observability.metrics import record_calls, record_pipeline
+from router.recruit import NoExpertAvailable, PolicyUnavailable
+
+log = logging.getLogger(__name__)
+
+PIPELINE_MODEL = "moesaic"
+EXPERT_PREFIX = "expert/"
+# expert failures that are the caller's mistake (400, naming the field), not the expert's (502)
+CLIENT_ERROR_PARAMS = {
+    ErrorCode.CONTEXT_LENGTH_EXCEEDED: "messages",
+    ErrorCode.INVALID_MOE_ROUTING: "moesaic.moe_routing",
+}
+
+router = APIRouter()
+
+
+@router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=CHAT_RESPONSES)
+async def chat_completions(http_request: Request) -> Any:
+    orchestrator: Orchestrator = http_request.app.state.orchestrator
+    gate = Gate.open(http_request)  # key's models and limits, rate limits, cache, journal, disconnects
+    try:
+        gate.body = await _read_json(http_request)
+        body = _validate(gate.body)
+        http_request.state.model = body.model  # the metrics and the access log name it
+        cached = await gate.admit(body, orchestrator.pool.spec)
+        if cached is not None:
+            return cached
+        response = await gate.run(_answer(orchestrator, body))
+    except BaseException as error:
+        await gate.failed(error)
+        raise
+    return await gate.answered(response)
+
+
+async def _answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> Any:
+    if body.model == PIPELINE_MODEL or body.model.startswith(PIPELINE_MODEL + "/"):
+        return await _pipeline(orchestrator, body)
+    if body.model.startswith(EXPERT_PREFIX):
+        return await _direct(orchestrator, body, body.model.removeprefix(EXPERT_PREFIX))
+    raise APIError(
+        404,
+        f"model {body.model!r} does not exist; use {PIPELINE_MODEL!r}, moesaic/<policy> or expert/<name> "
+        "(see GET /v1/models)",
+        "not_found_error",
+        param="model",
+        code="model_not_found",
+    )
+
+
+async def _read_json(http_request: Request) -> dict[str, Any]:
+    return parse_json_object(await http_request.body(), http_request.headers.get("content-type"))
+
+
+def _validate(data: dict[str, Any]) -> ChatCompletionRequest:
+    try:
+        return ChatCompletionRequest.model_validate(data)
+    except ValidationError as error:
+        raise from_validation_error(error) from None
+
+
+# -- the pipeline -------------------------------------------------------------------------
+def policy_of(model: str, orchestrator: Orchestrator) -> str | None:
+    """``moesaic`` -> the pool's policy (None); ``moesaic/<policy>`` -> that policy, if the router has it."""
+    if model == PIPELINE_MODEL:
+        return None
+    policy = model.removeprefix(PIPELINE_MODEL + "/")
+    if policy not in orchestrator.router.policies:
+        available = ", ".join(f"{PIPELINE_MODEL}/{name}" for name in orchestrator.router.policies)
+        raise APIError(
+            404,
+            f"model {model!r} does not exist; this pool's router offers {available}"
+            + ("" if len(orchestrator.router.policies) > 1 else " (other policies need routing.profiles)"),
+            "not_found_error",
+            param="model",
+            code="model_not_found",
+        )
+    return policy
+
+
+def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -> PipelineRequest:
+    options = body.moesaic
+    if options and options.experts:
+        unknown = [name for name in options.experts if name not in orchestrator.pool.expert_names]
+        if unknown:
+            raise APIError(422, f"moesaic.experts names unknown experts: {', '.join(unknown)}", param="moesaic.experts")
+    return PipelineRequest(
+        _generation(body),
+        k=options.k if options else None,
+        experts=options.experts if options else None,
+        policy=policy_of(body.model, orchestrator),
+        strategy=options.strategy if options else None,
+        consensus=options.consensus_share() if options else "pool",
+        aggregator_max_tokens=options.aggregator_max_tokens if options else None,
+        budget=options.budget if options else None,
+    )
+
+
+def _generation(body: ChatCompletionRequest) -> GenerationRequest:
+    """The model call a chat request asks for, before any expert's defaults are applied."""
+    return GenerationRequest(
+        messages=[message.to_message() for message in body.messages],
+        max_tokens=body.token_budget,
+        temperature=body.temperature,
+        top_p=body.top_p,
+        stop=body.stop_list,
+        seed=body.seed,
+        moe_routing=body.moesaic.moe_routing.to_options() if body.moesaic and body.moesaic.moe_routing else None,
+        request_id=current_request_id() or "",  # into every expert call and the actors' logs
+        **body.passthrough(),  # tools, tool_choice, response_format: for the experts that can use them
+    )
+
+
+async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> Any:
+    request = _pipeline_request(body, orchestrator)
+    response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    if body.stream:
+        events = orchestrator.stream(request)
+        try:
+            first = await anext(events)  # routing happens before any byte is sent, so errors get a status
+        except Exception as error:
+            raise _pipeline_error(error) from None
+        assert isinstance(first, DecisionEvent)
+        headers = {"x-moesaic-experts": ",".join(first.decision.experts)}
+        stream = _pipeline_sse(events, body, response_id, created, orchestrator.pool.spec)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    try:
+        result = await orchestrator.run(request)
+    except Exception as error:
+        raise _pipeline_error(error) from None
+    record_pipeline(body.model, result)
+    body_json = completion_body(
+        response_id=response_id,
+        created=created,
+        model=body.model,
+        text=result.text,
+        finish_reason=result.finish_reason,
+        prompt_tokens=result.usage.prompt_tokens,
+        completion_tokens=result.usage.completion_tokens,
+        metadata=with_passthrough(
+            result.metadata(), orchestrator.pool.spec, result.decision.experts, body.passthrough()
+        ),
+        tool_calls=result.verdict.tool_calls,
+    )
+    return AnswerResponse(body_json, headers={"x-moesaic-experts": ",".join(result.decision.experts)})
+
+
+def _pipeline_error(error: Exception) -> APIError:
+    if isinstance(error, APIError):
+        return error
+    if isinstance(error, PolicyUnavailable):
+        return APIError(422, str(error), param=error.param, code="policy_unavailable")
+    if isinstance(error, NoExpertAvailable):
+        return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
+    if isinstance(error, AllExpertsFailed):
+        codes = set(error.codes or ())
+        if len(codes) == 1 and (code := codes.pop()) in CLIENT_ERROR_PARAMS:
+            return APIError(400, str(error), param=CLIENT_ERROR_PARAMS[code], code=code)
+        return APIError(502, str(error), "upstream_error", code="experts_failed")
+    log.exception("pipeline failed", exc_info=error)
+    return APIError(500, f"internal error: {type(error).__name__}: {error}", "internal_error")
+
+
+async def _pipeline_sse(
+    events: AsyncIterator[PipelineEvent], body: ChatCompletionRequest, response_id: str, created: int, spec: PoolSpec
+) -> AsyncIterator[str]:
+    passed = body.passthrough()
+    yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+    try:
+        async for event in events:
+            if isinstance(event, TextEvent):
+                yield _sse(chunk_body(response_id, created, body.model, {"content": event.text}))
+            elif isinstance(event, DoneEvent):
+                result = event.result
+                record_pipeline(body.model, result)
+                if result.verdict.tool_calls:
+                    calls = tool_calls_delta(result.verdict.tool_calls)
+                    yield _sse(chunk_body(response_id, created, body.model, calls))
+                final = chunk_body(response_id, created, body.model, {}, result.finish_reason)
+                final["moesaic"] = with_passthrough(result.metadata(), spec, result.decision.experts, passed)
+                yield _sse(final)
+                if body.stream_options and body.stream_options.include_usage:
+                    usage = result.usage
+                    yield _sse(
+                        usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens)
+                    )
+    except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
+        yield _sse(_pipeline_error(error).body())
+    finally:
+        await events.aclose()  # the stream closed early (client gone): this cancels the pipeline's work
+    yield "data: [DONE]\n\n"
+
+
+# -- one expert, directly -----------------------------------------------------------------
+async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name: str) -> Any:
+    pool = orchestrator.pool
+    if name not in pool.expert_names:
+        raise APIError(
+            404, f"no expert named {name!r}; see GET /v1/models", "not_found_error", "model", "model_not_found"
+        )
+    if not pool.is_healthy(name):
+        raise APIError(
+            503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy"
+        )
+    request = _generation(body)
+    response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+    headers = {"x-moesaic-experts": name}
+    if body.stream:
+        stream = _direct_sse(orchestrator, name, request, body, response_id, created)
+        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+    try:
+        completion = await orchestrator.call_expert(name, request)
+    except (ExpertCallFailed, ExpertUnavailable) as error:
+        raise _direct_error(error) from None
+    if completion.error is not None:
+        raise _direct_error(ExpertCallFailed(completion.error, completion.error_code))
+    usage = completion.usage
+    record = CallRecord.of(name, "direct", completion)
+    record_calls(body.model, [record])
+    metadata = {"expert": name, "calls": [asdict(record)], "cost": usage.cost}
+    metadata = with_passthrough(metadata, pool.spec, [name], body.passthrough())
+    return AnswerResponse(
+        completion_body(
+            response_id=response_id,
+            created=created,
+            model=body.model,
+            text=completion.text,
+            finish_reason=completion.finish_reason,
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            metadata=metadata,
+            tool_calls=completion.tool_calls,
+        ),
+        headers=headers,
+    )
+
+
+def _direct_error(error: Exception) -> APIError:
+    if isinstance(error, ExpertUnavailable):
+        return APIError(503, str(error), "service_unavailable", code="expert_unhealthy")
+    if isinstance(error, ExpertCallFailed) and error.code in CLIENT_ERROR_PARAMS:
+        return APIError(400, str(error), param=CLIENT_ERROR_PARAMS[error.code], code=error.code)
+    return APIError(502, str(error), "upstream_error", code="expert_failed")
+
+
+async def _direct_sse(
+    orchestrator: Orchestrator,
+    name: str,
+    request: GenerationRequest,
+    body: ChatCompletionRequest,
+    response_id: str,
+    created: int,
+) -> AsyncIterator[str]:
+    yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+    items = orchestrator.stream_expert(name, request)
+    try:
+        completion: Completion | None = None
+        async for item in items:
+            if isinstance(item, str):
+                yield _sse(chunk_body(response_id, created, body.model, {"content": item}))
+            else:
+                completion = item
+        if completion is None or completion.error is not None:
+            message = completion.error if completion else "stream ended without a completion"
+            raise ExpertCallFailed(
+                f"expert {name!r} could not answer: {message}", completion.error_code if completion else None
+            )
+        if completion.tool_calls:
+            yield _sse(chunk_body(response_id, created, body.model, tool_calls_delta(completion.tool_calls)))
+        final = chunk_body(response_id, created, body.model, {}, completion.finish_reason)
+        record = CallRecord.of(name, "direct", completion)
+        record_calls(body.model, [record])
+        final["moesaic"] = with_passthrough(
+            {"expert": name, "calls": [asdict(record)], "cost": completion.usage.cost},
+            orchestrator.pool.spec,
+            [name],
+            body.passthrough(),
+        )
+        yield _sse(final)
+        if body.stream_options and body.stream_options.include_usage:
+            usage = completion.usage
+            yield _sse(usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
+    except Exception as error:
+        yield _sse(_direct_error(error).body())
+    finally:
+        await items.aclose()  # type: ignore[attr-defined]  # an async generator: closing cancels the expert call
+    yield "data: [DONE]\n\n"
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
