@@ -40,9 +40,9 @@ class ExpertActor:
         self.load_at_start = load_at_start
         self.memory_gb: float | None = None
         concurrency = self.spec.concurrency
-        if getattr(self.backend, "joins_running_batch", False):
+        if self.backend.joins_running_batch:
             # batches join one running decode loop: let as many reach it at once as it has slots
-            concurrency = max(concurrency, int(getattr(self.backend, "max_slots", 1)))
+            concurrency = max(concurrency, self.backend.max_slots)
         self.batcher = RequestBatcher(
             self._timed_generate,
             max_batch_size=self.spec.batching.max_batch_size,

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from experts.backends.base import Backend
 from experts.config.pool_spec import ExpertSpec
 
 Residency = Literal["disk", "parked", "resident"]
@@ -45,7 +46,7 @@ class LifecycleCounters:
 class ModelLifecycle:
     """Moves one backend between disk, host RAM (parked) and resident; never raises for a no-op."""
 
-    def __init__(self, backend: Any, spec: ExpertSpec) -> None:
+    def __init__(self, backend: Backend, spec: ExpertSpec) -> None:
         self.backend = backend
         self.spec = spec
         self.state: Residency = "disk"
@@ -67,9 +68,8 @@ class ModelLifecycle:
         """Move the weights to host RAM; where that frees nothing (CPU) or is not possible, unload instead."""
         if self.state != "resident":
             return self.report(0.0)
-        park = getattr(self.backend, "park", None)
         started = time.perf_counter()
-        if park is None or not await park():
+        if not await self.backend.park():
             return await self.unload()
         elapsed = time.perf_counter() - started
         self.state = "parked"
@@ -81,10 +81,8 @@ class ModelLifecycle:
         """Free the model's memory; the next load reads the weights from disk again."""
         if self.state == "disk":
             return self.report(0.0)
-        unload = getattr(self.backend, "unload", None)
         started = time.perf_counter()
-        if unload is not None:
-            await unload()
+        await self.backend.unload()
         elapsed = time.perf_counter() - started
         self.state = "disk"
         self.counters.unloads += 1

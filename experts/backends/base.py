@@ -18,7 +18,26 @@ DeltaSink = Callable[[TextDelta], None]
 
 @runtime_checkable
 class Backend(Protocol):
-    """What an expert actor needs from a model runtime."""
+    """What an expert actor needs from a model runtime.
+
+    ``load``, ``generate`` and ``describe`` are required. The rest are optional abilities with defaults here,
+    so a backend subclasses ``Backend`` and overrides only what it can do: ``joins_running_batch``/``max_slots``
+    (a decode loop that batches join while it runs), ``park`` (move weights to host RAM), ``unload`` (free them).
+    """
+
+    max_slots: int = 1  # with joins_running_batch: how many requests the running loop holds at once
+
+    @property
+    def joins_running_batch(self) -> bool:
+        """True when batches join one running decode loop, so the actor lets ``max_slots`` in at once."""
+        return False
+
+    async def park(self) -> bool:
+        """Move the weights to host RAM, keeping them ready to come back fast; False: not possible here."""
+        return False
+
+    async def unload(self) -> None:
+        """Free the model's memory (the next ``load`` reads the weights again); nothing to free by default."""
 
     async def load(self) -> None:
         """Prepare the model (load weights, open clients). Called once, before any generate."""

@@ -28,7 +28,7 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from experts.backends.base import BackendError, DeltaSink
+from experts.backends.base import Backend, BackendError, DeltaSink
 from experts.config.pool_spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, TextDelta, Usage
 
@@ -59,7 +59,7 @@ class EchoFaults(BaseModel):
         return replies
 
 
-class EchoBackend:
+class EchoBackend(Backend):
     """Repeats the last user message word by word; a measuring and fault-injection tool."""
 
     def __init__(self, spec: ExpertSpec) -> None:

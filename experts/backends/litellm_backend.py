@@ -14,7 +14,7 @@ import os
 import time
 from typing import Any
 
-from experts.backends.base import BackendError, DeltaSink
+from experts.backends.base import Backend, BackendError, DeltaSink
 from experts.config.pool_spec import ExpertSpec
 from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
 
@@ -29,7 +29,7 @@ def _import_litellm() -> Any:
     return litellm
 
 
-class LiteLLMBackend:
+class LiteLLMBackend(Backend):
     """One LiteLLM model; ``options`` may carry api_base, api_key_env, timeout, num_retries."""
 
     def __init__(self, spec: ExpertSpec) -> None:

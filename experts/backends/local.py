@@ -25,7 +25,7 @@ import os
 import time
 from typing import Any, Callable
 
-from experts.backends.base import BackendError, DeltaSink
+from experts.backends.base import Backend, BackendError, DeltaSink
 from experts.config.pool_spec import ExpertSpec
 from experts.errors import ErrorCode
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
@@ -35,7 +35,7 @@ TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called 
 ENGINES = ("continuous", "static")
 
 
-class LocalBackend:
+class LocalBackend(Backend):
     """Runs one local model with batched decoding (see ``experts.engine.static``)."""
 
     def __init__(self, spec: ExpertSpec) -> None:
