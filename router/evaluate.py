@@ -15,11 +15,11 @@ import numpy as np
 
 from aggregator.vote import majority_vote, weighted_vote
 from router.competence import CompetenceEstimator, CompetenceSettings
-from router.metrics import apgr, cpt, quality_curve
 from router.outcomes import OutcomeTable
 from router.plans import PlanData, PlanKey, PlanModel, fit_escalate_threshold, replay
 from router.policies import PolicySettings, QueryView, select
 from router.profiles import ProfileSet, build_profiles
+from router.quality_metrics import apgr, cpt, quality_curve
 
 
 @dataclass(frozen=True)

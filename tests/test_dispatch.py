@@ -160,7 +160,7 @@ async def test_end_to_end_three_embedded_experts_with_room_for_two(residency_poo
 @pytest.mark.ray
 async def test_metrics_in_prometheus_text_format(ray_session: None) -> None:
     from orchestrator.server.api.app import create_app
-    from orchestrator.server.api.metrics import render
+    from orchestrator.server.api.metrics_endpoint import render
 
     plain = ExpertPool(echo_pool_spec("metrics-plain"))
     await plain.start()

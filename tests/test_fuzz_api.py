@@ -32,7 +32,7 @@ from schemathesis.specs.openapi.checks import (
 from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
-from orchestrator.server.service.config import ServiceConfig
+from orchestrator.server.service.service_config import ServiceConfig
 from orchestrator.server.settings import ServeSettings
 from tests.conftest import ServerThread, echo_pool_spec
 

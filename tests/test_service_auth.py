@@ -23,7 +23,7 @@ from orchestrator.cli.main import app as cli
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import Principal, auth_enabled, hash_key, is_loopback, new_key
-from orchestrator.server.service.config import (
+from orchestrator.server.service.service_config import (
     KeyRecord,
     ServiceConfig,
     ServiceConfigError,

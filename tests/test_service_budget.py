@@ -23,8 +23,8 @@ from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import Authenticator, KeyStore, hash_key, new_key
-from orchestrator.server.service.config import KeyRecord, RateLimitSection, ServiceConfig
 from orchestrator.server.service.redis_link import RedisLink, connect_redis
+from orchestrator.server.service.service_config import KeyRecord, RateLimitSection, ServiceConfig
 from orchestrator.server.service.spend import SpendTracker, dollars
 from tests.conftest import ServerThread, free_port
 

@@ -19,7 +19,7 @@ import redis
 from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
-from orchestrator.server.service.config import ServiceConfig
+from orchestrator.server.service.service_config import ServiceConfig
 from tests.conftest import RedisServer, ServerThread, echo_pool_spec
 
 CHAT = "/v1/chat/completions"

@@ -17,8 +17,8 @@ import pytest
 from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
-from orchestrator.server.service.config import LimitsSection, ServiceConfig
 from orchestrator.server.service.limits import Overloaded, RequestLimits
+from orchestrator.server.service.service_config import LimitsSection, ServiceConfig
 from tests.conftest import ServerThread, echo_pool_spec
 
 ASK = {"model": "expert/a", "messages": [{"role": "user", "content": "slow answer please"}], "max_tokens": 8}

@@ -20,9 +20,9 @@ from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import hash_key, new_key
-from orchestrator.server.service.config import ServiceConfig
 from orchestrator.server.service.redis_link import RedisUnavailable
-from orchestrator.server.service.state import build_service_state
+from orchestrator.server.service.service_config import ServiceConfig
+from orchestrator.server.service.service_state import build_service_state
 from orchestrator.server.settings import ServeSettings
 from tests.conftest import ServerThread, echo_pool_spec, free_port
 

@@ -165,7 +165,7 @@ def render_files(
     source = _shown_path(resolve_pool_path(pool))
     service_config = None
     if service is not None:
-        from orchestrator.server.service.config import load_service_config
+        from orchestrator.server.service.service_config import load_service_config
 
         load_service_config(service)  # fail here, naming the file and field, not on the cluster
         service_config = yaml.safe_load(service.read_text(encoding="utf-8")) or {}
@@ -188,7 +188,7 @@ def render(
     service: Optional[Path] = typer.Option(None, "--service-config", help="service config (Redis, auth, limits)"),
 ) -> None:
     """Render the pool as a Ray Serve config and a KubeRay RayService manifest."""
-    from orchestrator.server.service.config import ServiceConfigError
+    from orchestrator.server.service.service_config import ServiceConfigError
 
     try:
         paths = render_files(pool, out, image, secret, service)

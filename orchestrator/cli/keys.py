@@ -18,7 +18,7 @@ from rich.table import Table
 
 from orchestrator.cli.output import console, errors, fail
 from orchestrator.server.service.auth import hash_key, new_key
-from orchestrator.server.service.config import KeyRecord, ServiceConfig, ServiceConfigError, load_service_config
+from orchestrator.server.service.service_config import KeyRecord, ServiceConfig, ServiceConfigError, load_service_config
 from orchestrator.server.service.spend import dollars
 
 app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)

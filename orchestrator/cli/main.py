@@ -45,7 +45,7 @@ def serve(
     import uvicorn
 
     from orchestrator.server.api.app import create_app
-    from orchestrator.server.service.config import ServiceConfig, ServiceConfigError, load_service_config
+    from orchestrator.server.service.service_config import ServiceConfig, ServiceConfigError, load_service_config
     from orchestrator.server.settings import ServeSettings
 
     _load(pool)  # fail now, with the file and field, not inside the server's start-up

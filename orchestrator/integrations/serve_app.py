@@ -79,7 +79,7 @@ class MoesaicIngress:
 
     def __serve_build_asgi_app__(self) -> Any:
         from orchestrator.server.api.app import create_app
-        from orchestrator.server.service.config import parse_service_config
+        from orchestrator.server.service.service_config import parse_service_config
         from orchestrator.server.settings import ServeSettings
 
         service = parse_service_config(self.service or {}, "<serve config: service>")
@@ -99,7 +99,7 @@ def build(args: dict[str, Any]) -> Any:
         raise ValueError(f"invalid Moesaic Serve args: {problems}") from None
     spec, source = parsed.load()
     if parsed.service is not None:
-        from orchestrator.server.service.config import parse_service_config
+        from orchestrator.server.service.service_config import parse_service_config
 
         parse_service_config(parsed.service, "<serve config: service>")  # fail at deploy time, naming the field
     deployment = serve.deployment(MoesaicIngress, name=INGRESS_NAME).options(**spec.serve.deployment_options())

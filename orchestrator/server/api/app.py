@@ -24,7 +24,7 @@ from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.server.api.chat import router as chat_router
-from orchestrator.server.api.metrics import router as metrics_router
+from orchestrator.server.api.metrics_endpoint import router as metrics_router
 from orchestrator.server.api.openapi import ERROR_RESPONSES, HEALTH_RESPONSES
 from orchestrator.server.api.route import router as route_router
 from orchestrator.server.api.schemas import ModelCard, ModelList, ModelPricing
@@ -32,9 +32,9 @@ from orchestrator.server.errors import APIError, install_error_handlers
 from orchestrator.server.observability.metrics import ServiceMetrics
 from orchestrator.server.observability.middleware import ObservabilityMiddleware
 from orchestrator.server.service.auth import AuthMiddleware
-from orchestrator.server.service.config import ServiceConfig, load_service_config
 from orchestrator.server.service.limits import LimitsMiddleware
-from orchestrator.server.service.state import ServiceState, build_service_state
+from orchestrator.server.service.service_config import ServiceConfig, load_service_config
+from orchestrator.server.service.service_state import ServiceState, build_service_state
 from orchestrator.server.settings import ServeSettings
 
 # uvicorn's own logger: the service's start-up line appears beside uvicorn's, whatever the log setup

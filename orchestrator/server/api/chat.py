@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -10,7 +9,6 @@ from dataclasses import asdict
 from typing import Any, AsyncIterator
 
 from fastapi import APIRouter, Request
-from fastapi.responses import StreamingResponse
 from pydantic import ValidationError
 
 from experts.config.pool_spec import PoolSpec
@@ -22,7 +20,7 @@ from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchest
 from orchestrator.pipeline.state import CallRecord, PipelineRequest
 from orchestrator.pipeline.tool_calls import with_passthrough
 from orchestrator.server.api.body import parse_json_object
-from orchestrator.server.api.gate import AnswerResponse, Gate
+from orchestrator.server.api.gate import AnswerResponse, AnswerStream, Gate
 from orchestrator.server.api.openapi import CHAT_RESPONSES, json_body
 from orchestrator.server.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
 from orchestrator.server.api.tool_schemas import tool_calls_delta
@@ -151,8 +149,8 @@ async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> 
             raise _pipeline_error(error) from None
         assert isinstance(first, DecisionEvent)
         headers = {"x-moesaic-experts": ",".join(first.decision.experts)}
-        stream = _pipeline_sse(events, body, response_id, created, orchestrator.pool.spec)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        chunks = _pipeline_chunks(events, body, response_id, created, orchestrator.pool.spec)
+        return AnswerStream(chunks, headers=headers)
     try:
         result = await orchestrator.run(request)
     except Exception as error:
@@ -190,34 +188,33 @@ def _pipeline_error(error: Exception) -> APIError:
     return APIError(500, f"internal error: {type(error).__name__}: {error}", "internal_error")
 
 
-async def _pipeline_sse(
+async def _pipeline_chunks(
     events: AsyncIterator[PipelineEvent], body: ChatCompletionRequest, response_id: str, created: int, spec: PoolSpec
-) -> AsyncIterator[str]:
+) -> AsyncIterator[dict[str, Any]]:
     passed = body.passthrough()
-    yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+    yield chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""})
     try:
         async for event in events:
             if isinstance(event, TextEvent):
-                yield _sse(chunk_body(response_id, created, body.model, {"content": event.text}))
+                yield chunk_body(response_id, created, body.model, {"content": event.text})
             elif isinstance(event, DoneEvent):
                 result = event.result
                 record_pipeline(body.model, result)
                 if result.verdict.tool_calls:
                     calls = tool_calls_delta(result.verdict.tool_calls)
-                    yield _sse(chunk_body(response_id, created, body.model, calls))
+                    yield chunk_body(response_id, created, body.model, calls)
                 final = chunk_body(response_id, created, body.model, {}, result.finish_reason)
                 final["moesaic"] = with_passthrough(result.metadata(), spec, result.decision.experts, passed)
-                yield _sse(final)
+                yield final
                 if body.stream_options and body.stream_options.include_usage:
                     usage = result.usage
-                    yield _sse(
+                    yield (
                         usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens)
                     )
     except Exception as error:  # the status line is sent already: report in the stream, OpenAI style
-        yield _sse(_pipeline_error(error).body())
+        yield _pipeline_error(error).body()
     finally:
         await events.aclose()  # the stream closed early (client gone): this cancels the pipeline's work
-    yield "data: [DONE]\n\n"
 
 
 # -- one expert, directly -----------------------------------------------------------------
@@ -235,8 +232,8 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     headers = {"x-moesaic-experts": name}
     if body.stream:
-        stream = _direct_sse(orchestrator, name, request, body, response_id, created)
-        return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        chunks = _direct_chunks(orchestrator, name, request, body, response_id, created)
+        return AnswerStream(chunks, headers=headers)
     try:
         completion = await orchestrator.call_expert(name, request)
     except (ExpertCallFailed, ExpertUnavailable) as error:
@@ -272,21 +269,21 @@ def _direct_error(error: Exception) -> APIError:
     return APIError(502, str(error), "upstream_error", code="expert_failed")
 
 
-async def _direct_sse(
+async def _direct_chunks(
     orchestrator: Orchestrator,
     name: str,
     request: GenerationRequest,
     body: ChatCompletionRequest,
     response_id: str,
     created: int,
-) -> AsyncIterator[str]:
-    yield _sse(chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""}))
+) -> AsyncIterator[dict[str, Any]]:
+    yield chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""})
     items = orchestrator.stream_expert(name, request)
     try:
         completion: Completion | None = None
         async for item in items:
             if isinstance(item, str):
-                yield _sse(chunk_body(response_id, created, body.model, {"content": item}))
+                yield chunk_body(response_id, created, body.model, {"content": item})
             else:
                 completion = item
         if completion is None or completion.error is not None:
@@ -295,7 +292,7 @@ async def _direct_sse(
                 f"expert {name!r} could not answer: {message}", completion.error_code if completion else None
             )
         if completion.tool_calls:
-            yield _sse(chunk_body(response_id, created, body.model, tool_calls_delta(completion.tool_calls)))
+            yield chunk_body(response_id, created, body.model, tool_calls_delta(completion.tool_calls))
         final = chunk_body(response_id, created, body.model, {}, completion.finish_reason)
         record = CallRecord.of(name, "direct", completion)
         record_calls(body.model, [record])
@@ -305,16 +302,11 @@ async def _direct_sse(
             [name],
             body.passthrough(),
         )
-        yield _sse(final)
+        yield final
         if body.stream_options and body.stream_options.include_usage:
             usage = completion.usage
-            yield _sse(usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens))
+            yield usage_chunk_body(response_id, created, body.model, usage.prompt_tokens, usage.completion_tokens)
     except Exception as error:
-        yield _sse(_direct_error(error).body())
+        yield _direct_error(error).body()
     finally:
         await items.aclose()  # type: ignore[attr-defined]  # an async generator: closing cancels the expert call
-    yield "data: [DONE]\n\n"
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"

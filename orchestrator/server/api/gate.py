@@ -32,8 +32,8 @@ from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
 from orchestrator.server.service.auth import ANONYMOUS, Principal
 from orchestrator.server.service.journal import JournalEntry
+from orchestrator.server.service.service_state import ServiceState
 from orchestrator.server.service.spend import dollars
-from orchestrator.server.service.state import ServiceState
 
 T = TypeVar("T")
 CACHE_HEADER = "x-moesaic-cache"
@@ -46,6 +46,28 @@ class AnswerResponse(JSONResponse):
     def __init__(self, answer: dict[str, Any], headers: dict[str, str] | None = None) -> None:
         super().__init__(answer, headers=headers)
         self.answer = answer
+
+
+class AnswerStream(StreamingResponse):
+    """A chat answer as server-sent events, rendered here from the route's chunk objects.
+
+    The route hands over its chunks as dicts; this writes each as one ``data:`` event (then ``[DONE]``) and keeps
+    what it sent in ``answer``, so the gate records the stream without parsing its own events back.
+    """
+
+    def __init__(self, chunks: AsyncIterator[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
+        self.answer = StreamedAnswer()
+        self._chunks = chunks
+        super().__init__(self._events(), media_type="text/event-stream", headers=headers)
+
+    async def _events(self) -> AsyncIterator[str]:
+        try:
+            async for chunk in self._chunks:
+                self.answer.record(chunk)
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        finally:
+            await _close(self._chunks)  # the client went away: closing the route's chunks cancels its work
+        yield "data: [DONE]\n\n"
 
 
 class ClientDisconnected(APIError):
@@ -199,8 +221,8 @@ class Gate:
     # -- after the work -------------------------------------------------------------------
     async def answered(self, response: Response) -> Response:
         """Record a successful response (cache, usage, journal) and mark it; streams are recorded as they end."""
-        if isinstance(response, StreamingResponse):
-            return GatedStream(response, self._recording(response.body_iterator), self.cache_state)
+        if isinstance(response, AnswerStream):
+            return GatedStream(response, self._recording(response), self.cache_state)
         response.headers[CACHE_HEADER] = self.cache_state
         if self.service is None:
             return response
@@ -221,13 +243,12 @@ class Gate:
             await self._settle(0)
             await self._journal(status, None, str(error) or type(error).__name__)
 
-    async def _recording(self, chunks: AsyncIterator[Any]) -> AsyncIterator[Any]:
-        """Pass the SSE chunks through, assembling what the client received for the journal."""
-        seen = _StreamedAnswer()
+    async def _recording(self, stream: AnswerStream) -> AsyncIterator[Any]:
+        """Pass the stream's events through; once it ends, record what the client received (``stream.answer``)."""
+        chunks, seen = stream.body_iterator, stream.answer
         status = 200
         try:
             async for chunk in chunks:
-                seen.read(chunk)
                 yield chunk
         except (asyncio.CancelledError, GeneratorExit):
             status = CLIENT_CLOSED  # cancelled or closed mid-stream: the client went away
@@ -294,8 +315,8 @@ class GatedStream(StreamingResponse):
                 await _close(self.body_iterator)
 
 
-class _StreamedAnswer:
-    """What a chat stream sent, gathered from our own SSE chunks into one completion-shaped record."""
+class StreamedAnswer:
+    """What a chat stream sent, gathered from its chunk objects into one completion-shaped record."""
 
     def __init__(self) -> None:
         self.text: list[str] = []
@@ -305,14 +326,7 @@ class _StreamedAnswer:
         self.finish_reason: str | None = None
         self.error: str | None = None
 
-    def read(self, chunk: Any) -> None:
-        text = chunk.decode() if isinstance(chunk, bytes) else str(chunk)
-        if not text.startswith("data: {"):
-            return
-        try:
-            event = json.loads(text[len("data: ") :])
-        except ValueError:
-            return
+    def record(self, event: dict[str, Any]) -> None:
         if "error" in event:
             self.error = str(event["error"].get("message", event["error"]))
             return

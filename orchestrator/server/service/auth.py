@@ -28,8 +28,8 @@ from pydantic import ValidationError
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.server.errors import APIError
-from orchestrator.server.service.config import KeyRecord, RateLimitSection
 from orchestrator.server.service.redis_link import RedisLink
+from orchestrator.server.service.service_config import KeyRecord, RateLimitSection
 
 log = logging.getLogger(__name__)
 

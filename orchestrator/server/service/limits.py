@@ -23,7 +23,7 @@ from collections import deque
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.server.errors import APIError
-from orchestrator.server.service.config import LimitsSection
+from orchestrator.server.service.service_config import LimitsSection
 
 
 class BodyTooLarge(APIError):

@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 from orchestrator.server.service.auth import Authenticator, KeyStore, auth_enabled
 from orchestrator.server.service.cache import ResponseCache
-from orchestrator.server.service.config import ServiceConfig
 from orchestrator.server.service.journal import RequestJournal
 from orchestrator.server.service.limits import RequestLimits
 from orchestrator.server.service.ratelimit import RateLimiter
 from orchestrator.server.service.redis_link import RedisLink, connect_redis, redact
+from orchestrator.server.service.service_config import ServiceConfig
 from orchestrator.server.service.spend import SpendTracker
 
 log = logging.getLogger(__name__)
