@@ -22,6 +22,7 @@ from experts.actor.lifecycle import ModelLifecycle, weights_gb
 from experts.backends import create_backend
 from experts.channel import ChannelServer
 from experts.config.pool_spec import ExpertSpec
+from experts.health import ExpertState, HealthReport
 from experts.log_format import configure_from_env
 from experts.types import Completion, GenerationRequest, Message, TextDelta
 
@@ -49,7 +50,7 @@ class ExpertActor:
             max_wait_s=self.spec.batching.max_wait_ms / 1000.0,
             concurrency=concurrency,
         )
-        self.state = "starting"
+        self.state = ExpertState.STARTING
         self.error: str | None = None
         self.load_seconds: float | None = None
         # the same-node fast lane (experts/channel.py); the pool decides whether callers use it
@@ -64,9 +65,9 @@ class ExpertActor:
             else:
                 self.memory_gb = await asyncio.to_thread(weights_gb, self.spec)
         except Exception as error:
-            self.state, self.error = "failed", f"{type(error).__name__}: {error}"
+            self.state, self.error = ExpertState.FAILED, f"{type(error).__name__}: {error}"
         else:
-            self.state = "ready"
+            self.state = ExpertState.READY
         self.load_seconds = time.perf_counter() - started
         if self.channel is not None and self.channel.path is None:
             try:
@@ -76,9 +77,9 @@ class ExpertActor:
                 self.channel = None
         return await self.health()
 
-    async def health(self) -> dict[str, Any]:
+    async def health(self) -> HealthReport:
         stats = self.batcher.stats
-        return {
+        report: HealthReport = {
             "name": self.spec.name,
             "state": self.state,
             "error": self.error,
@@ -93,9 +94,8 @@ class ExpertActor:
             "node": _node_id(),
             "channel": self.channel.path if self.channel is not None else None,
             "channel_in_flight": self.channel.in_flight if self.channel is not None else 0,
-            **self.lifecycle.facts(),
-            **self.backend.describe(),
         }
+        return {**report, **self.lifecycle.facts(), **self.backend.describe()}  # type: ignore[typeddict-item]
 
     async def load(self) -> dict[str, Any]:
         """Bring the model into memory (residency-managed pools); returns the timing and the counters."""
@@ -180,7 +180,7 @@ class ExpertActor:
                 getter.cancel()
 
     def _require_ready(self) -> None:
-        if self.state != "ready":
+        if self.state != ExpertState.READY:
             raise RuntimeError(f"expert {self.spec.name!r} is {self.state}: {self.error or 'not started'}")
         if self.lifecycle.state != "resident":
             raise RuntimeError(

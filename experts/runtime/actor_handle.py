@@ -32,6 +32,7 @@ from typing import Any
 
 from experts.channel import DATA_METHODS, ChannelClient, ChannelLost, RemoteError, remove_socket_folder
 from experts.errors import ErrorCode, ExpertCallFailed
+from experts.health import ExpertState, HealthReport, is_ready
 from experts.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -51,24 +52,24 @@ class ActorHandle:
         self._boot = boot
         self.start_timeout_s = start_timeout_s
         self.actor: Any = None
-        self.report: dict[str, Any] = {"name": name, "state": "starting", "error": None}
+        self.report: HealthReport = {"name": name, "state": ExpertState.STARTING, "error": None}
         self.restarts = 0
         self.closed = False
         self._restart: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> dict[str, Any]:
+    async def start(self) -> HealthReport:
         """Create the actor and wait until it has loaded (or failed); never raises."""
         self.actor = self._create()
         self.report = await self._booted(self.actor, "did not start")
         await self._connect()
         return self.report
 
-    async def _booted(self, actor: Any, failure: str) -> dict[str, Any]:
+    async def _booted(self, actor: Any, failure: str) -> HealthReport:
         try:
             return await asyncio.wait_for(self._boot(actor), self.start_timeout_s)
         except Exception as error:
-            return {"name": self.name, "state": "failed", "error": f"actor {failure}: {_root_message(error)}"}
+            return {"name": self.name, "state": ExpertState.FAILED, "error": f"actor {failure}: {_root_message(error)}"}
 
     @property
     def restarting(self) -> bool:
@@ -76,14 +77,14 @@ class ActorHandle:
 
     @property
     def ready(self) -> bool:
-        return not self.restarting and self.report.get("state") == "ready"
+        return not self.restarting and is_ready(self.report)
 
     def restart(self, dead: Any, reason: str) -> None:
         """Replace the actor ``dead`` (once, however many callers saw it die) in the background."""
         if self.closed or self.restarting or dead is not self.actor:
             return  # shutting down, or already being (or been) replaced
         self.restarts += 1
-        self.report = {**self.report, "state": "restarting", "error": f"actor died ({reason}); restarting"}
+        self.report = {**self.report, "state": ExpertState.RESTARTING, "error": f"actor died ({reason}); restarting"}
         log.warning("expert %s: actor died (%s); restart %d", self.name, reason, self.restarts)
         self._restart = asyncio.get_running_loop().create_task(self._replace(dead))
 
@@ -96,7 +97,7 @@ class ActorHandle:
         self.actor = self._create()
         self.report = await self._booted(self.actor, "did not restart")
         await self._connect()
-        if self.report.get("state") == "ready":
+        if is_ready(self.report):
             log.info("expert %s: actor restarted and ready", self.name)
         else:
             log.error("expert %s: actor restart failed: %s", self.name, self.report.get("error"))
@@ -130,7 +131,7 @@ class ActorHandle:
     async def _connect(self) -> None:
         """Open the actor's channel when it offers one on this node (else calls use Ray)."""
         path = self.report.get("channel")
-        if not self.use_channel or not path or self.report.get("state") != "ready" or self.closed:
+        if not self.use_channel or not path or not is_ready(self.report) or self.closed:
             return
         if self.report.get("node") != _local_node():
             return  # another node: its socket is not reachable from here
@@ -260,7 +261,7 @@ class ActorHandle:
             if not finished:  # timed out, or the consumer stopped listening
                 _cancel(generator)
 
-    async def probe(self, timeout_s: float) -> dict[str, Any]:
+    async def probe(self, timeout_s: float) -> HealthReport:
         """Ask the actor for its health; a slow answer keeps the last report, a dead actor is restarted."""
         if self.restarting or self.actor is None:
             return self.report
@@ -278,7 +279,7 @@ class ActorHandle:
             if failure.code == ErrorCode.ACTOR_UNAVAILABLE:
                 return {**self.report, "probe": "unreachable"}
             if failure.code != ErrorCode.ACTOR_DIED:  # the actor answered with an error: report it, it stays unroutable
-                self.report = {**self.report, "state": "unreachable", "error": str(failure)}
+                self.report = {**self.report, "state": ExpertState.UNREACHABLE, "error": str(failure)}
         return self.report
 
     # -- errors ----------------------------------------------------------------------------

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from typing import Protocol
 
 from experts.config.pool_spec import PoolSpec
+from experts.health import HealthReport
 from experts.types import Completion, GenerationRequest
 
 
@@ -33,11 +34,11 @@ class ExpertClient(Protocol):
 
     def breaker_states(self) -> dict[str, str]: ...
 
-    async def start(self) -> dict[str, dict[str, Any]]: ...
+    async def start(self) -> dict[str, HealthReport]: ...
 
     async def shutdown(self) -> None: ...
 
-    async def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]: ...
+    async def health(self, timeout_s: float = 5.0) -> dict[str, HealthReport]: ...
 
     async def generate(self, name: str, request: GenerationRequest) -> Completion: ...
 

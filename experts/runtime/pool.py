@@ -31,6 +31,7 @@ from typing import Any, AsyncIterator, Iterator, Literal
 from experts.actor.expert_actor import ExpertActor
 from experts.config.pool_spec import ExpertSpec, PoolSpec
 from experts.errors import ExpertCallFailed, ExpertUnavailable
+from experts.health import HealthReport, is_ready
 from experts.runtime.actor_handle import ActorHandle
 from experts.runtime.breaker import BreakerState
 from experts.runtime.guarded import GuardedExpert
@@ -67,7 +68,7 @@ class ExpertPool:
         self._placement = ExpertPlacement(spec.name)  # placement groups of multi-GPU experts
 
     # -- lifecycle -------------------------------------------------------------------------
-    async def start(self) -> dict[str, dict[str, Any]]:
+    async def start(self) -> dict[str, HealthReport]:
         """Start every actor and wait until each has loaded (or failed); return the health table."""
         import ray
 
@@ -99,7 +100,7 @@ class ExpertPool:
             )
         reports = await asyncio.gather(*(guarded.handle.start() for guarded in self._experts.values()))
         for name, report in zip(self._experts, reports):
-            if report["state"] != "ready":
+            if not is_ready(report):
                 log.error("expert %s failed to start: %s", name, report.get("error"))
         return self._table()
 
@@ -114,7 +115,7 @@ class ExpertPool:
             report: dict[str, Any] = await actor.start.remote()
             # a restarted residency-managed expert the dispatcher counts as resident is loaded again
             residency = getattr(self.dispatcher, "residency", None)
-            if report.get("state") == "ready" and residency is not None and name in residency:
+            if is_ready(report) and residency is not None and name in residency:
                 if residency.state(name) == "resident":
                     await actor.load.remote()
                     report = await actor.health.remote()
@@ -171,7 +172,7 @@ class ExpertPool:
     async def release_all(self) -> None:
         """Nothing to give back: a plain pool's experts stay loaded until ``shutdown`` (``ExpertClient``)."""
 
-    async def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    async def health(self, timeout_s: float = 5.0) -> dict[str, HealthReport]:
         """Ask every actor for its health now.
 
         A probe that times out keeps the last known state and says ``"probe": "slow"`` (a busy
@@ -181,10 +182,10 @@ class ExpertPool:
         probes = await asyncio.gather(*(self._experts[name].handle.probe(timeout_s) for name in names))
         return {name: self._entry(name, report) for name, report in zip(names, probes)}
 
-    def _table(self) -> dict[str, dict[str, Any]]:
+    def _table(self) -> dict[str, HealthReport]:
         return {name: self._entry(name, guarded.handle.report) for name, guarded in self._experts.items()}
 
-    def _entry(self, name: str, report: dict[str, Any]) -> dict[str, Any]:
+    def _entry(self, name: str, report: HealthReport) -> HealthReport:
         guarded = self._experts[name]
         breaker: BreakerState = guarded.breaker.state
         return {**report, "breaker": breaker, "restarts": guarded.handle.restarts, "retries": guarded.retries}

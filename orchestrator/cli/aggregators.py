@@ -11,6 +11,7 @@ from rich.table import Table
 
 from aggregator.choice import AggregatorChoice, SyntheticCase
 from experts.config.pool_spec import PoolSpec
+from experts.health import is_ready
 from orchestrator.cli.output import console, fail
 
 
@@ -92,7 +93,7 @@ async def _measure(
     pool = ExpertPool(spec, ray_address=ray)
     try:
         health = await pool.start()
-        down = [name for name in names if health[name]["state"] != "ready"]
+        down = [name for name in names if not is_ready(health[name])]
         if down:
             fail(f"aggregators did not start: {', '.join(down)}; see `moesaic experts`")
         columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]

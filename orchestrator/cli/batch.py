@@ -10,6 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
+from experts.health import is_ready
 from orchestrator.cli.output import console, errors
 from orchestrator.pipeline.batch import BatchReport, BatchRunner
 from orchestrator.pipeline.batch_io import BatchInputError, read_items
@@ -69,7 +70,7 @@ async def _run(
         with errors.status(f"starting {len(spec.experts)} experts..."):
             health = await pool.start()
         for name, facts in health.items():
-            if facts.get("state") != "ready":
+            if not is_ready(facts):
                 errors.print(f"[yellow]expert {name} did not start:[/yellow] {facts.get('error')}")
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*columns, console=errors, transient=False) as bar:

@@ -12,6 +12,7 @@ from rich.panel import Panel
 from rich.table import Table
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
+from experts.health import is_ready
 from orchestrator.cli.output import console, errors
 
 app = typer.Typer(help="Moesaic: several LLM experts answer together.", no_args_is_help=True)
@@ -167,7 +168,7 @@ async def _ask(spec: PoolSpec, question: str, k, policy, strategy, max_tokens, t
     try:
         with console.status(f"starting {len(spec.experts)} experts..."):
             health = await pool.start()
-        failed = {name: h.get("error") for name, h in health.items() if h.get("state") != "ready"}
+        failed = {name: h.get("error") for name, h in health.items() if not is_ready(h)}
         for name, error in failed.items():
             errors.print(f"[yellow]expert {name} did not start:[/yellow] {error}")
         generation = GenerationRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature)

@@ -10,6 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from experts.health import is_ready
 from orchestrator.cli.output import console, fail
 
 
@@ -101,7 +102,7 @@ def _profile_dataset(
         pool = ExpertPool(spec, ray_address=ray_address)
         try:
             health = await pool.start()
-            failed = [n for n in experts if health[n]["state"] != "ready"]
+            failed = [n for n in experts if not is_ready(health[n])]
             if failed:
                 raise OutcomeFileError(f"experts did not start: {', '.join(failed)}; see `moesaic experts`")
             columns = [BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()]

@@ -27,6 +27,7 @@ import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
+from experts.health import is_ready
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
@@ -267,7 +268,7 @@ async def serve_mcp(
     try:
         health = await pool.start()
         for name, state in health.items():
-            if state.get("state") != "ready":
+            if not is_ready(state):
                 print(f"expert {name} did not start: {state.get('error')}", file=sys.stderr)
         server = build_server(Orchestrator(pool))
         if transport == "stdio":

@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ray import serve
 
 from experts.config.pool_spec import PoolSpec, load_pool, parse_pool, resolve_pool_path
+from experts.health import is_ready
 
 INGRESS_NAME = "MoesaicIngress"
 
@@ -69,7 +70,7 @@ class MoesaicIngress:
         spec = spec_from(pool_data, pool_source)
         self.pool = ExpertPool(spec)
         health = await self.pool.start()  # inside a replica Ray is up already: the actors join its cluster
-        if not any(report.get("state") == "ready" for report in health.values()):
+        if not any(is_ready(report) for report in health.values()):
             failures = {name: report.get("error") for name, report in health.items()}
             await self.pool.shutdown()
             raise RuntimeError(f"no expert of pool {spec.name!r} started: {failures}")

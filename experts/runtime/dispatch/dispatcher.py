@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from experts.config.pool_spec import PoolSpec
+from experts.health import HealthReport, is_ready
 from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch import scheduler
 from experts.runtime.dispatch.residency import ExpertFootprint, ResidencyManager
@@ -98,7 +99,7 @@ class Dispatcher:
         """The pool's actor restarts per expert."""
         return self.pool.restarts
 
-    async def start(self) -> dict[str, dict[str, Any]]:
+    async def start(self) -> dict[str, HealthReport]:
         return await self.pool.start()
 
     async def shutdown(self) -> None:
@@ -106,7 +107,7 @@ class Dispatcher:
             task.cancel()
         await self.pool.shutdown()
 
-    async def health(self, timeout_s: float = 5.0) -> dict[str, dict[str, Any]]:
+    async def health(self, timeout_s: float = 5.0) -> dict[str, HealthReport]:
         """The pool's health table, with each expert's dispatcher queue depth added."""
         table = await self.pool.health(timeout_s)
         return {name: {**facts, "dispatch_queue_depth": self.queue_depth(name)} for name, facts in table.items()}
@@ -154,7 +155,7 @@ class Dispatcher:
             footprints = [
                 _footprint(self.pool.spec, name, facts)
                 for name, facts in table.items()
-                if self.pool.spec.residency_managed(name) and facts.get("state") == "ready"
+                if self.pool.spec.residency_managed(name) and is_ready(facts)
             ]
             self.residency = ResidencyManager(
                 footprints,

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from experts.health import is_ready
 from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch.dispatcher import Dispatcher
 from orchestrator.server.observability.exposition import Exposition
@@ -38,7 +39,7 @@ async def write_pool(out: Exposition, pool: ExpertClient) -> None:
     health: dict[str, dict[str, Any]] = await pool.health()
     out.family("moesaic_expert_up", "gauge", "1 when the expert's actor is ready")
     for name, facts in health.items():
-        out.sample("moesaic_expert_up", {"expert": name}, 1 if facts.get("state") == "ready" else 0)
+        out.sample("moesaic_expert_up", {"expert": name}, 1 if is_ready(facts) else 0)
     out.family("moesaic_expert_residency", "gauge", "1 for the expert's residency state (disk, parked, resident)")
     for name, facts in health.items():
         if facts.get("residency"):
