@@ -276,3 +276,17 @@ def test_cli_route_lists_the_plans_and_refuses_a_budget_without_a_plan_policy(po
     assert decision["policy"] == "escalate" and decision["escalation"]["then"] == ["strong"]
     refused = CliRunner().invoke(app, ["route", AGREE, "--pool", str(pool_file), "--policy", "skills", "--budget", "1"])
     assert refused.exit_code == 2 and "budget applies to the cost and escalate policies" in refused.output
+
+
+def test_a_chat_request_carries_its_budget_through_the_pipeline(client: tuple[openai.OpenAI, str]) -> None:
+    api, _ = client
+    question = [{"role": "user", "content": DISAGREE}]
+    answer = api.chat.completions.create(
+        model="moesaic/cost", messages=question, extra_body={"moesaic": {"budget": 0.5}}
+    )
+    decision = answer.model_extra["moesaic"]["decision"]
+    assert decision["policy"] == "cost" and decision["budget"] == 0.5 and decision["cost_lambda"] > 0
+    assert answer.choices[0].message.content
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        api.chat.completions.create(model="moesaic/skills", messages=question, extra_body={"moesaic": {"budget": 0.5}})
+    assert refused.value.body["param"] == "moesaic.budget"
