@@ -66,7 +66,8 @@ class AnswerStream(StreamingResponse):
                 self.answer.record(chunk)
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         finally:
-            await _close(self._chunks)  # the client went away: closing the route's chunks cancels its work
+            with anyio.CancelScope(shield=True):  # even when cancelled (the client went away): close the route's
+                await _close(self._chunks)  # chunks, which cancels the work behind them
         yield "data: [DONE]\n\n"
 
 
