@@ -25,12 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.strategies import ModelStep, Verdict
-from aggregator.synthesize import Candidate
 from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
 from orchestrator.pipeline.escalation import review_first_stage
-from orchestrator.pipeline.graph import UNKNOWN_COMPETENCE, forced_decision, with_measured_aggregator
+from orchestrator.pipeline.graph import candidates, step_fallback, step_verdict
 from orchestrator.pipeline.orchestrator import Orchestrator
 from router.decision import RoutingDecision
 from router.recruit import NoExpertAvailable
@@ -71,6 +70,7 @@ class BatchRunner:
         stages: Callable[[int, int], None] | None = None,
     ) -> None:
         self.orchestrator = orchestrator
+        self.nodes = orchestrator.nodes  # the pipeline's steps, run here item by item and grouped by expert
         self.pool = orchestrator.pool
         self.max_tokens = max_tokens
         self.temperature = temperature
@@ -127,18 +127,14 @@ class BatchRunner:
         return item
 
     def _decide(self, line: InputLine, request: GenerationRequest) -> RoutingDecision:
+        """The graph's own decision step (``PipelineNodes.decide``) on the router's fast path."""
         assert line.item is not None
-        orchestrator, healthy = self.orchestrator, set(self.pool.healthy_names())
         names = line.item.experts
-        if names:
-            unknown = [name for name in names if name not in self.pool.expert_names]
-            if unknown:
-                raise ValueError(f"experts: no expert named {', '.join(map(repr, unknown))} in this pool")
-            return forced_decision(names, healthy, orchestrator.aggregator.aggregator)
+        unknown = [name for name in names or [] if name not in self.pool.expert_names]
+        if unknown:
+            raise ValueError(f"experts: no expert named {', '.join(map(repr, unknown))} in this pool")
         query = next((m.content for m in reversed(request.messages) if m.role == "user"), "")
-        estimate = orchestrator.router.understand(query)
-        decision = orchestrator.router.recruit(estimate, healthy=healthy, k=line.item.k)
-        return with_measured_aggregator(decision, orchestrator.aggregators)
+        return self.nodes.decide(self.orchestrator.router.understand(query), experts=names, k=line.item.k)
 
     # -- the experts, grouped by the dispatcher ----------------------------------------------
     async def _ask_experts(
@@ -212,12 +208,7 @@ class BatchRunner:
                 escalated += [item] if decision.escalation.escalated else []
                 continue
             assert item.request is not None
-            answered = []
-            for name in decision.experts:
-                completion = progress.calls.get((item.line.line, "expert", name))
-                if completion is not None and completion.error is None:
-                    competence = decision.competence.get(name, UNKNOWN_COMPETENCE)
-                    answered.append(Candidate(name, completion.text, competence, completion.finish_reason))
+            answered = candidates(decision, _answers(item, progress, decision.experts))
             item.decision = review_first_stage(self.orchestrator.aggregator, item.request.messages, decision, answered)
             progress.routes[item.line.line] = item.decision
             log.route(item.line.line, item.decision)
@@ -245,7 +236,7 @@ class BatchRunner:
             recorded = progress.calls.get((item.line.line, plan.role, plan.expert))
             if recorded is not None:
                 report.calls_reused += 1
-                verdicts[item.line.line] = _finish(plan, recorded)
+                verdicts[item.line.line] = step_verdict(plan, recorded)
             else:
                 steps.append((item, plan, call))
         self._stages(0, len(steps))
@@ -255,13 +246,12 @@ class BatchRunner:
             try:
                 completion = await self.pool.generate(step.expert, call)
             except (ExpertCallFailed, ExpertUnavailable) as error:
-                note = f"{step.role} {step.expert!r} failed, the vote decided: {error}"
-                verdicts[item.line.line] = replace(step.fallback, note=note)
+                verdicts[item.line.line] = step_fallback(step, str(error))
             else:
                 progress.calls[(item.line.line, step.role, step.expert)] = completion
                 log.call(item.line.line, step.role, step.expert, completion)
                 report.calls_made += 1
-                verdicts[item.line.line] = _finish(step, completion)
+                verdicts[item.line.line] = step_verdict(step, completion)
             self._advance("aggregation", 1)
 
         await asyncio.gather(*(ask(item, step, call) for item, step, call in steps))
@@ -273,16 +263,31 @@ class BatchRunner:
         for name, completion in answers.items():
             if completion is not None and completion.error is not None:
                 item.failures[name] = f"expert {name!r} could not answer: {completion.error}"
-        usable = [(n, c) for n, c in answers.items() if c is not None and c.error is None and n not in item.failures]
+        usable = [n for n, c in answers.items() if c is not None and c.error is None and n not in item.failures]
         if not usable:
             reasons = "; ".join(f"{name}: {item.failures.get(name, 'not run')}" for name in item.decision.experts)
             item.error = f"line {item.line.line}: every recruited expert failed ({reasons})"
             return None
-        competence = item.decision.competence
-        candidates = [
-            Candidate(name, c.text, competence.get(name, UNKNOWN_COMPETENCE), c.finish_reason) for name, c in usable
-        ]
-        return self.orchestrator.aggregator.plan(item.request.messages, candidates, aggregator=item.decision.aggregator)
+        return self.nodes.plan_aggregation(item.request.messages, item.decision, _answers(item, progress, usable))
+
+
+@dataclass(frozen=True)
+class BatchAnswer:
+    """An expert's recorded answer to one item, as the pipeline's steps read it (``graph.Answered``)."""
+
+    expert: str
+    text: str
+    finish_reason: str
+
+
+def _answers(item: _Item, progress: Progress, names: list[str]) -> list[BatchAnswer]:
+    """The recorded usable answers of ``names`` to ``item``, in that order."""
+    answers = []
+    for name in names:
+        completion = progress.calls.get((item.line.line, "expert", name))
+        if completion is not None and completion.error is None:
+            answers.append(BatchAnswer(name, completion.text, completion.finish_reason))
+    return answers
 
 
 def _experts_to_ask(item: _Item, second_stage: bool) -> list[str]:
@@ -295,14 +300,6 @@ def _experts_to_ask(item: _Item, second_stage: bool) -> list[str]:
     if escalation is not None and escalation.escalated:  # resumed after the review: the first stage only here
         return [name for name in item.decision.experts if name not in escalation.then]
     return list(item.decision.experts)
-
-
-def _finish(step: ModelStep, completion: Completion) -> Verdict:
-    if completion.error is not None:
-        note = f"{step.role} {step.expert!r} failed, the vote decided: could not answer: {completion.error}"
-        return replace(step.fallback, note=note)
-    verdict = step.finish(completion.text, completion.finish_reason)
-    return replace(verdict, expert=None) if step.role == "aggregator" else verdict
 
 
 def _row(item: _Item, verdict: Verdict | None, progress: Progress, calls: list[Completion]) -> dict[str, Any]:

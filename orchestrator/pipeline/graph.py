@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Literal, Protocol
 
 from langgraph.config import get_stream_writer
 from langgraph.graph import END, START, StateGraph
@@ -34,7 +35,7 @@ from aggregator.synthesize import Candidate
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime.client import ExpertClient
 from experts.runtime.retry import is_client_mistake
-from experts.types import Completion, GenerationRequest
+from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.escalation import review_first_stage
 from orchestrator.pipeline.replacements import Reserve, unfilled, with_replacements
 from orchestrator.pipeline.state import (
@@ -50,6 +51,7 @@ from orchestrator.pipeline.tool_calls import tool_call_verdict, tool_caller
 from router.decision import ExpertScore, RoutingDecision
 from router.factory import Router
 from router.keywords import KeywordExtractor
+from router.lexical import SkillEstimate
 from router.recruit import NoExpertAvailable
 
 UNKNOWN_COMPETENCE = 0.5  # the lexical router measures nothing: equal weights, so the vote is a majority vote
@@ -108,23 +110,37 @@ class PipelineNodes:
     async def recruit(self, state: PipelineState) -> dict[str, Any]:
         started = time.perf_counter()
         request = state["request"]
-        healthy = set(self.pool.healthy_names())
-        if request.experts:
-            decision = self._forced(request.experts, healthy)
-        else:
-            decision = self.router.recruit(
-                state["estimate"],
-                healthy=healthy,
-                k=request.k,
-                policy=request.policy,
-                started=started,
-                budget=request.budget,
-            )
-            decision = with_measured_aggregator(decision, self.aggregators)
+        decision = self.decide(
+            state["estimate"],
+            experts=request.experts,
+            k=request.k,
+            policy=request.policy,
+            budget=request.budget,
+            started=started,
+        )
         if request.stream:
             get_stream_writer()(stream_event("decision", decision=decision))
         reserve = Reserve(decision, self.pool.spec.resilience.replacement_rounds)
         return {"decision": decision, "reserve": reserve, "timings_ms": {"recruit": _ms_since(started)}}
+
+    def decide(
+        self,
+        estimate: SkillEstimate,
+        *,
+        experts: list[str] | None = None,
+        k: int | None = None,
+        policy: str | None = None,
+        budget: float | None = None,
+        started: float | None = None,
+    ) -> RoutingDecision:
+        """The routing decision over the healthy experts: the ``experts`` named by the caller, else the router's
+        (with the aggregator measured best for the query's category). Shared by ``recruit``, ``/v1/route`` and
+        batch mode."""
+        healthy = set(self.pool.healthy_names())
+        if experts:
+            return forced_decision(experts, healthy, self.aggregator.aggregator)
+        decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started, budget=budget)
+        return with_measured_aggregator(decision, self.aggregators)
 
     async def route(self, state: PipelineState) -> dict[str, Any]:
         """Understand the query, then recruit its experts (timed as two steps: ``understand``, ``recruit``)."""
@@ -156,11 +172,7 @@ class PipelineNodes:
         """Decide whether the first stage settles the answer or the second stage is asked (``escalation``)."""
         started = time.perf_counter()
         request, decision = state["request"], state["decision"]
-        answered = [
-            Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
-            for a in state.get("answers", [])
-            if a.error is None
-        ]
+        answered = candidates(decision, [a for a in state.get("answers", []) if a.error is None])
         decision = review_first_stage(self.aggregator, request.messages, decision, answered)
         if request.stream:
             get_stream_writer()(stream_event("escalation", escalation=decision.escalation))
@@ -226,21 +238,11 @@ class PipelineNodes:
             failures = "; ".join(f"{a.expert}: {a.error}" for a in by_name.values())
             codes = [answer.error_code for answer in by_name.values()]
             raise AllExpertsFailed(f"every recruited expert failed ({failures})", codes)
-        candidates = [
-            Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
-            for a in usable
-        ]
         caller = tool_caller(usable)
         if caller is not None:  # an expert asked for tools: its calls go back to the caller, no vote over them
             plan: Verdict | ModelStep = tool_call_verdict(caller)
         else:
-            plan = self.aggregator.plan(
-                request.messages,
-                candidates,
-                strategy=request.strategy,
-                consensus=request.consensus,
-                aggregator=decision.aggregator,
-            )
+            plan = self.plan_aggregation(request.messages, decision, usable, request.strategy, request.consensus)
         calls: list[CallRecord] = []
         if isinstance(plan, ModelStep):
             verdict, calls = await self._model_step(request, plan)
@@ -260,6 +262,26 @@ class PipelineNodes:
             "timings_ms": {"aggregate": _ms_since(started)},
         }
 
+    def plan_aggregation(
+        self,
+        messages: list[Message],
+        decision: RoutingDecision,
+        answers: Sequence[Answered],
+        strategy: str | None = None,
+        consensus: float | None | Literal["pool"] = "pool",
+    ) -> Verdict | ModelStep:
+        """How the experts' usable answers become one: a verdict now, or the aggregator's or judge's call to make.
+
+        ``strategy`` and ``consensus`` override the pool's (``None`` consensus: no short-cut).
+        """
+        return self.aggregator.plan(
+            messages,
+            candidates(decision, answers),
+            strategy=strategy,
+            consensus=consensus,
+            aggregator=decision.aggregator,
+        )
+
     async def _model_step(self, request: PipelineRequest, step: ModelStep) -> tuple[Verdict, list[CallRecord]]:
         """Make the aggregator's or judge's call; if it fails, the vote's answer stands (the experts did answer)."""
         asked = step.request
@@ -269,13 +291,9 @@ class PipelineNodes:
         try:
             completion = await self._call(step.expert, call, request.stream and step.stream_reply)
         except (ExpertCallFailed, ExpertUnavailable) as error:
-            note = f"{step.role} {step.expert!r} failed, the vote decided: {error}"
             record = CallRecord.failure(step.expert, step.role, str(error), time.perf_counter() - started)
-            return replace(step.fallback, note=note), [record]
-        verdict = step.finish(completion.text, completion.finish_reason)
-        if step.role == "aggregator":
-            verdict = replace(verdict, expert=None)
-        return verdict, [CallRecord.of(step.expert, step.role, completion)]
+            return step_fallback(step, str(error)), [record]
+        return step_verdict(step, completion), [CallRecord.of(step.expert, step.role, completion)]
 
     async def _call(
         self, name: str, request: GenerationRequest, stream: bool, streamed: _Streamed | None = None
@@ -299,9 +317,6 @@ class PipelineNodes:
             raise ExpertCallFailed(f"expert {name!r} could not answer: {completion.error}", completion.error_code)
         return completion
 
-    def _forced(self, names: list[str], healthy: set[str]) -> RoutingDecision:
-        return forced_decision(names, healthy, self.aggregator.aggregator)
-
 
 def forced_decision(names: list[str], healthy: set[str], aggregator: str | None) -> RoutingDecision:
     """A decision for experts the caller named explicitly (``moesaic.experts``, a batch item's ``experts``)."""
@@ -319,6 +334,38 @@ def forced_decision(names: list[str], healthy: set[str], aggregator: str | None)
         scores=scores,
         aggregator=aggregator if len(names) > 1 else None,
     )
+
+
+class Answered(Protocol):
+    """An expert's usable answer, as the graph (``ExpertAnswer``) and batch mode (``BatchAnswer``) hold it."""
+
+    @property
+    def expert(self) -> str: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def finish_reason(self) -> str: ...
+
+
+def candidates(decision: RoutingDecision, answers: Sequence[Answered]) -> list[Candidate]:
+    """The answers as the aggregator's candidates, weighted by each expert's estimated competence."""
+    return [
+        Candidate(a.expert, a.text, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.finish_reason)
+        for a in answers
+    ]
+
+
+def step_verdict(step: ModelStep, completion: Completion) -> Verdict:
+    """The verdict once the aggregator's or judge's call came back (its error: the vote's answer stands)."""
+    if completion.error is not None:
+        return step_fallback(step, f"could not answer: {completion.error}")
+    verdict = step.finish(completion.text, completion.finish_reason)
+    return replace(verdict, expert=None) if step.role == "aggregator" else verdict
+
+
+def step_fallback(step: ModelStep, error: str) -> Verdict:
+    """The vote's answer, noted, when the aggregator's or judge's call failed."""
+    return replace(step.fallback, note=f"{step.role} {step.expert!r} failed, the vote decided: {error}")
 
 
 @dataclass

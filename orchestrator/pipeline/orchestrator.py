@@ -17,7 +17,7 @@ from experts.config.pool_spec import PoolSpec
 from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch.dispatcher import dispatching
 from experts.types import Completion, GenerationRequest
-from orchestrator.pipeline.graph import PipelineNodes, build_graph, with_measured_aggregator
+from orchestrator.pipeline.graph import PipelineNodes, build_graph
 from orchestrator.pipeline.state import PipelineRequest, PipelineResult, PipelineState
 from router.decision import RoutingDecision
 from router.factory import build_router, load_aggregator_choice
@@ -49,7 +49,8 @@ class Orchestrator:
         self.router = build_router(pool.spec)
         self.aggregator = build_aggregator(pool.spec)
         self.aggregators = load_aggregator_choice(pool.spec)
-        self.graph = build_graph(PipelineNodes(self.pool, self.router, self.aggregator, self.aggregators))
+        self.nodes = PipelineNodes(self.pool, self.router, self.aggregator, self.aggregators)
+        self.graph = build_graph(self.nodes)
 
     async def run(self, request: PipelineRequest) -> PipelineResult:
         started = time.perf_counter()
@@ -77,10 +78,7 @@ class Orchestrator:
     ) -> RoutingDecision:
         """The routing decision alone, over the currently healthy experts (``POST /v1/route``)."""
         started = time.perf_counter()
-        estimate = self.router.understand(query)
-        healthy = set(self.pool.healthy_names())
-        decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started, budget=budget)
-        return with_measured_aggregator(decision, self.aggregators)
+        return self.nodes.decide(self.router.understand(query), k=k, policy=policy, budget=budget, started=started)
 
     async def call_expert(self, name: str, request: GenerationRequest) -> Completion:
         return await self.pool.generate(name, request)
