@@ -7,9 +7,10 @@ extractor returns the normalised answer, or None when the text commits to none.
 from __future__ import annotations
 
 import re
-from typing import Callable, Literal
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
 
-AnswerKind = Literal["choice", "number", "exact", "text"]
+from experts.types import AnswerKind
 
 _THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
 # "answer is (C)", "Answer: C", "option **D**": the keyword in any case, the letter upper-case only,
@@ -86,19 +87,14 @@ def extract_text(text: str) -> str | None:
 
 Extractor = Callable[[str], "str | None"]
 
-EXTRACTORS: dict[str, Extractor] = {
-    "choice": extract_choice,
-    "number": extract_number,
-    "exact": extract_exact,
-    "text": extract_text,
-}
-
-
-def register_extractor(kind: str, extractor: Extractor) -> None:
-    """Add (or replace) an extractor: ``answer_kind: <kind>`` in a pool file then uses it for votes."""
-    if not kind or not kind.isidentifier():
-        raise ValueError(f"extractor kind {kind!r} must be a simple name")
-    EXTRACTORS[kind] = extractor
+EXTRACTORS: Mapping[AnswerKind, Extractor] = MappingProxyType(
+    {
+        AnswerKind.CHOICE: extract_choice,
+        AnswerKind.NUMBER: extract_number,
+        AnswerKind.EXACT: extract_exact,
+        AnswerKind.TEXT: extract_text,
+    }
+)
 
 
 _OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-J])[\).:]\s+\S")
@@ -106,7 +102,7 @@ _STATED_NUMBER = re.compile(r"\\boxed\{[^{}]*\d|(?:final answer|answer)\s*(?:is|
 _STATED_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)", re.IGNORECASE)
 
 
-def infer_answer_kind(question: str, answers: list[str]) -> str:
+def infer_answer_kind(question: str, answers: list[str]) -> AnswerKind:
     """How to read the answers when the pool says ``answer_kind: auto``.
 
     ``choice`` when the question lists lettered options (A), (B)...; ``number`` when every
@@ -115,19 +111,19 @@ def infer_answer_kind(question: str, answers: list[str]) -> str:
     """
     letters = [m.group(1) for m in _OPTION_LINE.finditer(question)] + _CHOICE_PAREN.findall(question)
     if "A" in letters and "B" in letters:
-        return "choice"
+        return AnswerKind.CHOICE
     committed = [strip_reasoning(answer) for answer in answers]
     if committed and all(_STATED_NUMBER.search(answer) for answer in committed):
-        return "number"
+        return AnswerKind.NUMBER
     if committed and all(_STATED_LINE.search(answer) for answer in committed):
-        return "exact"
-    return "text"
+        return AnswerKind.EXACT
+    return AnswerKind.TEXT
 
 
 MAX_SENTENCE_WORDS = 12  # a final line this short that states the gold answer as whole words counts
 
 
-def is_correct(kind: AnswerKind, prediction: str | None, gold: str) -> bool:
+def is_correct(kind: AnswerKind | str, prediction: str | None, gold: str) -> bool:
     """Exact after normalisation; for short answers also "The capital is Paris." when the gold is "Paris"."""
     if prediction is None:
         return False

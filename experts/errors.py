@@ -1,7 +1,10 @@
-"""The two ways an expert call goes wrong, as the rest of the system sees them.
+"""The ways an expert call goes wrong, shared by both processes.
 
-``ExpertUnavailable``: the expert was not asked at all (unknown name, not started, its
-circuit breaker is open, its actor is being restarted); routing should pick someone else.
+``BackendError`` (inside the actor): a backend or our engine could not answer; the actor turns it into a
+``Completion`` with an error and a code.
+
+As the rest of the system sees a call, ``ExpertUnavailable``: the expert was not asked at all (unknown name,
+not started, its circuit breaker is open, its actor is being restarted); routing should pick someone else.
 ``ExpertCallFailed``: the expert was asked and did not answer; ``code`` says what kind of
 failure it was (``experts.runtime.retry`` decides from it whether a retry can help and whether it
 was the caller's mistake). Both name the expert in their message.
@@ -42,3 +45,7 @@ class ExpertCallFailed(RuntimeError):
     def __init__(self, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class BackendError(RuntimeError):
+    """A backend could not answer; the message says what to check."""

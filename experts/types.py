@@ -8,9 +8,24 @@ pool files), never here.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 from experts.moe.options import RoutingOptions
+
+
+class AnswerKind(StrEnum):
+    """How a final answer is read out of an expert's text, for votes and grading (``aggregator/extract.py``).
+
+    Named by pool files (``aggregation.answer_kind``, or ``auto``: inferred per query), by labelled data sets,
+    and by the aggregator; it lives here, beside the other data every package shares.
+    """
+
+    CHOICE = "choice"  # a multiple-choice letter
+    NUMBER = "number"  # a number, normalised (1,234.50 -> 1234.5)
+    EXACT = "exact"  # the short answer after "Answer:"
+    TEXT = "text"  # the whole answer, normalised
+
 
 Role = Literal["system", "user", "assistant", "tool"]
 FinishReason = Literal["stop", "length", "error", "tool_calls"]

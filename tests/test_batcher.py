@@ -8,9 +8,9 @@ import time
 import pytest
 
 from experts.actor.batcher import RequestBatcher
-from experts.backends.base import BackendError
 from experts.backends.echo import EchoBackend
 from experts.config.pool_spec import ExpertSpec
+from experts.errors import BackendError
 from experts.types import GenerationRequest, Message, TextDelta
 
 

@@ -261,9 +261,9 @@ async def test_local_backend_batches_join_the_running_loop(loaded: Loaded) -> No
 
 
 def test_engine_option_is_checked() -> None:
-    from experts.backends.base import BackendError
     from experts.backends.local import LocalBackend
     from experts.config.pool_spec import ExpertSpec
+    from experts.errors import BackendError
 
     static = LocalBackend(ExpertSpec(name="s", backend="local", model=MODEL, options={"engine": "static"}))
     assert not static.joins_running_batch and static.describe()["engine"] == "static"

@@ -54,19 +54,29 @@ def test_exact_and_grading() -> None:
     assert strip_reasoning("<THINK>x</THINK>y") == "y"
 
 
-def test_free_text_and_pluggable_extractors() -> None:
-    from aggregator.extract import EXTRACTORS, extract_text, register_extractor
+def test_free_text_and_every_answer_kind_has_one_extractor() -> None:
+    from aggregator.extract import EXTRACTORS, extract_text
+    from experts.types import AnswerKind
 
     assert extract_text("<think>hmm</think> Blue whales.") == extract_text("blue whales") == "blue whales"
     assert extract_text("<think>only thinking</think>") is None
-    register_extractor("yesno", lambda text: "yes" if "yes" in text.lower() else "no")
-    try:
-        assert EXTRACTORS["yesno"]("Yes, it is.") == "yes"
-        assert is_correct("yesno", "yes", "yes")  # type: ignore[arg-type]
-    finally:
-        del EXTRACTORS["yesno"]
-    with pytest.raises(ValueError, match="simple name"):
-        register_extractor("not a name", extract_text)
+    assert set(EXTRACTORS) == set(AnswerKind)
+    assert EXTRACTORS["choice"] is EXTRACTORS[AnswerKind.CHOICE]  # pool files and data sets name kinds as text
+    with pytest.raises(TypeError):
+        EXTRACTORS["yesno"] = extract_text  # type: ignore[index]  # a closed set: no process-wide registry
+
+
+def test_a_pool_file_names_an_unknown_answer_kind() -> None:
+    from experts.config import PoolFileError, parse_pool
+
+    document = {
+        "name": "p",
+        "experts": [{"name": "e", "backend": "echo", "model": "m"}],
+        "aggregation": {"answer_kind": "colour"},
+    }
+    with pytest.raises(PoolFileError, match="aggregation.answer_kind") as raised:
+        parse_pool(document, "pool.yaml")
+    assert "choice" in str(raised.value) and "auto" in str(raised.value)
 
 
 @pytest.mark.parametrize(

@@ -110,7 +110,7 @@ async def test_a_safetensors_directory_loads_too() -> None:
 
 
 def test_missing_models_say_what_to_do(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from experts.backends.base import BackendError
+    from experts.errors import BackendError
 
     with pytest.raises(BackendError, match="nothing is downloaded at run time"):
         resolve_model(str(tmp_path / "no-such-model"))

@@ -17,8 +17,8 @@ import pytest
 import torch
 
 from experts.backends import create_backend
-from experts.backends.base import BackendError
 from experts.config.pool_spec import parse_pool
+from experts.errors import BackendError
 from experts.moe.options import RoutingOptions
 from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message

@@ -1,9 +1,18 @@
-"""Model runtimes behind one protocol (``Backend``), and the factory that picks one."""
+"""Model runtimes behind one protocol (``Backend``), and the factory that picks one.
+
+Runs in: an expert's Ray actor (built there by ``experts.actor``). May import: ``experts.engine`` (``local``),
+``experts.moe`` (``moe``), litellm (``litellm``, lazily), ``experts.config``, ``experts.types``,
+``experts.errors``; never the driver side (``experts.runtime``).
+
+Public surface: ``Backend`` (the protocol; optional abilities have defaults on the base), ``DeltaSink``,
+``BackendError``, ``create_backend``.
+"""
 
 from __future__ import annotations
 
-from experts.backends.base import Backend, BackendError, DeltaSink
+from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
+from experts.errors import BackendError
 
 
 def create_backend(spec: ExpertSpec) -> Backend:

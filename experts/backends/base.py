@@ -51,7 +51,3 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, object]:
         """Facts for health reports: model, device, dtype..."""
-
-
-class BackendError(RuntimeError):
-    """A backend could not answer; the message says what to check."""

@@ -14,8 +14,9 @@ import os
 import time
 from typing import Any
 
-from experts.backends.base import Backend, BackendError, DeltaSink
+from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
+from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
 
 _PASSED_OPTIONS = ("api_base", "api_version", "timeout", "num_retries", "extra_headers")

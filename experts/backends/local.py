@@ -25,9 +25,9 @@ import os
 import time
 from typing import Any, Callable
 
-from experts.backends.base import Backend, BackendError, DeltaSink
+from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
-from experts.errors import ErrorCode
+from experts.errors import BackendError, ErrorCode
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread

@@ -18,10 +18,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from experts.backends.base import BackendError
 from experts.backends.local import LocalBackend, TextSinkFn
 from experts.config.pool_spec import ExpertSpec
-from experts.errors import ErrorCode
+from experts.errors import BackendError, ErrorCode
 from experts.moe.options import NO_OPTIONS, RoutingOptions
 from experts.types import Completion, GenerationRequest
 

@@ -1,6 +1,6 @@
 """Pool-file schemas: read and validated in the driver, carried into every actor as plain pydantic models.
 
-Runs in: any process (no Ray, no torch). May import: ``experts.types``, ``aggregator.extract`` (answer kinds).
+Runs in: any process (no Ray, no torch). May import: ``experts.types`` (``AnswerKind`` included).
 
 Public surface: ``PoolSpec``/``ExpertSpec`` and the section models (``pool_spec``), ``load_pool``/``parse_pool``,
 ``PoolFileError`` (a pool file's mistakes, with file and field), the ``resilience`` and ``serve`` sections, and

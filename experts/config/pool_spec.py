@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from experts.config.errors import describe, read_yaml
 from experts.config.resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
 from experts.config.serve_spec import ServeSpec
+from experts.types import AnswerKind
 
 # "moe": a local Mixture-of-Experts checkpoint on our MoE kernel path (experts/moe/);
 # "echo" exists only for overhead benchmarks and fault injection.
@@ -237,7 +238,9 @@ class AggregationSpec(_Strict):
     consensus: Annotated[float, Field(gt=0.0, le=1.0)] | None = Field(
         1.0, description="skip the aggregator when this share of the answers agree; null: never"
     )
-    answer_kind: str = Field("auto", description="answer extractor for votes: auto, choice, number, exact, text")
+    answer_kind: AnswerKind | Literal["auto"] = Field(
+        "auto", description="answer extractor for votes: auto, choice, number, exact, text"
+    )
     max_tokens: Annotated[int, Field(ge=1, le=32768)] | None = Field(
         None, description="the aggregator's token budget (default: its own generation.max_tokens)"
     )
@@ -247,15 +250,6 @@ class AggregationSpec(_Strict):
     choice: ProfileSource | None = Field(
         None, description="measured aggregator choice (moesaic bench-aggregators); default: beside the profiles"
     )
-
-    @field_validator("answer_kind")
-    @classmethod
-    def _known_kind(cls, value: str) -> str:
-        from aggregator.extract import EXTRACTORS
-
-        if value != "auto" and value not in EXTRACTORS:
-            raise ValueError(f"unknown answer kind; choose auto or one of {', '.join(EXTRACTORS)}")
-        return value
 
 
 class RolesSpec(_Strict):

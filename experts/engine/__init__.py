@@ -1,7 +1,7 @@
 """Our decoder for Hugging Face causal LMs (the ``local`` backend's engine) and where model weights come from.
 
 Runs in: an expert actor (``embedded`` also in the CLI, to prepare weights ahead of time). May import: torch,
-transformers, ``experts.types``, ``experts.backends.base``.
+transformers, ``experts.types``, ``experts.errors``.
 
 Public surface: ``continuous.ContinuousEngine`` (the default: requests join a running decode loop over a
 preallocated ``slot_cache``), ``static.BatchDecoder`` (one batch at a time), ``decoding`` (sampling, stops and

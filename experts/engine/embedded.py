@@ -18,7 +18,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from experts.backends.base import BackendError
+from experts.errors import BackendError
 
 # name -> (distribution to install, import package, file inside it)
 EMBEDDED_MODELS: dict[str, tuple[str, str, str]] = {

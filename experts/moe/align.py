@@ -1,4 +1,4 @@
-"""Align the (token, slot) pairs by expert, so a GEMM block of ``block_m`` rows never mixes two experts.
+"""Align the (token, slot) pairs by FFN expert, so a GEMM block of ``block_m`` rows never mixes two experts.
 
 The router gives each token k slots, each an expert id (the sentinel id E marks a dropped
 slot). A pair is named by its flat index ``t * k + s``. The grouped GEMM wants the pairs

@@ -1,4 +1,4 @@
-"""``MoEBlock``: a whole sparse MoE block (router, routed experts, shared experts) on our path.
+"""``MoEBlock``: a whole sparse MoE block (gate, routed FFN experts, shared FFN experts) on our path.
 
 It is built from a transformers block of any supported family (``MoEBlock.from_hf``),
 sharing that block's parameters (no copy), and ``install`` swaps it in for every MoE block

@@ -1,4 +1,4 @@
-"""The fast CPU path: experts' weights pre-packed once for oneDNN, one packed GEMM per touched expert.
+"""The fast CPU path: the FFN experts' weights pre-packed once for oneDNN, one packed GEMM per touched expert.
 
 On CPU a bf16 matmul through ``torch.mm`` / ``torch._grouped_mm`` re-lays-out the weight
 for oneDNN on every call, so a decode step reads each touched expert's weights twice and

@@ -1,4 +1,4 @@
-"""``experts_triton``: the routed experts on the GPU, in four steps (five Triton launches) and no host sync.
+"""``experts_triton``: the routed FFN experts on the GPU, in four steps (five Triton launches) and no host sync.
 
 Same inputs, output and meaning as ``experts_grouped`` / ``experts_reference``. The steps:
 

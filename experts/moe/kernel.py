@@ -1,4 +1,4 @@
-"""The Triton grouped GEMM of the MoE experts, used for both projections, and the sum over slots.
+"""The Triton grouped GEMM of the FFN experts, used for both projections, and the sum over slots.
 
 One kernel, one program per (block of ``block_m`` aligned rows, block of ``block_n`` output
 columns). Its rows come from ``experts.moe.align``: each names a (token, slot) pair, and all

@@ -1,4 +1,4 @@
-"""The expert computation on CPU: an fp32 per-expert reference, and a fast grouped-GEMM path.
+"""The FFN experts' computation on CPU: an fp32 per-expert reference, and a fast grouped-GEMM path.
 
 Both take the canonical weights — ``w13`` (E, 2I, H) = [gate; up], ``w2`` (E, H, I) — and
 the router's (T, k) weights and expert ids (the sentinel id E marks a dropped slot), and

@@ -1,4 +1,4 @@
-"""Routing: which experts each token goes to, and with what weight. Pure torch, CPU and GPU.
+"""Routing (the layer's gate): which FFN experts each token goes to, and with what weight. Pure torch, CPU and GPU.
 
 One function covers the seven families' rules (``MoESpec``) and adds inference-time controls
 (``RoutingOptions``): top-p (keep the best experts until their probability reaches p), null
