@@ -4,7 +4,7 @@ Runs in: any process (no Ray, no torch). May import: ``experts.types`` (``Answer
 
 Public surface: ``PoolSpec``/``ExpertSpec`` and the section models (``pool_spec``), ``load_pool``/``parse_pool``,
 ``PoolFileError`` (a pool file's mistakes, with file and field), the ``resilience`` and ``serve`` sections, and
-``ConfigFileError`` (``errors``: YAML problems with their line).
+``ConfigFileError`` (``file_errors``: YAML problems with their line).
 """
 
 from experts.config.pool_spec import (

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from experts.config.errors import describe, read_yaml
+from experts.config.file_errors import describe, read_yaml
 from experts.config.resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
 from experts.config.serve_spec import ServeSpec
 from experts.types import AnswerKind
