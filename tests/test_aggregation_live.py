@@ -138,8 +138,8 @@ def test_vote_and_rank_return_a_candidates_text(client: openai.OpenAI) -> None:
     assert_billed(ranked_completion.usage, ranked["calls"])
 
 
-def test_bad_aggregation_options_are_422(client: openai.OpenAI) -> None:
+def test_bad_aggregation_options_are_400(client: openai.OpenAI) -> None:
     for options in ({"strategy": "merge"}, {"consensus": 0}, {"aggregator_max_tokens": 0}):
-        with pytest.raises(openai.UnprocessableEntityError) as raised:
+        with pytest.raises(openai.BadRequestError) as raised:
             ask(client, **options)
         assert raised.value.body["param"].startswith("moesaic.")  # type: ignore[index]

@@ -119,15 +119,15 @@ def test_unknown_model_is_404(openai_client: openai.OpenAI) -> None:
         openai_client.chat.completions.create(model="expert/nobody", messages=QUESTION)
 
 
-def test_invalid_field_is_422(openai_client: openai.OpenAI) -> None:
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+def test_invalid_field_is_400(openai_client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as caught:
         openai_client.chat.completions.create(model="moesaic", messages=QUESTION, temperature=9)
     assert caught.value.body["param"] == "temperature" and caught.value.body["type"] == "invalid_request_error"
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError):
         openai_client.chat.completions.create(model="moesaic", messages=[{"role": "wizard", "content": "x"}])
-    with pytest.raises(openai.UnprocessableEntityError, match="role 'user'"):
+    with pytest.raises(openai.BadRequestError, match="role 'user'"):
         openai_client.chat.completions.create(model="moesaic", messages=[{"role": "system", "content": "x"}])
-    with pytest.raises(openai.UnprocessableEntityError, match="moesaic.experts"):
+    with pytest.raises(openai.BadRequestError, match="moesaic.experts"):
         openai_client.chat.completions.create(
             model="moesaic", messages=QUESTION, extra_body={"moesaic": {"experts": ["ghost"]}}
         )

@@ -163,15 +163,15 @@ def test_huge_prompt_is_413(client: httpx.Client) -> None:
         ("moesaic", {"k": "three"}, "moesaic.k"),
     ],
 )
-def test_wrong_types_are_422_naming_the_field(client: httpx.Client, field: str, wrong: Any, param: str) -> None:
-    error = assert_openai_error(client.post(CHAT, json={**VALID, field: wrong}), 422)
+def test_wrong_types_are_400_naming_the_field(client: httpx.Client, field: str, wrong: Any, param: str) -> None:
+    error = assert_openai_error(client.post(CHAT, json={**VALID, field: wrong}), 400)
     assert error["param"] == param and error["code"] == "invalid_value"
 
 
-def test_unknown_fields_are_422_and_openai_parameters_we_ignore_are_accepted(client: httpx.Client) -> None:
-    error = assert_openai_error(client.post(CHAT, json={**VALID, "max_token": 5}), 422)
+def test_unknown_fields_are_400_and_openai_parameters_we_ignore_are_accepted(client: httpx.Client) -> None:
+    error = assert_openai_error(client.post(CHAT, json={**VALID, "max_token": 5}), 400)
     assert error["param"] == "max_token"
-    error = assert_openai_error(client.post(CHAT, json={**VALID, "moesaic": {"k": 1, "turbo": True}}), 422)
+    error = assert_openai_error(client.post(CHAT, json={**VALID, "moesaic": {"k": 1, "turbo": True}}), 400)
     assert error["param"] == "moesaic.turbo"
     accepted = client.post(CHAT, json={**VALID, "presence_penalty": 0.5, "logprobs": False, "tools": []})
     assert accepted.status_code == 200, accepted.text
@@ -223,10 +223,10 @@ def test_route_endpoint_shares_the_body_rules(client: httpx.Client) -> None:
     ("raw_field", "param"),
     [('"temperature": NaN', "temperature"), ('"max_tokens": Infinity', "max_tokens"), ('"seed": 1e400', "seed")],
 )
-def test_non_finite_numbers_are_422(client: httpx.Client, raw_field: str, param: str) -> None:
+def test_non_finite_numbers_are_400(client: httpx.Client, raw_field: str, param: str) -> None:
     """Python's JSON parser accepts NaN and Infinity literals; the fields must still refuse them."""
     raw = '{"model": "moesaic", "messages": [{"role": "user", "content": "x"}], ' + raw_field + "}"
-    error = assert_openai_error(client.post(CHAT, content=raw, headers={"content-type": "application/json"}), 422)
+    error = assert_openai_error(client.post(CHAT, content=raw, headers={"content-type": "application/json"}), 400)
     assert error["param"] == param
 
 

@@ -226,7 +226,7 @@ def test_server_errors_surface_as_openai_errors(server: ServerThread) -> None:
 
     with pytest.raises(openai.NotFoundError, match="nobody"):
         chat(server, model="expert/nobody").invoke("hi")
-    with pytest.raises(openai.UnprocessableEntityError, match="tool_choice"):
+    with pytest.raises(openai.BadRequestError, match="tool_choice"):
         chat(server).invoke("hi", tool_choice="required")
 
 

@@ -182,7 +182,7 @@ def test_served_through_ray_and_the_http_api(moe_client: openai.OpenAI, moe_chec
     assert bad.value.body["param"] == "moesaic.moe_routing" and "3 forced experts do not fit in 2 slots" in str(
         bad.value
     )
-    with pytest.raises(openai.UnprocessableEntityError):
+    with pytest.raises(openai.BadRequestError):
         moe_client.chat.completions.create(
             model="expert/tiny-moe",
             messages=messages,

@@ -190,7 +190,7 @@ def test_route_endpoint_errors(profiled_server: ServerThread) -> None:
     url = profiled_server.url + "/v1/route"
     assert httpx.post(url, content=b"[1]", headers={"content-type": "application/json"}).status_code == 400
     missing = httpx.post(url, json={"model": "moesaic"})
-    assert missing.status_code == 422 and "exactly one of 'query' or 'messages'" in missing.json()["error"]["message"]
+    assert missing.status_code == 400 and "exactly one of 'query' or 'messages'" in missing.json()["error"]["message"]
     assert httpx.post(url, json={"model": "expert/numbers", "query": "x"}).status_code == 404
 
 

@@ -1,4 +1,4 @@
-"""API keys: the auto mode's decision, hashing, the config file's errors, `moesaic keys`, and 401/403/422/429
+"""API keys: the auto mode's decision, hashing, the config file's errors, `moesaic keys`, and 401/403/400/429
 over real uvicorn with the official openai client (keys in the config file and in Redis)."""
 
 from __future__ import annotations
@@ -214,7 +214,7 @@ def test_a_model_the_key_may_not_use_is_403(guarded_server: ServerThread, keys: 
 
 def test_a_keys_max_tokens_caps_each_request(guarded_server: ServerThread, keys: Keys) -> None:
     client = client_for(guarded_server, keys.experts_only)
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(model="expert/a", messages=HELLO, max_tokens=17)
     assert caught.value.body["param"] == "max_tokens" and "'experts-only''s max_tokens (16)" in caught.value.message
     assert client.chat.completions.create(model="expert/a", messages=HELLO, max_tokens=16).choices

@@ -1,4 +1,4 @@
-"""Limits and backpressure: 413, 422 on max_tokens, the bounded waiting line (429), graceful shutdown,
+"""Limits and backpressure: 413, 400 on max_tokens, the bounded waiting line (429), graceful shutdown,
 and client disconnects cancelling the work they started. Real uvicorn, echo experts that take 1 s."""
 
 from __future__ import annotations
@@ -150,13 +150,13 @@ def test_a_streamed_body_is_counted_and_cut_off(small_server: ServerThread) -> N
     assert gate_of(small_server).too_large == before + 1
 
 
-def test_max_tokens_over_the_limit_is_422_naming_it(small_server: ServerThread) -> None:
+def test_max_tokens_over_the_limit_is_400_naming_it(small_server: ServerThread) -> None:
     client = openai.OpenAI(base_url=small_server.url + "/v1", api_key="unused", max_retries=0)
-    with pytest.raises(openai.UnprocessableEntityError) as caught:
+    with pytest.raises(openai.BadRequestError) as caught:
         client.chat.completions.create(**{**ASK, "max_tokens": 65})
     assert caught.value.body["param"] == "max_tokens" and caught.value.body["code"] == "max_tokens_exceeded"
     assert "limits.max_tokens (64)" in caught.value.message
-    with pytest.raises(openai.UnprocessableEntityError) as newer:
+    with pytest.raises(openai.BadRequestError) as newer:
         client.chat.completions.create(model="expert/a", messages=ASK["messages"], max_completion_tokens=100)
     assert newer.value.body["param"] == "max_completion_tokens"
 

@@ -1,6 +1,7 @@
 """Errors in OpenAI's shape, with the status that tells a client whose fault it was.
 
-400 malformed request, 404 unknown model or path, 422 a field with an invalid value,
+400 a malformed request or a field with an invalid value (``param`` names it; OpenAI, vLLM and
+the LiteLLM proxy answer 400 too, so clients catch ``BadRequestError``), 404 unknown model or path,
 502 every model call failed upstream, 503 no healthy expert. A 500 means a bug of ours;
 a client's mistake never produces one.
 """
@@ -43,7 +44,7 @@ class APIError(Exception):
 
 
 def from_validation_error(error: ValidationError | RequestValidationError) -> APIError:
-    """422 naming the first bad field, listing all of them in the message."""
+    """400 naming the first bad field, listing all of them in the message."""
     problems = error.errors()
     descriptions = []
     for problem in problems:
@@ -51,7 +52,7 @@ def from_validation_error(error: ValidationError | RequestValidationError) -> AP
         descriptions.append(f"{where}: {problem['msg'].removeprefix('Value error, ')}")
     first = problems[0]["loc"] if problems else ()
     param = ".".join(str(part) for part in first if part != "body") or None
-    return APIError(422, "invalid request: " + "; ".join(descriptions), param=param, code="invalid_value")
+    return APIError(400, "invalid request: " + "; ".join(descriptions), param=param, code="invalid_value")
 
 
 def install_error_handlers(app: FastAPI) -> None:

@@ -1,7 +1,7 @@
 """Reading a JSON request body by hand, with a 4xx in OpenAI's shape for everything a client can get wrong.
 
 The chat and route endpoints parse their bodies themselves (a malformed body is a 400 that
-says what is wrong, not FastAPI's 422). This is the one place that does it: a declared
+says what is wrong, not FastAPI's 422: a 400 as OpenAI answers). This is the one place that does it: a declared
 content type that is not JSON (415), an empty body, bytes that are not UTF-8, text that is
 not JSON, JSON nested deeper than any request needs (Python's parser would otherwise hit
 its recursion limit: a 500), unpaired UTF-16 surrogates (``"\\ud800"`` parses, but no reply

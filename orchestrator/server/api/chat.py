@@ -110,7 +110,7 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
     if options and options.experts:
         unknown = [name for name in options.experts if name not in orchestrator.pool.expert_names]
         if unknown:
-            raise APIError(422, f"moesaic.experts names unknown experts: {', '.join(unknown)}", param="moesaic.experts")
+            raise APIError(400, f"moesaic.experts names unknown experts: {', '.join(unknown)}", param="moesaic.experts")
     return PipelineRequest(
         _generation(body),
         k=options.k if options else None,
@@ -176,7 +176,7 @@ def _pipeline_error(error: Exception) -> APIError:
     if isinstance(error, APIError):
         return error
     if isinstance(error, PolicyUnavailable):
-        return APIError(422, str(error), param=error.param, code="policy_unavailable")
+        return APIError(400, str(error), param=error.param, code="policy_unavailable")
     if isinstance(error, NoExpertAvailable):
         return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
     if isinstance(error, AllExpertsFailed):

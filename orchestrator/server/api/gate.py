@@ -1,7 +1,7 @@
 """The gate of ``POST /v1/chat/completions``: what happens around the pipeline for every request.
 
 Before the work: the caller's key may use the model (403), the request's ``max_tokens`` fits
-the key's and the service's limits (422), the key has not spent its daily budget and its rate
+the key's and the service's limits (400), the key has not spent its daily budget and its rate
 limits leave room (429 with ``Retry-After``), and a deterministic request may be answered from
 the cache (``x-moesaic-cache``).
 During: the work runs as a task raced against the client going away, so a disconnect cancels it
@@ -122,11 +122,11 @@ class Gate:
         asked = body.token_budget
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
         if asked is not None and asked > cap:
-            raise APIError(422, f"{param} {asked} is more than {why} ({cap})", param=param, code="max_tokens_exceeded")
+            raise APIError(400, f"{param} {asked} is more than {why} ({cap})", param=param, code="max_tokens_exceeded")
         options = body.moesaic
         if options is not None and options.aggregator_max_tokens is not None and options.aggregator_max_tokens > cap:
             raise APIError(
-                422,
+                400,
                 f"moesaic.aggregator_max_tokens {options.aggregator_max_tokens} is more than {why} ({cap})",
                 param="moesaic.aggregator_max_tokens",
                 code="max_tokens_exceeded",

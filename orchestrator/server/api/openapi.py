@@ -1,7 +1,7 @@
 """What the OpenAPI document (``GET /openapi.json``) says about bodies we parse ourselves, and errors.
 
 The chat and route endpoints read their JSON body by hand (so a malformed body is a 400 in
-OpenAI's shape, not FastAPI's 422), which hides the request schema from FastAPI. ``json_body``
+OpenAI's shape, a 400, not FastAPI's 422), which hides the request schema from FastAPI. ``json_body``
 puts it back into the document, self-contained (pydantic's ``$defs`` inlined, since a
 ``$ref`` in an operation resolves against the whole document). ``ERROR_RESPONSES`` declares
 every 4xx and 5xx in OpenAI's error shape, which is what the app answers; clients and

@@ -74,7 +74,7 @@ async def route(http_request: Request) -> dict[str, Any]:
             budget=options.budget if options else None,
         )
     except PolicyUnavailable as error:
-        raise APIError(422, str(error), param=error.param, code="policy_unavailable") from None
+        raise APIError(400, str(error), param=error.param, code="policy_unavailable") from None
     except NoExpertAvailable as error:
         raise APIError(503, str(error), "service_unavailable", code="no_healthy_expert") from None
     return {

@@ -2,7 +2,7 @@
 
 Fields OpenAI defines that we do not act on (``frequency_penalty``, ``logit_bias``...)
 are accepted and ignored, as OpenAI-compatible servers commonly do, so existing clients
-work unchanged; a field OpenAI does not define is a 422 naming it, as OpenAI answers an
+work unchanged; a field OpenAI does not define is a 400 naming it, as OpenAI answers an
 unrecognized argument (a typo such as ``max_token`` must not pass silently). Our extension
 lives in one optional ``moesaic`` object.
 """

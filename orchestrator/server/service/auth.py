@@ -8,7 +8,7 @@ key nor a near miss leaks through timing.
 ``AuthMiddleware`` runs before anything else on ``/v1/*`` (``/healthz`` and ``/metrics`` stay
 open for probes and scrapers): it answers 401 itself, and hands the route a ``Principal`` in
 ``request.state.principal`` (``anonymous`` when auth is off) carrying the key's allowed models
-and limits. The chat route enforces those (403, 422, 429), because they need the request body.
+and limits. The chat route enforces those (403, 400, 429), because they need the request body.
 """
 
 from __future__ import annotations
