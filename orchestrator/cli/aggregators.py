@@ -12,13 +12,14 @@ from rich.table import Table
 from aggregator.choice import AggregatorChoice, SyntheticCase
 from experts.config.pool_spec import PoolSpec
 from experts.health import is_ready
+from orchestrator.cli.options import pool_option, ray_address_option
 from orchestrator.cli.output import console, fail
 
 
 def bench_aggregators(
     dataset: Path = typer.Option(..., "--dataset", help="the labelled questions (.jsonl) the pool was profiled on"),
     results: Path = typer.Option(..., "--results", help="graded answers from `moesaic profile --dataset --results`"),
-    pool: str = typer.Option("default", "--pool", help="pool file path, or a name in deploy/pools"),
+    pool: str = pool_option(),
     candidates: Optional[str] = typer.Option(
         None, "--candidates", help="comma-separated aggregator experts (default: the pool's aggregator and judge)"
     ),
@@ -28,7 +29,7 @@ def bench_aggregators(
     redis_url: Optional[str] = typer.Option(None, "--redis", help="store the choice beside the pool's profiles"),
     name: Optional[str] = typer.Option(None, "--name", help="key space in the store (default: the pool's name)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the choice as JSON here"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join this Ray cluster"),
+    ray_address: Optional[str] = ray_address_option(),
     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
 ) -> None:
     """Score candidate aggregators on synthetic cases (one right + two wrong answers) and keep the best."""

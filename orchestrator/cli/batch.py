@@ -11,6 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
 from experts.health import is_ready
+from orchestrator.cli.options import pool_option, ray_address_option
 from orchestrator.cli.output import console, errors
 from orchestrator.pipeline.batch import BatchReport, BatchRunner
 from orchestrator.pipeline.batch_io import BatchInputError, read_items
@@ -21,10 +22,10 @@ SHOWN_BAD_LINES = 20
 def batch(
     source: Path = typer.Argument(..., metavar="IN.jsonl", help="input: a JSON object per line (question or messages)"),
     out: Path = typer.Argument(..., metavar="OUT.jsonl", help="output: one line per input line, in input order"),
-    pool: str = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools"),
+    pool: str = pool_option(),
     max_tokens: Optional[int] = typer.Option(None, help="token budget per expert call (default: each expert's)"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (default: each expert's)"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join this Ray cluster"),
+    ray_address: Optional[str] = ray_address_option(),
 ) -> None:
     """Answer every line of IN: route all items, run each expert once over all its items, aggregate per item.
 

@@ -20,6 +20,7 @@ import typer
 import yaml
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool, resolve_pool_path
+from orchestrator.cli.options import pool_option
 
 app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the KubeRay RayService.")
 
@@ -181,7 +182,7 @@ def render_files(
 
 @app.command()
 def render(
-    pool: str = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools"),
+    pool: str = pool_option(),
     out: Path = typer.Option(Path("deploy"), "--out", help="writes OUT/serve.yaml and OUT/kuberay/rayservice.yaml"),
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="container image with Moesaic installed"),
     secret: str = typer.Option("moesaic-api-keys", "--secret", help="Kubernetes Secret holding the API keys"),

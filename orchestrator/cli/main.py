@@ -13,12 +13,29 @@ from rich.table import Table
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
 from experts.health import is_ready
+from orchestrator.cli.options import pool_option, ray_address_option, version_text
 from orchestrator.cli.output import console, errors
 
 app = typer.Typer(help="Moesaic: several LLM experts answer together.", no_args_is_help=True)
 
-PoolOption = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools")
-RayOption = typer.Option(None, "--ray-address", help="join this Ray cluster instead of starting a local one")
+
+def _print_version(asked: bool) -> None:
+    if asked:
+        console.print(version_text(), highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _moesaic(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="print the installed version and exit"
+    ),
+) -> None:
+    """Moesaic: several LLM experts answer together."""
+
+
+PoolOption = pool_option()
+RayOption = ray_address_option()
 
 
 def _load(pool: str) -> PoolSpec:
@@ -32,15 +49,21 @@ def _load(pool: str) -> PoolSpec:
 @app.command()
 def serve(
     pool: str = PoolOption,
-    host: str = typer.Option("127.0.0.1", help="address to listen on"),
-    port: int = typer.Option(8000, help="port to listen on"),
+    host: str = typer.Option("127.0.0.1", envvar="MOESAIC_HOST", help="address to listen on"),
+    port: int = typer.Option(8000, envvar="MOESAIC_PORT", help="port to listen on"),
     ray_address: Optional[str] = RayOption,
-    num_cpus: Optional[int] = typer.Option(None, help="CPUs for a local Ray instance (default: all)"),
-    config: Optional[str] = typer.Option(
-        None, "--config", help="service config: Redis, API keys, limits (see deploy/service.yaml; env MOESAIC_CONFIG)"
+    num_cpus: Optional[int] = typer.Option(
+        None, envvar="MOESAIC_NUM_CPUS", help="CPUs for a local Ray instance (default: all)"
     ),
-    log_format: str = typer.Option("json", "--log-format", help="json (one object per line) or text (for people)"),
-    log_level: str = typer.Option("info", "--log-level", help="debug, info, warning or error"),
+    config: Optional[str] = typer.Option(
+        None, "--config", envvar="MOESAIC_CONFIG", help="service config: Redis, API keys, limits (deploy/service.yaml)"
+    ),
+    log_format: str = typer.Option(
+        "json", "--log-format", envvar="MOESAIC_LOG_FORMAT", help="json (one object per line) or text (for people)"
+    ),
+    log_level: str = typer.Option(
+        "info", "--log-level", envvar="MOESAIC_LOG_LEVEL", help="debug, info, warning or error"
+    ),
 ) -> None:
     """Start the OpenAI-compatible API with the pool's experts in Ray actors."""
     import uvicorn

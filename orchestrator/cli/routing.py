@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from experts.health import is_ready
+from orchestrator.cli.options import pool_option
 from orchestrator.cli.output import console, fail
 
 
@@ -209,7 +210,7 @@ def eval_router(
 
 def route(
     query: str = typer.Argument(..., help="the question to route"),
-    pool: str = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools"),
+    pool: str = pool_option(),
     policy: Optional[str] = typer.Option(
         None, "--policy", help="skills | category | cost | cascade | escalate (default: pool's)"
     ),

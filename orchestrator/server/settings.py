@@ -1,18 +1,22 @@
-"""Service settings: which pool, which Ray, where to listen. Flags override environment."""
+"""Service settings: which pool, which Ray, where to listen.
+
+Read by pydantic-settings from the environment (``MOESAIC_POOL``, ``MOESAIC_RAY_ADDRESS``, ``MOESAIC_NUM_CPUS``,
+``MOESAIC_HOST``, ``MOESAIC_PORT``, ``MOESAIC_CONFIG``; an empty variable counts as unset) under the values given
+in code or on the command line, which win.
+"""
 
 from __future__ import annotations
 
-import os
 from typing import Annotated
 
-from pydantic import BaseModel, Field
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
-class ServeSettings(BaseModel):
-    """How ``moesaic serve`` runs.
+class ServeSettings(BaseSettings):
+    """How ``moesaic serve`` (and an app built by ``create_app``) runs."""
 
-    Environment: MOESAIC_POOL, MOESAIC_RAY_ADDRESS, MOESAIC_HOST, MOESAIC_PORT, MOESAIC_CONFIG.
-    """
+    model_config = SettingsConfigDict(env_prefix="MOESAIC_", env_ignore_empty=True, extra="forbid")
 
     pool: str = Field("default", description="pool file path, or a name in deploy/pools")
     ray_address: str | None = Field(None, description="join this Ray cluster instead of starting a local instance")
@@ -23,15 +27,5 @@ class ServeSettings(BaseModel):
 
     @classmethod
     def from_env(cls, **overrides: object) -> ServeSettings:
-        values: dict[str, object] = {}
-        for field, variable in (
-            ("pool", "MOESAIC_POOL"),
-            ("ray_address", "MOESAIC_RAY_ADDRESS"),
-            ("host", "MOESAIC_HOST"),
-            ("port", "MOESAIC_PORT"),
-            ("config", "MOESAIC_CONFIG"),
-        ):
-            if os.environ.get(variable):
-                values[field] = os.environ[variable]
-        values.update({key: value for key, value in overrides.items() if value is not None})
-        return cls.model_validate(values)
+        """The environment's settings, with every override that is not ``None`` on top."""
+        return cls(**{key: value for key, value in overrides.items() if value is not None})
