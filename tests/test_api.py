@@ -110,6 +110,12 @@ def test_health(api_server: ServerThread) -> None:
     assert response.json()["experts"]["math"]["state"] == "ready"
 
 
+def test_liveness_and_readiness_probes(api_server: ServerThread) -> None:
+    assert httpx.get(api_server.url + "/livez").json() == {"status": "alive"}
+    ready = httpx.get(api_server.url + "/readyz")
+    assert ready.status_code == 200 and ready.json()["status"] == "ready" and "math" in ready.json()["usable"]
+
+
 # -- errors: OpenAI's shape, the right status, never a 500 for a client mistake -------------
 def test_unknown_model_is_404(openai_client: openai.OpenAI) -> None:
     with pytest.raises(openai.NotFoundError) as caught:
@@ -185,6 +191,20 @@ def test_no_healthy_expert_is_503(broken_server: ServerThread) -> None:
     assert streamed.value.status_code == 503
     health = httpx.get(broken_server.url + "/healthz")
     assert health.status_code == 503 and health.json()["status"] == "unavailable"
+    # a liveness probe must not restart a process whose experts are down; readiness takes it out of rotation
+    assert httpx.get(broken_server.url + "/livez").status_code == 200
+    ready = httpx.get(broken_server.url + "/readyz")
+    assert ready.status_code == 503 and "no routable expert is usable" in ready.json()["reason"]
+
+
+def test_a_draining_server_is_not_ready(orchestrator: Orchestrator) -> None:
+    app = create_app(orchestrator=orchestrator)
+    with ServerThread(app) as server:
+        assert httpx.get(server.url + "/readyz").status_code == 200
+        app.state.draining = True  # what the lifespan sets at shutdown, before waiting for in-flight requests
+        ready = httpx.get(server.url + "/readyz")
+        assert ready.status_code == 503 and "shutting down" in ready.json()["reason"]
+        assert httpx.get(server.url + "/livez").status_code == 200
 
 
 def test_route_endpoint_on_the_lexical_pool(api_server: ServerThread) -> None:

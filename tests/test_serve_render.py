@@ -175,3 +175,17 @@ def test_placement_group_created_once_and_removed(ray_session: None) -> None:
     assert table[group_id]["strategy"] == "STRICT_PACK" and table[group_id]["name"].startswith("moesaic-prod-big-")
     placement.release()
     assert placement_group_table()[group_id]["state"] == "REMOVED"
+
+
+def test_a_replica_is_replaced_only_when_every_model_failed_to_load() -> None:
+    from orchestrator.integrations.serve_app import MoesaicIngress, replica_problem
+
+    failed = {"state": "failed", "error": "out of memory"}
+    assert replica_problem({"a": failed, "b": {**failed, "error": "no such file"}}) == (
+        "every expert of this replica failed to load (a: out of memory; b: no such file)"
+    )
+    # an open breaker (upstream down), a restarting actor or one good expert: a new replica would not help
+    assert replica_problem({"a": failed, "b": {"state": "ready", "breaker": "open"}}) is None
+    assert replica_problem({"a": {"state": "restarting"}}) is None
+    assert replica_problem({}) is None
+    assert callable(MoesaicIngress.check_health)  # the hook Serve calls on the ingress

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ray import serve
 
 from experts.config.pool_spec import PoolSpec, load_pool, parse_pool, resolve_pool_path
-from experts.health import is_ready
+from experts.health import ExpertState, HealthReport, is_ready
 
 INGRESS_NAME = "MoesaicIngress"
 
@@ -87,8 +87,27 @@ class MoesaicIngress:
         settings = ServeSettings(host=self.host)  # only for auth 'auto': the pool is already running
         return create_app(settings=settings, orchestrator=self.orchestrator, service=service)
 
+    async def check_health(self) -> None:
+        """Serve's health check of this replica: raising makes Serve replace it.
+
+        Only for what a new replica would fix: every expert's model failed to load. An expert whose breaker is
+        open (its upstream is down) or whose actor is being restarted leaves the replica healthy: a restart would
+        not bring the upstream back and would throw away the loaded models.
+        """
+        problem = replica_problem(await self.pool.health())
+        if problem is not None:
+            raise RuntimeError(problem)
+
     async def __del__(self) -> None:
         await self.pool.shutdown()
+
+
+def replica_problem(reports: dict[str, HealthReport]) -> str | None:
+    """Why a replica should be replaced, from its experts' health; ``None`` while it can still answer or recover."""
+    if reports and all(report.get("state") == ExpertState.FAILED for report in reports.values()):
+        failures = "; ".join(f"{name}: {report.get('error')}" for name, report in reports.items())
+        return f"every expert of this replica failed to load ({failures})"
+    return None
 
 
 def build(args: dict[str, Any]) -> Any:

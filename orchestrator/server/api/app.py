@@ -13,10 +13,9 @@ from __future__ import annotations
 import logging
 import time
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
 
 from experts.config.pool_spec import PoolSpec, load_pool
 from experts.pricing import Price, price_of, unpriced, unpriced_warning
@@ -25,7 +24,8 @@ from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.server.api.chat import router as chat_router
 from orchestrator.server.api.metrics_endpoint import router as metrics_router
-from orchestrator.server.api.openapi import ERROR_RESPONSES, HEALTH_RESPONSES
+from orchestrator.server.api.openapi import ERROR_RESPONSES
+from orchestrator.server.api.probes import router as probes_router
 from orchestrator.server.api.route import router as route_router
 from orchestrator.server.api.schemas import ModelCard, ModelList, ModelPricing
 from orchestrator.server.errors import APIError, install_error_handlers
@@ -63,6 +63,7 @@ def create_app(
                 try:
                     yield
                 finally:
+                    app.state.draining = True  # /readyz: 503, so balancers stop sending while requests finish
                     await state.drain()
             return
         assert settings is not None
@@ -75,18 +76,22 @@ def create_app(
             try:
                 yield
             finally:
+                app.state.draining = True  # /readyz: 503, so balancers stop sending while requests finish
                 await state.drain()  # in-flight requests finish before their experts go
                 await pool.shutdown()
 
     app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.metrics = ServiceMetrics()  # this app's counts; /metrics writes them
     app.state.prices = {}  # expert name -> Price, filled once the pool has started
+    app.state.draining = False  # set at shutdown, before in-flight requests are waited for
+    app.state.orchestrator = None  # set by the lifespan once the pool has started
     install_error_handlers(app)
     app.add_middleware(LimitsMiddleware)  # body size, concurrency and the waiting line (inner)
     app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
     app.include_router(chat_router)
     app.include_router(route_router)
     app.include_router(metrics_router)
+    app.include_router(probes_router)
     # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
     # sees every request and answer, the other middlewares' refusals included
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
@@ -101,18 +106,6 @@ def create_app(
             if card.id == model_id:
                 return card
         raise APIError(404, f"model {model_id!r} does not exist", "not_found_error", "model", "model_not_found")
-
-    @app.get("/healthz", responses=HEALTH_RESPONSES)
-    async def healthz(request: Request) -> JSONResponse:
-        pool: ExpertPool = request.app.state.orchestrator.pool
-        experts = await pool.health()
-        routable = [expert.name for expert in pool.spec.routable_experts]
-        healthy = [name for name in routable if pool.is_healthy(name)]
-        status = (
-            "ok" if len(pool.healthy_names()) == len(pool.expert_names) else "degraded" if healthy else "unavailable"
-        )
-        body: dict[str, Any] = {"status": status, "pool": pool.spec.name, "experts": experts}
-        return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
 
     return app
 

@@ -36,6 +36,13 @@ HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"application/json": {"schema": {"type": "object"}}},
     }
 }
+# /readyz answers 503 with the reason, not with an error object
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    503: {
+        "description": "not ready: the pool has not started, the service is shutting down, or no expert is usable",
+        "content": {"application/json": {"schema": {"type": "object"}}},
+    }
+}
 
 
 def json_body(model: type[BaseModel]) -> dict[str, Any]:
