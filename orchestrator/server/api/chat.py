@@ -20,6 +20,7 @@ from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchest
 from orchestrator.pipeline.state import CallRecord, PipelineRequest
 from orchestrator.pipeline.tool_calls import with_passthrough
 from orchestrator.server.api.body import parse_json_object
+from orchestrator.server.api.choices import all_or_none, merged_chunks, merged_completion, samples
 from orchestrator.server.api.gate import AnswerResponse, AnswerStream, Gate
 from orchestrator.server.api.openapi import CHAT_RESPONSES, json_body
 from orchestrator.server.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
@@ -60,7 +61,23 @@ async def chat_completions(http_request: Request) -> Any:
     return await gate.answered(response)
 
 
-async def _answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> Any:
+async def _answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> AnswerResponse | AnswerStream:
+    """The answer; with ``n`` > 1, ``n`` independent ones as one response (``choices.py``)."""
+    if body.n == 1:
+        return await _one_answer(orchestrator, body)
+    runs = [lambda sample=sample: _one_answer(orchestrator, sample) for sample in samples(body)]
+    answers = await all_or_none(runs)
+    experts = list(dict.fromkeys(e for a in answers for e in a.headers.get("x-moesaic-experts", "").split(",") if e))
+    headers = {"x-moesaic-experts": ",".join(experts)}
+    if body.stream:
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        streams = [answer.chunks for answer in answers if isinstance(answer, AnswerStream)]
+        return AnswerStream(merged_chunks(streams, include_usage), headers=headers)
+    bodies = [answer.answer for answer in answers if isinstance(answer, AnswerResponse)]
+    return AnswerResponse(merged_completion(bodies), headers=headers)
+
+
+async def _one_answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> AnswerResponse | AnswerStream:
     if body.model == PIPELINE_MODEL or body.model.startswith(PIPELINE_MODEL + "/"):
         return await _pipeline(orchestrator, body)
     if body.model.startswith(EXPERT_PREFIX):
@@ -138,7 +155,7 @@ def _generation(body: ChatCompletionRequest) -> GenerationRequest:
     )
 
 
-async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> Any:
+async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> AnswerResponse | AnswerStream:
     request = _pipeline_request(body, orchestrator)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
@@ -218,7 +235,7 @@ async def _pipeline_chunks(
 
 
 # -- one expert, directly -----------------------------------------------------------------
-async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name: str) -> Any:
+async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name: str) -> AnswerResponse | AnswerStream:
     pool = orchestrator.pool
     if name not in pool.expert_names:
         raise APIError(

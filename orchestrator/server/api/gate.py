@@ -57,17 +57,17 @@ class AnswerStream(StreamingResponse):
 
     def __init__(self, chunks: AsyncIterator[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
         self.answer = StreamedAnswer()
-        self._chunks = chunks
+        self.chunks = chunks  # the route's chunk objects (``n`` > 1 merges several answers' chunks)
         super().__init__(self._events(), media_type="text/event-stream", headers=headers)
 
     async def _events(self) -> AsyncIterator[str]:
         try:
-            async for chunk in self._chunks:
+            async for chunk in self.chunks:
                 self.answer.record(chunk)
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         finally:
             with anyio.CancelScope(shield=True):  # even when cancelled (the client went away): close the route's
-                await _close(self._chunks)  # chunks, which cancels the work behind them
+                await _close(self.chunks)  # chunks, which cancels the work behind them
         yield "data: [DONE]\n\n"
 
 
@@ -163,7 +163,7 @@ class Gate:
         if principal.requests_per_minute is None and principal.tokens_per_minute is None:
             return
         prompt_chars = sum(len(message.to_message().content) for message in body.messages)
-        self._estimated = prompt_chars // 4 + (body.token_budget or _default_max_tokens(spec))
+        self._estimated = body.n * (prompt_chars // 4 + (body.token_budget or _default_max_tokens(spec)))
         decision = await self.service.rate_limiter.acquire(
             principal.key_name, principal.requests_per_minute, principal.tokens_per_minute, self._estimated
         )
@@ -335,6 +335,8 @@ class StreamedAnswer:
         self.usage = event.get("usage") or self.usage
         self.metadata = event.get("moesaic") or self.metadata
         for choice in event.get("choices", []):
+            if choice.get("index", 0) != 0:  # n > 1: the journal keeps the first choice's text
+                continue
             self.text.append(choice.get("delta", {}).get("content") or "")
             self.finish_reason = choice.get("finish_reason") or self.finish_reason
 

@@ -133,6 +133,8 @@ class MoesaicOptions(BaseModel):
         return "pool" if self.consensus is None else self.consensus
 
 
+MAX_CHOICES = 16  # n: each choice is a whole run of the pipeline
+
 # OpenAI's chat-completion parameters that do not change what we do: accepted (any value) and ignored
 OPENAI_IGNORED_FIELDS = (
     "audio",
@@ -140,7 +142,6 @@ OPENAI_IGNORED_FIELDS = (
     "function_call",
     "functions",
     "logit_bias",
-    "logprobs",
     "metadata",
     "modalities",
     "parallel_tool_calls",
@@ -152,7 +153,6 @@ OPENAI_IGNORED_FIELDS = (
     "safety_identifier",
     "service_tier",
     "store",
-    "top_logprobs",
     "verbosity",
     "web_search_options",
 )
@@ -178,7 +178,11 @@ class ChatCompletionRequest(BaseModel):
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: Annotated[int, Field(ge=1, le=1)] = 1
+    n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = Field(
+        1, description="how many independent answers (whole runs; usage and cost are their sums)"
+    )
+    logprobs: bool | None = Field(None, description="refused when true: no answer here has token log-probabilities")
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
     seed: int | None = None
     user: str | None = None
     moesaic: MoesaicOptions | None = None
@@ -219,6 +223,23 @@ class ChatCompletionRequest(BaseModel):
         if isinstance(data, dict) and any(key in data for key in ignored):
             return {key: value for key, value in data.items() if key not in ignored}
         return data
+
+    @field_validator("logprobs")
+    @classmethod
+    def _no_logprobs(cls, wanted: bool | None) -> bool | None:
+        if wanted:
+            raise ValueError(
+                "log-probabilities are not available: an answer combined from several experts has none, and no "
+                "expert backend reports them yet; leave logprobs unset or false"
+            )
+        return wanted
+
+    @field_validator("top_logprobs")
+    @classmethod
+    def _no_top_logprobs(cls, count: int | None) -> int | None:
+        if count:
+            raise ValueError("top_logprobs needs logprobs, which this service does not return; leave it unset or 0")
+        return count
 
     @field_validator("messages")
     @classmethod
