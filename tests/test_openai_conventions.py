@@ -1,4 +1,5 @@
-"""OpenAI's conventions, checked with the official client: ``n`` choices, ``logprobs`` refused with a 400.
+"""OpenAI's conventions, checked with the official client: ``n`` choices, ``logprobs`` refused with a 400, SSE
+keep-alive comments while a stream is silent.
 
 Over a two-expert echo pool (fault-injection backend: it answers with the prompt), so the runs are fast and the
 sums can be checked against each run's own calls.
@@ -9,12 +10,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
 from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
+from orchestrator.server.service.service_config import ServiceConfig
 from tests.conftest import ServerThread, echo_pool_spec
 
 QUESTION = [{"role": "user", "content": "What is 2 + 2?"}]
@@ -109,3 +112,29 @@ def test_what_is_not_available_is_a_400_naming_the_parameter(
 def test_logprobs_false_is_accepted_and_null_in_the_answer(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(model="moesaic", messages=QUESTION, logprobs=False, top_logprobs=0)
     assert answer.choices[0].logprobs is None
+
+
+@pytest.fixture(scope="module")
+async def slow_server(ray_session: None) -> AsyncIterator[ServerThread]:
+    """Experts that take 1.2 s to answer, behind a service that sends a keep-alive after 0.3 s of silence."""
+    pool = ExpertPool(echo_pool_spec("slow-conventions", delay_s=1.2))
+    await pool.start()
+    service = ServiceConfig.model_validate({"limits": {"sse_keepalive_s": 0.3}})
+    with ServerThread(create_app(orchestrator=Orchestrator(pool), service=service)) as server:
+        yield server
+    await pool.shutdown()
+
+
+@pytest.mark.ray
+def test_a_silent_stream_sends_keep_alive_comments(slow_server: ServerThread) -> None:
+    body = {"model": "moesaic", "messages": QUESTION, "stream": True, "moesaic": {"experts": ["a", "b"]}}
+    with httpx.stream("POST", slow_server.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        lines = [line for line in response.iter_lines() if line]
+    comments = [i for i, line in enumerate(lines) if line.startswith(":")]
+    data = [i for i, line in enumerate(lines) if line.startswith("data: ")]
+    assert comments and lines[-1] == "data: [DONE]"
+    assert all(lines[i] == ": keep-alive" for i in comments)
+    assert data[0] < comments[0] < data[-1]  # between the role chunk and the answer, while the experts work
+    client = openai.OpenAI(base_url=slow_server.url + "/v1", api_key="unused", max_retries=0, timeout=30)
+    chunks = list(client.chat.completions.create(model="moesaic", messages=QUESTION, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)  # comments are invisible

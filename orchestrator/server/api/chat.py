@@ -19,9 +19,10 @@ from orchestrator.pipeline.graph import AllExpertsFailed
 from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
 from orchestrator.pipeline.state import CallRecord, PipelineRequest
 from orchestrator.pipeline.tool_calls import with_passthrough
+from orchestrator.server.api.answers import AnswerResponse, AnswerStream
 from orchestrator.server.api.body import parse_json_object
 from orchestrator.server.api.choices import all_or_none, merged_chunks, merged_completion, samples
-from orchestrator.server.api.gate import AnswerResponse, AnswerStream, Gate
+from orchestrator.server.api.gate import Gate
 from orchestrator.server.api.openapi import CHAT_RESPONSES, json_body
 from orchestrator.server.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
 from orchestrator.server.api.tool_schemas import tool_calls_delta

@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from experts.config.pool_spec import PoolSpec
+from orchestrator.server.api.answers import AnswerResponse, AnswerStream, close_iterator
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
 from orchestrator.server.service.auth import ANONYMOUS, Principal
@@ -38,37 +39,6 @@ from orchestrator.server.service.spend import dollars
 T = TypeVar("T")
 CACHE_HEADER = "x-moesaic-cache"
 CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first": journal only
-
-
-class AnswerResponse(JSONResponse):
-    """A JSON answer that keeps the object it was rendered from, so the gate records it without parsing it back."""
-
-    def __init__(self, answer: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-        super().__init__(answer, headers=headers)
-        self.answer = answer
-
-
-class AnswerStream(StreamingResponse):
-    """A chat answer as server-sent events, rendered here from the route's chunk objects.
-
-    The route hands over its chunks as dicts; this writes each as one ``data:`` event (then ``[DONE]``) and keeps
-    what it sent in ``answer``, so the gate records the stream without parsing its own events back.
-    """
-
-    def __init__(self, chunks: AsyncIterator[dict[str, Any]], headers: dict[str, str] | None = None) -> None:
-        self.answer = StreamedAnswer()
-        self.chunks = chunks  # the route's chunk objects (``n`` > 1 merges several answers' chunks)
-        super().__init__(self._events(), media_type="text/event-stream", headers=headers)
-
-    async def _events(self) -> AsyncIterator[str]:
-        try:
-            async for chunk in self.chunks:
-                self.answer.record(chunk)
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
-        finally:
-            with anyio.CancelScope(shield=True):  # even when cancelled (the client went away): close the route's
-                await _close(self.chunks)  # chunks, which cancels the work behind them
-        yield "data: [DONE]\n\n"
 
 
 class ClientDisconnected(APIError):
@@ -223,6 +193,8 @@ class Gate:
     async def answered(self, response: Response) -> Response:
         """Record a successful response (cache, usage, journal) and mark it; streams are recorded as they end."""
         if isinstance(response, AnswerStream):
+            if self.service is not None:
+                response.keepalive_s = self.service.config.limits.sse_keepalive_s
             return GatedStream(response, self._recording(response), self.cache_state)
         response.headers[CACHE_HEADER] = self.cache_state
         if self.service is None:
@@ -259,7 +231,7 @@ class Gate:
             raise
         finally:
             with anyio.CancelScope(shield=True):
-                await _close(chunks)  # stops the pipeline behind the stream if it still runs
+                await close_iterator(chunks)  # stops the pipeline behind the stream if it still runs
                 if self.service is not None:
                     await self._settle(seen.total_tokens())
                     await self._charge(_cost_of(seen.metadata))
@@ -313,52 +285,7 @@ class GatedStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             with anyio.CancelScope(shield=True):
-                await _close(self.body_iterator)
-
-
-class StreamedAnswer:
-    """What a chat stream sent, gathered from its chunk objects into one completion-shaped record."""
-
-    def __init__(self) -> None:
-        self.text: list[str] = []
-        self.last: dict[str, Any] = {}
-        self.usage: dict[str, Any] | None = None
-        self.metadata: dict[str, Any] | None = None
-        self.finish_reason: str | None = None
-        self.error: str | None = None
-
-    def record(self, event: dict[str, Any]) -> None:
-        if "error" in event:
-            self.error = str(event["error"].get("message", event["error"]))
-            return
-        self.last = event
-        self.usage = event.get("usage") or self.usage
-        self.metadata = event.get("moesaic") or self.metadata
-        for choice in event.get("choices", []):
-            if choice.get("index", 0) != 0:  # n > 1: the journal keeps the first choice's text
-                continue
-            self.text.append(choice.get("delta", {}).get("content") or "")
-            self.finish_reason = choice.get("finish_reason") or self.finish_reason
-
-    def total_tokens(self) -> int:
-        if self.usage is not None:
-            return int(self.usage.get("total_tokens", 0))
-        calls = (self.metadata or {}).get("calls", [])
-        return sum(int(call.get("prompt_tokens", 0)) + int(call.get("completion_tokens", 0)) for call in calls)
-
-    def response(self) -> dict[str, Any] | None:
-        if not self.last:
-            return None
-        message = {"role": "assistant", "content": "".join(self.text)}
-        choice = {"index": 0, "message": message, "finish_reason": self.finish_reason}
-        record = {key: self.last.get(key) for key in ("id", "created", "model")}
-        return {
-            **record,
-            "object": "chat.completion",
-            "choices": [choice],
-            "usage": self.usage,
-            "moesaic": self.metadata,
-        }
+                await close_iterator(self.body_iterator)
 
 
 def require_model(principal: Principal, model: str) -> None:
@@ -377,12 +304,6 @@ async def _disconnect(receive: Receive) -> None:
     """Return when the client has gone (the body is already read: the next message is the disconnect)."""
     while (await receive())["type"] != "http.disconnect":
         pass
-
-
-async def _close(iterator: Any) -> None:
-    close = getattr(iterator, "aclose", None)
-    if close is not None:
-        await close()
 
 
 def _default_max_tokens(spec: PoolSpec) -> int:

@@ -113,6 +113,9 @@ class LimitsSection(_Section):
     max_queue: Annotated[int, Field(ge=0)] = Field(256, description="requests waiting for a slot; beyond: 429")
     queue_timeout_s: Annotated[float, Field(gt=0.0)] = Field(30.0, description="longest wait for a slot")
     shutdown_grace_s: Annotated[float, Field(ge=0.0)] = Field(30.0, description="time in-flight requests get")
+    sse_keepalive_s: Annotated[float, Field(ge=0.0)] = Field(
+        15.0, description="a stream silent this long sends an SSE comment (proxy idle timeouts); 0: never"
+    )
 
 
 class RateLimitSection(_Section):
