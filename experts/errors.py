@@ -35,6 +35,17 @@ class ErrorCode(StrEnum):
     INVALID_MOE_ROUTING = "invalid_moe_routing"
 
 
+def code_for_status(status: int) -> ErrorCode | None:
+    """A hosted API's HTTP status as a failure code (429, 408 and 5xx are transient; other 4xx are not)."""
+    if status == 429:
+        return ErrorCode.RATE_LIMITED
+    if status == 408:
+        return ErrorCode.UPSTREAM_TIMEOUT
+    if status >= 500:
+        return ErrorCode.UPSTREAM_UNAVAILABLE
+    return None
+
+
 class ExpertUnavailable(RuntimeError):
     """The expert does not exist or is not healthy (not started, circuit open, restarting)."""
 

@@ -11,37 +11,27 @@ import pytest
 
 from experts.config.pool_spec import PoolFileError, parse_pool
 from experts.config.resilience_spec import ResilienceSpec, RetrySpec
-from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable
+from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable, code_for_status
 from experts.runtime.guarded import GuardedExpert
-from experts.runtime.retry import (
-    Backoff,
-    classified,
-    code_for_message,
-    is_client_mistake,
-    is_transient,
-)
+from experts.runtime.retry import Backoff, is_client_mistake, is_transient
 from experts.types import Completion, GenerationRequest, Message, Usage
 
 
 # -- classification ----------------------------------------------------------------------------
 @pytest.mark.parametrize(
-    ("message", "code"),
+    ("status", "code"),
     [
-        ("RateLimitError: litellm.RateLimitError: too many requests", "rate_limited"),
-        ("litellm.ServiceUnavailableError: the model is overloaded", "upstream_unavailable"),
-        ("InternalServerError: boom", "upstream_unavailable"),
-        ("APIConnectionError: connection refused", "connection_error"),
-        ("Timeout: litellm.Timeout: request timed out after 30 s", "upstream_timeout"),
-        ("ContextWindowExceededError: prompt too long", "context_length_exceeded"),
-        ("APIError: OpenAIException - Error code: 503 - upstream down", "upstream_unavailable"),
-        ("APIError: status_code=429 slow down", "rate_limited"),
-        ("AuthenticationError: invalid api key", None),
-        ("BadRequestError: Error code: 400 - unknown parameter", None),
-        ("the model produced nothing", None),
+        (429, "rate_limited"),
+        (408, "upstream_timeout"),
+        (500, "upstream_unavailable"),
+        (503, "upstream_unavailable"),
+        (400, None),
+        (401, None),
+        (404, None),
     ],
 )
-def test_provider_failures_are_classified_by_type_then_status(message: str, code: str | None) -> None:
-    assert code_for_message(message) == code
+def test_a_hosted_apis_status_is_a_failure_code(status: int, code: str | None) -> None:
+    assert code_for_status(status) == code
 
 
 def test_transient_and_client_mistakes() -> None:
@@ -56,15 +46,6 @@ def test_transient_and_client_mistakes() -> None:
     for code in ("context_length_exceeded", "invalid_moe_routing"):
         assert is_client_mistake(code) and not is_transient(code)
     assert not is_transient(None) and not is_client_mistake(None)
-
-
-def test_a_failed_completion_gets_its_code_and_a_given_code_is_kept() -> None:
-    failed = Completion.failed("RateLimitError: slow down", "m")
-    assert classified(failed).error_code == "rate_limited" and classified(failed).error == failed.error
-    coded = Completion.failed("RateLimitError: slow down", "m", code="context_length_exceeded")
-    assert classified(coded) is coded
-    answer = Completion("hi", "stop", Usage(1, 1))
-    assert classified(answer) is answer
 
 
 def test_backoff_doubles_up_to_the_cap_with_bounded_jitter() -> None:
@@ -177,7 +158,7 @@ ASK = GenerationRequest([Message("user", "hi")])
 async def test_transient_failures_are_retried_with_backoff_until_an_answer() -> None:
     handle = ScriptedHandle(
         ExpertCallFailed("slow", ErrorCode.EXPERT_TIMEOUT),
-        Completion.failed("RateLimitError: 429", "m"),
+        Completion.failed("RateLimitError: 429", "m", ErrorCode.RATE_LIMITED),
         ok("third time"),
     )
     expert, waits = guarded(handle)
@@ -187,7 +168,9 @@ async def test_transient_failures_are_retried_with_backoff_until_an_answer() -> 
 
 
 async def test_a_caller_mistake_and_an_unknown_failure_are_not_retried() -> None:
-    handle = ScriptedHandle(Completion.failed("ContextWindowExceededError: too long", "m"))
+    handle = ScriptedHandle(
+        Completion.failed("ContextWindowExceededError: too long", "m", ErrorCode.CONTEXT_LENGTH_EXCEEDED)
+    )
     expert, waits = guarded(handle, failures=1)
     completion = await expert.generate(ASK)
     assert completion.error_code == "context_length_exceeded" and handle.tries == 1 and waits == []
@@ -222,10 +205,8 @@ async def test_an_open_circuit_refuses_the_call_and_stops_retries() -> None:
 
 
 async def test_a_batch_retries_only_its_transient_failures() -> None:
-    handle = ScriptedHandle(
-        ok("a"), Completion.failed("ServiceUnavailableError: 503", "m"), Completion.failed("AuthenticationError", "m"),
-        ok("b again"),
-    )  # fmt: skip
+    unavailable = Completion.failed("ServiceUnavailableError: 503", "m", ErrorCode.UPSTREAM_UNAVAILABLE)
+    handle = ScriptedHandle(ok("a"), unavailable, Completion.failed("AuthenticationError", "m"), ok("b again"))
     expert, waits = guarded(handle)
     results = await expert.generate_batch([ASK, ASK, ASK])
     assert [getattr(r, "text", None) for r in results] == ["a", "b again", ""]
@@ -234,7 +215,9 @@ async def test_a_batch_retries_only_its_transient_failures() -> None:
 
 
 async def test_a_stream_is_retried_only_before_its_first_piece() -> None:
-    handle = ScriptedHandle(Completion.failed("RateLimitError: 429", "m"), ok("one two"), pieces=("one ", "two"))
+    handle = ScriptedHandle(
+        Completion.failed("RateLimitError: 429", "m", ErrorCode.RATE_LIMITED), ok("one two"), pieces=("one ", "two")
+    )
     expert, _ = guarded(handle)
     items = [item async for item in expert.stream(ASK)]
     assert items[:2] == ["one ", "two"] and isinstance(items[2], Completion) and handle.tries == 2

@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from experts.backends.base import Backend, DeltaSink
+from experts.backends.litellm_errors import error_code
 from experts.config.pool_spec import ExpertSpec
 from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
@@ -66,7 +67,7 @@ class LiteLLMBackend(Backend):
             return None
         import openai
 
-        # retries stay LiteLLM's (options.num_retries); the per-call timeout is passed with each call
+        # no SDK retries (the pool retries); the per-call timeout is passed with each call
         return openai.AsyncOpenAI(api_key=os.environ[key_env], base_url=api_base, max_retries=0)
 
     def describe(self) -> dict[str, object]:
@@ -115,6 +116,10 @@ class LiteLLMBackend(Backend):
                 arguments[passed] = getattr(request, passed)
         if stream:
             arguments["stream_options"] = {"include_usage": True}
+        # the pool retries (resilience.retry): LiteLLM's router and the provider SDK's own retries would stack
+        # under ours, so both are off unless the pool file asks for LiteLLM's (options.num_retries)
+        arguments["num_retries"] = 0
+        arguments["max_retries"] = 0
         for option in _PASSED_OPTIONS:
             if option in self.spec.options:
                 arguments[option] = self.spec.options[option]
@@ -137,8 +142,9 @@ class LiteLLMBackend(Backend):
                 calls = tuple(_tool_call(call) for call in getattr(choice.message, "tool_calls", None) or [])
             else:
                 text, finish, usage, calls = await self._stream(index, request, on_delta)
-        except Exception as error:  # provider errors are many and untyped; report them per request
-            return Completion.failed(f"{type(error).__name__}: {error}", self.spec.model)
+        except Exception as error:  # reported per request, coded by its class and status (litellm_errors.py)
+            code = error_code(error, self._litellm)
+            return Completion.failed(f"{type(error).__name__}: {error}", self.spec.model, code)
         prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
         return Completion(

@@ -28,7 +28,7 @@ from experts.config.resilience_spec import ResilienceSpec
 from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable
 from experts.runtime.actor_handle import ActorHandle
 from experts.runtime.breaker import CircuitBreaker, Ticket
-from experts.runtime.retry import Backoff, classified, is_client_mistake, is_transient
+from experts.runtime.retry import Backoff, is_client_mistake, is_transient
 from experts.types import Completion, GenerationRequest
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class GuardedExpert:
                             sent = True
                             yield item
                             continue
-                        outcome = classified(item)
+                        outcome = item
                         break
                     else:
                         outcome = ExpertCallFailed(f"expert {self.name!r} ended its stream without a completion")
@@ -154,7 +154,7 @@ class GuardedExpert:
 
     async def _try(self, ticket: Ticket, call: Awaitable[Any]) -> Outcome:
         try:
-            outcome: Outcome = classified(await call)
+            outcome: Outcome = await call
         except ExpertCallFailed as error:
             outcome = error
         except BaseException:
@@ -175,7 +175,7 @@ class GuardedExpert:
             self.breaker.release(ticket)
             raise
         outcomes: list[Outcome] = [
-            classified(item)
+            item
             if isinstance(item, Completion)
             else ExpertCallFailed(f"expert {self.name!r} failed: {type(item).__name__}: {item}")
             for item in raw
