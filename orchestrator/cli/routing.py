@@ -313,11 +313,20 @@ def _print_report(name: str, report: dict[str, object]) -> None:
         )
 
 
-def _plot(reports: dict[str, dict[str, object]], path: Path) -> None:
-    import matplotlib
-
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file backend, or a clear stop: ``--plot`` is the only user of the ``plot`` extra."""
+    try:
+        import matplotlib
+    except ImportError:
+        fail("--plot needs matplotlib: pip install 'moesaic[plot]' (or leave out --plot)")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot(reports: dict[str, dict[str, object]], path: Path) -> None:
+    plt = _pyplot()
 
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, report in reports.items():
@@ -371,10 +380,7 @@ def _print_frontier(name: str, report: dict[str, object]) -> None:
 
 
 def _plot_frontier(reports: dict[str, dict[str, object]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     from router.frontier import CostPoint, hull_accuracy
 
