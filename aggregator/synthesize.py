@@ -7,11 +7,20 @@ back into a candidate number.
 
 from __future__ import annotations
 
+import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from aggregator.extract import strip_reasoning
-from aggregator.prompts import CANDIDATE, RANK_SYSTEM, RANK_USER, SYNTHESIS_SYSTEM, SYNTHESIS_USER
+from aggregator.prompts import (
+    CANDIDATE,
+    JSON_OUTPUT,
+    JSON_SCHEMA_OUTPUT,
+    RANK_SYSTEM,
+    RANK_USER,
+    SYNTHESIS_SYSTEM,
+    SYNTHESIS_USER,
+)
 from experts.types import GenerationRequest, Message
 
 MAX_CANDIDATE_CHARS = 4000
@@ -44,6 +53,23 @@ def synthesis_request(
     """The aggregator's request: the question, the numbered candidates (traces stripped), our instructions."""
     user = SYNTHESIS_USER.format(question=render_question(conversation), candidates=_numbered(candidates))
     return _request(SYNTHESIS_SYSTEM, user, sampling)
+
+
+def for_caller(request: GenerationRequest, caller: GenerationRequest) -> GenerationRequest:
+    """The synthesiser's request, made to follow the caller's ``stop`` and ``response_format``.
+
+    The synthesiser writes the answer the caller receives, so it ends where the caller's stop strings say and,
+    when the caller asked for JSON, is told so and passed the format (enforced by ``local`` experts' grammar,
+    by the provider for ``litellm`` ones). The judge of the ``rank`` strategy only names a candidate: not this.
+    """
+    form = caller.response_format or {}
+    system, *rest = request.messages
+    if form.get("type") == "json_object":
+        system = Message("system", system.content + JSON_OUTPUT)
+    elif form.get("type") == "json_schema":
+        schema = json.dumps((form.get("json_schema") or {}).get("schema", {}), sort_keys=True)
+        system = Message("system", system.content + JSON_SCHEMA_OUTPUT.format(schema=schema))
+    return replace(request, messages=[system, *rest], stop=list(caller.stop), response_format=caller.response_format)
 
 
 def rank_request(conversation: list[Message], candidates: list[Candidate], sampling: Sampling) -> GenerationRequest:

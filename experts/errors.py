@@ -33,6 +33,7 @@ class ErrorCode(StrEnum):
     # the caller's mistakes: the same request would fail again anywhere
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     INVALID_MOE_ROUTING = "invalid_moe_routing"
+    INVALID_RESPONSE_FORMAT = "invalid_response_format"  # a JSON schema our engine cannot enforce
 
 
 def code_for_status(status: int) -> ErrorCode | None:

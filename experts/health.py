@@ -44,6 +44,7 @@ class HealthReport(TypedDict, total=False):
     restarts: int
     retries: int
     dispatch_queue_depth: int
+    context_window: int | None  # prompt plus answer in tokens, when the backend knows it (model cards)
 
 
 def is_ready(report: Mapping[str, Any]) -> bool:

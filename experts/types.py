@@ -82,9 +82,10 @@ class GenerationRequest:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     request_id: str = ""
+    traceparent: str = ""  # the calling span (W3C trace context), so the actor's span joins the request's trace
     moe_routing: RoutingOptions | None = None  # steers MoE experts (``moe`` backend); others ignore it
-    # OpenAI's tools, tool_choice and response_format, validated at the HTTP edge; only backends that can
-    # use them (``litellm``) pass them to the model, the others answer in text (see ExpertSpec.supports_tools)
+    # OpenAI's tools, tool_choice and response_format, validated at the HTTP edge; backends that can use them
+    # pass them to the model or enforce them (``local``: response_format), see ExpertSpec.supports
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None

@@ -68,6 +68,19 @@ def test_models_lists_the_pipeline_and_every_expert(openai_client: openai.OpenAI
     assert openai_client.models.retrieve("expert/math").id == "expert/math"
 
 
+def test_model_cards_carry_context_window_capabilities_and_price(openai_client: openai.OpenAI) -> None:
+    cards = {model.id: model.model_extra for model in openai_client.models.list()}
+    math = cards["expert/math"]
+    assert math["context_window"] == 2048  # the continuous engine's slot: min(the model's 8192, 2048)
+    assert math["capabilities"] == {
+        "streaming": True, "tools": False, "response_format": True, "logprobs": False, "n": True
+    }  # fmt: skip
+    assert math["pricing"]["source"] == "self_hosted"
+    pipeline = cards["moesaic"]
+    assert pipeline["context_window"] == 2048 and pipeline["capabilities"]["response_format"] is True
+    assert pipeline["pricing"] is None
+
+
 def test_an_expert_is_callable_directly(openai_client: openai.OpenAI) -> None:
     raw = openai_client.chat.completions.with_raw_response.create(
         model="expert/writer", messages=[{"role": "user", "content": "Say hello."}], max_tokens=8, temperature=0

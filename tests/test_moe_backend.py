@@ -127,6 +127,27 @@ async def test_requests_steer_routing_per_request_within_one_batch(moe_checkpoin
     assert "disabled experts [9] out of range: the model has experts 0..7" in bad.error
 
 
+async def test_a_response_format_holds_on_the_moe_path_too(moe_checkpoint: Path) -> None:
+    """The moe backend decodes with our static engine, so a random model still writes the schema's JSON."""
+    import json
+    from dataclasses import replace
+
+    schema = {
+        "type": "object",
+        "properties": {"ok": {"type": "boolean"}},
+        "required": ["ok"],
+        "additionalProperties": False,
+    }
+    form = {"type": "json_schema", "json_schema": {"name": "ok", "schema": schema}}
+    backend = create_backend(spec_of(moe_checkpoint))
+    await backend.load()
+    constrained, free = await backend.generate(
+        [replace(request(QUESTIONS[0]), max_tokens=24, response_format=form), request(QUESTIONS[0])]
+    )
+    assert set(json.loads(constrained.text)) == {"ok"} and constrained.finish_reason == "stop"
+    assert free.error is None
+
+
 def test_bad_engine_and_missing_checkpoint_are_named(moe_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(BackendError, match="options.engine 'cuda-magic' is not one of"):
         create_backend(spec_of(moe_checkpoint, engine="cuda-magic"))

@@ -109,6 +109,14 @@ def test_what_is_not_available_is_a_400_naming_the_parameter(
 
 
 @pytest.mark.ray
+def test_cards_say_what_an_echo_expert_cannot_do(client: openai.OpenAI) -> None:
+    card = client.models.retrieve("expert/a").model_extra
+    assert card["context_window"] is None  # the echo backend has no model
+    assert card["capabilities"]["response_format"] is False and card["capabilities"]["tools"] is False
+    assert client.models.retrieve("moesaic").model_extra["capabilities"]["response_format"] is False
+
+
+@pytest.mark.ray
 def test_logprobs_false_is_accepted_and_null_in_the_answer(client: openai.OpenAI) -> None:
     answer = client.chat.completions.create(model="moesaic", messages=QUESTION, logprobs=False, top_logprobs=0)
     assert answer.choices[0].logprobs is None

@@ -75,7 +75,7 @@ def test_the_constraints_pin_every_dependency_inside_its_range() -> None:
 
 def test_this_environment_was_installed_from_the_constraints() -> None:
     pinned = pins()
-    for requirement in requirements(("local", "dev", "plot", "mcp", "serve")):
+    for requirement in requirements(("local", "dev", "plot", "otel", "mcp", "serve")):
         if requirement.marker is not None and not requirement.marker.evaluate():
             continue
         name = canonicalize_name(requirement.name)
@@ -86,10 +86,10 @@ def test_this_environment_was_installed_from_the_constraints() -> None:
 @pytest.mark.parametrize(
     ("folder", "extras"),
     [
-        ("experts", ("local", "gpu")),
+        ("experts", ("local", "gpu", "otel")),
         ("router", ()),
         ("aggregator", ()),
-        ("orchestrator", ("plot", "mcp", "serve")),
+        ("orchestrator", ("plot", "otel", "mcp", "serve")),
         ("tests", None),
         ("bench", None),
     ],

@@ -24,6 +24,8 @@ from experts.channel import ChannelServer
 from experts.config.pool_spec import ExpertSpec
 from experts.health import ExpertState, HealthReport
 from experts.log_format import configure_from_env
+from experts.tracing import configure_from_env as configure_tracing
+from experts.tracing import span
 from experts.types import Completion, GenerationRequest, Message, TextDelta
 
 log = logging.getLogger(__name__)
@@ -33,8 +35,9 @@ class ExpertActor:
     """Hosts one expert: loads its backend, fills in its defaults, batches its requests."""
 
     def __init__(self, spec_data: dict[str, Any], load_at_start: bool = True, serve_channel: bool = False) -> None:
-        if _in_ray_actor():  # its own process: log as the serving process does (JSON lines by default)
+        if _in_ray_actor():  # its own process: log (JSON lines by default) and trace as the serving process does
             configure_from_env()
+            configure_tracing("moesaic-expert")
         self.spec = ExpertSpec.model_validate(spec_data)
         self.backend = create_backend(self.spec)
         self.lifecycle = ModelLifecycle(self.backend, self.spec)
@@ -111,8 +114,18 @@ class ExpertActor:
     async def generate_batch(self, requests: list[GenerationRequest]) -> list[Completion | BaseException]:
         """Queue several requests in one go, so the batcher sees them together; failures come back in place."""
         self._require_ready()
-        calls = [self.batcher.submit(self._with_defaults(request)) for request in requests]
+        calls = [self._traced(request) for request in requests]
         return list(await asyncio.gather(*calls, return_exceptions=True))
+
+    async def _traced(self, request: GenerationRequest, on_delta: Any = None) -> Completion:
+        """One request through the batcher, in a span that joins its caller's trace (when tracing is on)."""
+        attributes = {"moesaic.expert": self.spec.name, "moesaic.model": self.spec.model}
+        with span("moesaic.expert.generate", attributes, traceparent=request.traceparent) as current:
+            completion = await self.batcher.submit(self._with_defaults(request), on_delta)
+            if current is not None:
+                current.set_attribute("moesaic.batch_size", completion.batch_size)
+                current.set_attribute("gen_ai.usage.output_tokens", completion.usage.completion_tokens)
+            return completion
 
     async def _timed_generate(self, batch: list[GenerationRequest], on_delta: Any = None) -> list[Completion]:
         started = time.perf_counter()
@@ -153,7 +166,7 @@ class ExpertActor:
 
     async def generate(self, request: GenerationRequest) -> Completion:
         self._require_ready()
-        return await self.batcher.submit(self._with_defaults(request))
+        return await self._traced(request)
 
     async def stream(self, request: GenerationRequest) -> AsyncIterator[str | Completion]:
         """Yield text pieces as they are produced, then the finished ``Completion``."""
@@ -163,7 +176,7 @@ class ExpertActor:
         def on_delta(delta: TextDelta) -> None:
             pieces.put_nowait(delta.text)
 
-        task = asyncio.create_task(self.batcher.submit(self._with_defaults(request), on_delta))
+        task = asyncio.create_task(self._traced(request, on_delta))
         getter: asyncio.Future[str] | None = None
         try:
             while not (task.done() and pieces.empty()):

@@ -78,7 +78,17 @@ class LiteLLMBackend(Backend):
         }
         if self._litellm is not None:  # experts/pricing.py reads this: None means LiteLLM knows no price
             facts["price_per_1m"] = self._map_price()
+            facts["context_window"] = self._context_window()
         return facts
+
+    def _context_window(self) -> int | None:
+        """The model's input limit in tokens from LiteLLM's local model map, or None when it has none."""
+        try:
+            info = self._litellm.get_model_info(self.spec.model)
+        except Exception:  # LiteLLM raises a plain Exception for a model it does not know
+            return None
+        window = info.get("max_input_tokens") or info.get("max_tokens")
+        return int(window) if window else None
 
     def _map_price(self) -> tuple[float, float] | None:
         """(input, output) dollars per 1M tokens from LiteLLM's local price map, or None when it has none."""

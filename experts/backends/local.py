@@ -146,6 +146,9 @@ class LocalBackend(Backend):
         facts.update(dtype=self._dtype, engine=self._engine_kind)
         if self.joins_running_batch:
             facts["max_slots"] = self.max_slots
+        if self._decoder is not None:  # prompt plus answer, in tokens: a continuous engine's slot, else the model's
+            engine = self._continuous if self._continuous is not None else self._decoder
+            facts["context_window"] = engine.context_window
         return facts
 
     async def generate(self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None) -> list[Completion]:
@@ -181,15 +184,15 @@ class LocalBackend(Backend):
     def _submit_all(
         self, engine: Any, batch: list[GenerationRequest], sink: TextSinkFn | None, results: list[Completion | None]
     ) -> list[tuple[int, Any]]:
-        """Tokenise and submit; requests that cannot fit get a failed completion in ``results`` instead."""
+        """Tokenise and submit; requests that cannot run get a failed completion in ``results`` instead."""
         submitted = []
         try:
             for position, request in enumerate(batch):
-                ids, params = self._tokenise(request), self._params(request)
-                failure = self._context_error(ids, params.max_tokens, engine.context_window)
-                if failure is not None:
-                    results[position] = failure
+                prepared = self._prepare(request, engine.context_window)
+                if isinstance(prepared, Completion):
+                    results[position] = prepared
                     continue
+                ids, params = prepared
                 on_text = (lambda text, position=position: sink(position, text)) if sink else None
                 submitted.append((position, engine.submit(ids, params, on_text)))
         except Exception:  # e.g. the model was unloaded meanwhile: do not leave the others running
@@ -198,7 +201,21 @@ class LocalBackend(Backend):
             raise
         return submitted
 
-    def _params(self, request: GenerationRequest) -> Any:
+    def _prepare(self, request: GenerationRequest, window: int) -> tuple[list[int], Any] | Completion:
+        """The request's tokens and sampling settings, or the failed completion of a request that cannot run (its
+        response_format cannot be enforced, or it does not fit the context window); the rest of the batch runs."""
+        from experts.engine.grammar import GrammarError, OutputFormat
+
+        try:
+            output_format = OutputFormat.of(request.response_format)
+            if output_format is not None:
+                self._decoder.rows.grammars.compile(output_format)  # once per schema; the request's row reuses it
+        except GrammarError as error:
+            return Completion.failed(str(error), self.spec.model, code=ErrorCode.INVALID_RESPONSE_FORMAT)
+        ids, params = self._tokenise(request), self._params(request, output_format)
+        return self._context_error(ids, params.max_tokens, window) or (ids, params)
+
+    def _params(self, request: GenerationRequest, output_format: Any) -> Any:
         from experts.engine.decoding import SamplingParams
 
         return SamplingParams(
@@ -207,6 +224,7 @@ class LocalBackend(Backend):
             top_p=request.top_p if request.top_p is not None else 1.0,
             stop=list(request.stop),
             seed=request.seed,
+            output_format=output_format,
         )
 
     def _context_error(self, ids: list[int], budget: int, window: int) -> Completion | None:
@@ -239,11 +257,11 @@ class LocalBackend(Backend):
         results: list[Completion | None] = [None] * len(batch)
         prompts, params, positions = [], [], []
         for position, request in enumerate(batch):
-            ids, request_params = self._tokenise(request), self._params(request)
-            failure = self._context_error(ids, request_params.max_tokens, decoder.context_window)
-            if failure is not None:
-                results[position] = failure
+            prepared = self._prepare(request, decoder.context_window)
+            if isinstance(prepared, Completion):
+                results[position] = prepared
                 continue
+            ids, request_params = prepared
             prompts.append(ids)
             params.append(request_params)
             positions.append(position)

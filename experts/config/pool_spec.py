@@ -144,12 +144,19 @@ class ExpertSpec(_Strict):
 
     @property
     def supports_tools(self) -> bool:
-        """Whether the request's tools, tool_choice and response_format reach this expert's model.
+        """Whether the request's tools and tool_choice reach this expert's model.
 
         Only the ``litellm`` backend passes them on; local models answer in text (a conversation's
         tool exchanges reach them written out as text, see ``experts.types.as_text_turns``).
         """
         return self.backend in TOOL_BACKENDS
+
+    def supports(self, field: str) -> bool:
+        """Whether this expert honours the request's ``field`` (``tools``, ``tool_choice``, ``response_format``).
+
+        ``response_format``: the ``litellm`` backend passes it on, ``local`` and ``moe`` enforce it with a grammar.
+        """
+        return self.backend in (FORMAT_BACKENDS if field == "response_format" else TOOL_BACKENDS)
 
     def cost_of(self, prompt_tokens: int, completion_tokens: int) -> float | None:
         """Cost from the pool file's price, or None when the pool file sets none."""
@@ -221,8 +228,11 @@ class ResidencySpec(_Strict):
     prefetch: bool = Field(True, description="load the expert needed next while another one runs, if it fits")
 
 
-# backends that pass OpenAI tools, tool_choice and response_format to their model
+# backends that pass OpenAI tools and tool_choice to their model
 TOOL_BACKENDS = ("litellm",)
+# backends whose answers follow a response_format: passed on (litellm), or grammar-constrained decoding on our
+# engines (local, and moe, which decodes with the same engine)
+FORMAT_BACKENDS = ("litellm", "local", "moe")
 
 # backends whose actors the residency manager loads and unloads (echo: for tests and benchmarks only)
 RESIDENCY_BACKENDS = ("local", "moe", "echo")

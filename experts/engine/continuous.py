@@ -141,7 +141,8 @@ class ContinuousEngine:
                 f"max_len of {self.max_len} tokens; shorten the prompt or max_tokens, or raise options.max_len"
             )
         future: Future[EngineOutput] = Future()
-        request = _Request(list(prompt_ids), RowState.start(0, replace(params), len(prompt_ids)), on_text, future, 0.0)
+        row = self.rows.start(0, replace(params), len(prompt_ids))  # GrammarError: a format it cannot enforce
+        request = _Request(list(prompt_ids), row, on_text, future, 0.0)
         with self._wake:
             if self._shared.closed:
                 raise RuntimeError("the engine is closed; create a new one")

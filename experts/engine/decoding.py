@@ -15,6 +15,7 @@ from typing import Any, Callable
 
 import torch
 
+from experts.engine.grammar import Grammars, OutputFormat
 from experts.types import FinishReason
 
 TextSink = Callable[[int, str], None]  # (row, new text)
@@ -34,6 +35,7 @@ class SamplingParams:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     min_tokens: int = 0
+    output_format: OutputFormat | None = None  # structured output: a grammar masks every step (``grammar.py``)
 
 
 @dataclass
@@ -61,15 +63,16 @@ class RowState:
     params: SamplingParams
     prompt_tokens: int
     generator: torch.Generator | None  # None for greedy rows: they never draw
+    matcher: Any = None  # the row's grammar matcher when its output must follow a format
     tokens: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
     finish_reason: FinishReason | None = None
 
     @classmethod
-    def start(cls, index: int, params: SamplingParams, prompt_tokens: int) -> RowState:
+    def start(cls, index: int, params: SamplingParams, prompt_tokens: int, matcher: Any = None) -> RowState:
         generator = _generator_for(params.seed) if params.temperature > 0.0 else None
-        return cls(index, params, prompt_tokens, generator)
+        return cls(index, params, prompt_tokens, generator, matcher)
 
     def output(self, batch_size: int = 1, seconds: float = 0.0) -> EngineOutput:
         return EngineOutput(
@@ -90,6 +93,20 @@ class RowDecoder:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids)
         self.pad_id = int(pad)
         self._eos_index = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
+        self._vocab_size = int(model.config.vocab_size)
+        self._grammars: Grammars | None = None  # built on the first request with an output format
+
+    @property
+    def grammars(self) -> Grammars:
+        """This model's grammar compiler (xgrammar is imported only when a request asks for a format)."""
+        if self._grammars is None:
+            self._grammars = Grammars(self.tokenizer, self._vocab_size, self.eos_ids)
+        return self._grammars
+
+    def start(self, index: int, params: SamplingParams, prompt_tokens: int) -> RowState:
+        """A new row; ``GrammarError`` when its output format cannot be enforced."""
+        matcher = self.grammars.matcher(params.output_format) if params.output_format is not None else None
+        return RowState.start(index, params, prompt_tokens, matcher)
 
     def sample(self, logits: torch.Tensor, rows: list[RowState]) -> list[int]:
         """One next token per row from ``logits`` (rows x vocab): greedy, or seeded top-p sampling."""
@@ -98,6 +115,9 @@ class RowDecoder:
         if floored:
             eos = self._eos_index.to(logits.device)
             logits[torch.tensor(floored, device=logits.device)[:, None], eos[None, :]] = float("-inf")
+        constrained = [(i, row.matcher) for i, row in enumerate(rows) if row.matcher is not None]
+        if constrained:
+            self.grammars.mask(logits, constrained)
         chosen = logits.argmax(dim=-1).tolist()
         for i, row in enumerate(rows):
             if row.generator is None:
@@ -113,7 +133,8 @@ class RowDecoder:
 
     def advance(self, row: RowState, token: int, streaming: bool) -> str:
         """Add ``token`` to ``row``; set its finish reason if it is done; return the text now safe to stream."""
-        if token in self.eos_ids:
+        refused = row.matcher is not None and not row.matcher.accept_token(token)  # masked out, so never
+        if refused or token in self.eos_ids:
             row.finish_reason = "stop"
         else:
             row.tokens.append(token)

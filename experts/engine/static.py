@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from experts.engine.decoding import EngineOutput, RowDecoder, RowState, SamplingParams, TextSink
+from experts.engine.decoding import EngineOutput, RowDecoder, SamplingParams, TextSink
 
 __all__ = ["BatchDecoder", "EngineOutput", "SamplingParams", "TextSink"]
 
@@ -43,7 +43,7 @@ class BatchDecoder:
         self, prompts: list[list[int]], params: list[SamplingParams], on_text: TextSink | None = None
     ) -> list[EngineOutput]:
         """Decode every prompt; ``on_text(index, new_text)`` receives streamed text."""
-        rows = [RowState.start(index, p, len(ids)) for index, (ids, p) in enumerate(zip(prompts, params))]
+        rows = [self.rows.start(index, p, len(ids)) for index, (ids, p) in enumerate(zip(prompts, params))]
         input_ids, attention_mask = self._left_pad(prompts)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)

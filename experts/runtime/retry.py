@@ -31,7 +31,9 @@ TRANSIENT_CODES = frozenset(
         ErrorCode.CONNECTION_ERROR,
     }
 )
-CLIENT_MISTAKE_CODES = frozenset({ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.INVALID_MOE_ROUTING})
+CLIENT_MISTAKE_CODES = frozenset(
+    {ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.INVALID_MOE_ROUTING, ErrorCode.INVALID_RESPONSE_FORMAT}
+)
 
 
 def is_transient(code: str | None) -> bool:

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
 from experts.health import is_ready
+from experts.tracing import configure_from_env as configure_tracing
 from orchestrator.cli.options import pool_option, ray_address_option, version_text
 from orchestrator.cli.output import console, errors
 
@@ -74,6 +75,7 @@ def serve(
 
     _load(pool)  # fail now, with the file and field, not inside the server's start-up
     _configure_logs(log_format, log_level)
+    configure_tracing("moesaic")  # OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set (the otel extra)
     settings = ServeSettings.from_env(
         pool=pool, host=host, port=port, ray_address=ray_address, num_cpus=num_cpus, config=config
     )

@@ -22,6 +22,7 @@ from ray import serve
 
 from experts.config.pool_spec import PoolSpec, load_pool, parse_pool, resolve_pool_path
 from experts.health import ExpertState, HealthReport, is_ready
+from experts.tracing import configure_from_env as configure_tracing
 
 INGRESS_NAME = "MoesaicIngress"
 
@@ -67,6 +68,7 @@ class MoesaicIngress:
         from experts.runtime.pool import ExpertPool
         from orchestrator.pipeline.orchestrator import Orchestrator
 
+        configure_tracing("moesaic")  # a replica's spans, when OTEL_EXPORTER_OTLP_ENDPOINT is set
         spec = spec_from(pool_data, pool_source)
         self.pool = ExpertPool(spec)
         health = await self.pool.start()  # inside a replica Ray is up already: the actors join its cluster

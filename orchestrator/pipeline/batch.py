@@ -20,7 +20,7 @@ import asyncio
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
 from orchestrator.pipeline.escalation import review_first_stage
-from orchestrator.pipeline.graph import candidates, step_fallback, step_verdict
+from orchestrator.pipeline.graph import candidates, model_step_call, step_fallback, step_verdict
 from orchestrator.pipeline.orchestrator import Orchestrator
 from router.decision import RoutingDecision
 from router.recruit import NoExpertAvailable
@@ -232,11 +232,11 @@ class BatchRunner:
                 verdicts[item.line.line] = plan
                 continue
             assert item.request is not None
-            call = replace(plan.request, max_tokens=plan.request.max_tokens, seed=item.request.seed)
+            call = model_step_call(plan, item.request)
             recorded = progress.calls.get((item.line.line, plan.role, plan.expert))
             if recorded is not None:
                 report.calls_reused += 1
-                verdicts[item.line.line] = step_verdict(plan, recorded)
+                verdicts[item.line.line] = step_verdict(plan, recorded, call)
             else:
                 steps.append((item, plan, call))
         self._stages(0, len(steps))
@@ -251,7 +251,7 @@ class BatchRunner:
                 progress.calls[(item.line.line, step.role, step.expert)] = completion
                 log.call(item.line.line, step.role, step.expert, completion)
                 report.calls_made += 1
-                verdicts[item.line.line] = step_verdict(step, completion)
+                verdicts[item.line.line] = step_verdict(step, completion, call)
             self._advance("aggregation", 1)
 
         await asyncio.gather(*(ask(item, step, call) for item, step, call in steps))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol
 
@@ -31,10 +31,11 @@ from langgraph.types import Send
 
 from aggregator.choice import AggregatorChoice
 from aggregator.strategies import Aggregator, ModelStep, Verdict
-from aggregator.synthesize import Candidate
+from aggregator.synthesize import Candidate, for_caller
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime.client import ExpertClient
 from experts.runtime.retry import is_client_mistake
+from experts.tracing import span, traceparent
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.escalation import review_first_stage
 from orchestrator.pipeline.replacements import Reserve, unfilled, with_replacements
@@ -94,7 +95,7 @@ class PipelineNodes:
         started = time.perf_counter()
         outcomes = await asyncio.gather(
             *(
-                self.pool.generate(name, replace(request, request_id=request_id))
+                self.pool.generate(name, replace(request, request_id=request_id, traceparent=traceparent()))
                 for request in extractor.requests(query)
             ),
             return_exceptions=True,
@@ -244,12 +245,13 @@ class PipelineNodes:
         else:
             plan = self.plan_aggregation(request.messages, decision, usable, request.strategy, request.consensus)
         calls: list[CallRecord] = []
+        streamed = False  # whether the aggregator's own tokens went out as it wrote them
         if isinstance(plan, ModelStep):
-            verdict, calls = await self._model_step(request, plan)
+            verdict, calls, streamed = await self._model_step(request, plan)
         else:
             verdict = plan
         # Already streamed: the single recruited expert's tokens (or its replacement's), or the aggregator's.
-        streamed_already = len(recruited.experts) == 1 or verdict.expert is None
+        streamed_already = len(recruited.experts) == 1 or (verdict.expert is None and streamed)
         if request.stream and not streamed_already:  # vote, short-cut, judge's pick, fallback: the chosen text
             get_stream_writer()(stream_event("delta", text=verdict.text))
         answered = {answer.expert for answer in usable}
@@ -282,23 +284,27 @@ class PipelineNodes:
             aggregator=decision.aggregator,
         )
 
-    async def _model_step(self, request: PipelineRequest, step: ModelStep) -> tuple[Verdict, list[CallRecord]]:
-        """Make the aggregator's or judge's call; if it fails, the vote's answer stands (the experts did answer)."""
-        asked = step.request
-        budget = request.aggregator_max_tokens or asked.max_tokens
-        call = replace(asked, max_tokens=budget, seed=request.generation.seed, request_id=request.generation.request_id)
+    async def _model_step(self, request: PipelineRequest, step: ModelStep) -> tuple[Verdict, list[CallRecord], bool]:
+        """Make the aggregator's or judge's call; if it fails, the vote's answer stands (the experts did answer).
+
+        Returns the verdict, the call's record, and whether its tokens were streamed as written: not when the
+        caller asked for JSON, since a synthesis cut at max_tokens is then replaced by the vote's answer.
+        """
+        call = model_step_call(step, request.generation, request.aggregator_max_tokens)
+        stream = request.stream and step.stream_reply and not wants_json(call)
         started = time.perf_counter()
         try:
-            completion = await self._call(step.expert, call, request.stream and step.stream_reply)
+            completion = await self._call(step.expert, call, stream)
         except (ExpertCallFailed, ExpertUnavailable) as error:
             record = CallRecord.failure(step.expert, step.role, str(error), time.perf_counter() - started)
-            return step_fallback(step, str(error)), [record]
-        return step_verdict(step, completion), [CallRecord.of(step.expert, step.role, completion)]
+            return step_fallback(step, str(error)), [record], False
+        return step_verdict(step, completion, call), [CallRecord.of(step.expert, step.role, completion)], stream
 
     async def _call(
         self, name: str, request: GenerationRequest, stream: bool, streamed: _Streamed | None = None
     ) -> Completion:
         """Call an expert; when streaming, forward its text deltas to the graph's stream (counted in ``streamed``)."""
+        request = replace(request, traceparent=traceparent())  # the actor's span joins this request's trace
         if not stream:
             completion = await self.pool.generate(name, request)
         else:
@@ -355,10 +361,30 @@ def candidates(decision: RoutingDecision, answers: Sequence[Answered]) -> list[C
     ]
 
 
-def step_verdict(step: ModelStep, completion: Completion) -> Verdict:
-    """The verdict once the aggregator's or judge's call came back (its error: the vote's answer stands)."""
+def model_step_call(step: ModelStep, caller: GenerationRequest, max_tokens: int | None = None) -> GenerationRequest:
+    """The aggregator's or judge's call for one request: its own budget (``max_tokens`` overrides it), the caller's
+    seed and request id, and for the synthesiser the caller's ``stop`` and ``response_format``."""
+    asked = step.request
+    if step.role == "aggregator":
+        asked = for_caller(asked, caller)
+    return replace(asked, max_tokens=max_tokens or asked.max_tokens, seed=caller.seed, request_id=caller.request_id)
+
+
+def wants_json(call: GenerationRequest) -> bool:
+    """Whether the call asks for JSON (``response_format`` json_object or json_schema)."""
+    return (call.response_format or {}).get("type") in ("json_object", "json_schema")
+
+
+def step_verdict(step: ModelStep, completion: Completion, call: GenerationRequest | None = None) -> Verdict:
+    """The verdict once the aggregator's or judge's call (``call``) came back.
+
+    The vote's answer stands when the call failed, and when a synthesis that had to be JSON was cut at max_tokens
+    (incomplete JSON; the experts' answers are whole).
+    """
     if completion.error is not None:
         return step_fallback(step, f"could not answer: {completion.error}")
+    if call is not None and wants_json(call) and completion.finish_reason == "length" and step.role == "aggregator":
+        return step_fallback(step, f"its JSON was cut at max_tokens ({call.max_tokens})")
     verdict = step.finish(completion.text, completion.finish_reason)
     return replace(verdict, expert=None) if step.role == "aggregator" else verdict
 
@@ -383,18 +409,29 @@ def with_measured_aggregator(decision: RoutingDecision, aggregators: AggregatorC
 
 
 def build_graph(nodes: PipelineNodes) -> Any:
-    """Wire the nodes; returns the compiled graph."""
+    """Wire the nodes (each in a ``moesaic.<node>`` span when tracing is on); returns the compiled graph."""
     graph = StateGraph(PipelineState)
-    graph.add_node("route", nodes.route)
-    graph.add_node("ask_expert", nodes.ask_expert)
-    graph.add_node("aggregate", nodes.aggregate)
-    graph.add_node("review", nodes.review)
+    graph.add_node("route", _traced("route", nodes.route))
+    graph.add_node("ask_expert", _traced("ask_expert", nodes.ask_expert))
+    graph.add_node("aggregate", _traced("aggregate", nodes.aggregate))
+    graph.add_node("review", _traced("review", nodes.review))
     graph.add_edge(START, "route")
     graph.add_conditional_edges("route", nodes.fan_out, ["ask_expert"])
     graph.add_conditional_edges("ask_expert", nodes.after_answers, ["review", "aggregate"])
     graph.add_conditional_edges("review", nodes.second_stage, ["ask_expert", "aggregate"])
     graph.add_edge("aggregate", END)
     return graph.compile()
+
+
+def _traced(name: str, node: Callable[[Any], Awaitable[dict[str, Any]]]) -> Callable[[Any], Awaitable[dict[str, Any]]]:
+    """``node`` inside a span named ``moesaic.<name>`` (an expert's task names its expert and stage)."""
+
+    async def run(state: Any) -> dict[str, Any]:
+        attributes = {"moesaic.expert": state.get("expert"), "moesaic.stage": state.get("stage")}
+        with span(f"moesaic.{name}", attributes):
+            return await node(state)
+
+    return run
 
 
 def _ms_since(started: float) -> float:

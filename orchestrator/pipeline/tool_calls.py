@@ -1,10 +1,10 @@
 """Tools in the pipeline: who is shown the caller's tools, and what happens when an expert calls one.
 
-A request's ``tools``, ``tool_choice`` and ``response_format`` reach every recruited expert; only
-experts on a tool-capable backend (``ExpertSpec.supports_tools``: ``litellm``) pass them to their
-model, the others answer in text. When a recruited expert answers with tool calls, there is
-nothing to vote on or synthesise: the best-ranked such expert's calls go back to the caller as
-the answer (``finish_reason: tool_calls``), and the caller runs the tools and asks again with
+A request's ``tools``, ``tool_choice`` and ``response_format`` reach every recruited expert; only experts on a
+tool-capable backend (``ExpertSpec.supports``: ``litellm``) pass tools to their model, the others answer in text;
+``response_format`` is followed by ``litellm`` experts and enforced by ``local`` ones. When a recruited expert
+answers with tool calls, there is nothing to vote on or synthesise: the best-ranked such expert's calls go back
+to the caller as the answer (``finish_reason: tool_calls``), and the caller runs the tools and asks again with
 their results, as with any OpenAI model.
 """
 
@@ -50,7 +50,7 @@ def with_passthrough(
         return metadata
     report = {
         "fields": fields,
-        "sent_to": [name for name in experts if spec.expert(name).supports_tools],
-        "not_supported_by": [name for name in experts if not spec.expert(name).supports_tools],
+        "sent_to": [name for name in experts if all(spec.expert(name).supports(f) for f in fields)],
+        "not_supported_by": [name for name in experts if not all(spec.expert(name).supports(f) for f in fields)],
     }
     return {**metadata, "passthrough": report}

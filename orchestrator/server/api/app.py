@@ -15,20 +15,21 @@ import time
 from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from experts.config.pool_spec import PoolSpec, load_pool
-from experts.pricing import Price, price_of, unpriced, unpriced_warning
+from experts.pricing import unpriced, unpriced_warning
+from experts.runtime.client import ExpertClient
 from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
-from orchestrator.server.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.server.api.chat import router as chat_router
 from orchestrator.server.api.metrics_endpoint import router as metrics_router
+from orchestrator.server.api.models import ExpertCatalog
+from orchestrator.server.api.models import router as models_router
 from orchestrator.server.api.openapi import ERROR_RESPONSES
 from orchestrator.server.api.probes import router as probes_router
 from orchestrator.server.api.route import router as route_router
-from orchestrator.server.api.schemas import ModelCard, ModelList, ModelPricing
-from orchestrator.server.errors import APIError, install_error_handlers
+from orchestrator.server.errors import install_error_handlers
 from orchestrator.server.observability.metrics import ServiceMetrics
 from orchestrator.server.observability.middleware import ObservabilityMiddleware
 from orchestrator.server.service.auth import AuthMiddleware
@@ -59,7 +60,7 @@ def create_app(
         if orchestrator is not None:
             app.state.orchestrator = orchestrator
             async with _serving(app, service, host, orchestrator.pool.spec) as state:
-                await _price_experts(app, state, orchestrator.pool)
+                await _describe_experts(app, state, orchestrator.pool)
                 try:
                     yield
                 finally:
@@ -72,7 +73,7 @@ def create_app(
             pool = ExpertPool(spec, ray_address=settings.ray_address, num_cpus=settings.num_cpus)
             await pool.start()
             app.state.orchestrator = Orchestrator(pool)
-            await _price_experts(app, state, pool)
+            await _describe_experts(app, state, pool)
             try:
                 yield
             finally:
@@ -82,7 +83,7 @@ def create_app(
 
     app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
     app.state.metrics = ServiceMetrics()  # this app's counts; /metrics writes them
-    app.state.prices = {}  # expert name -> Price, filled once the pool has started
+    app.state.catalog = ExpertCatalog()  # what the model cards say beyond the pool file, once the pool has started
     app.state.draining = False  # set at shutdown, before in-flight requests are waited for
     app.state.orchestrator = None  # set by the lifespan once the pool has started
     install_error_handlers(app)
@@ -92,20 +93,10 @@ def create_app(
     app.include_router(route_router)
     app.include_router(metrics_router)
     app.include_router(probes_router)
+    app.include_router(models_router)
     # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
     # sees every request and answer, the other middlewares' refusals included
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)
-
-    @app.get("/v1/models")
-    async def list_models(request: Request) -> ModelList:
-        return ModelList(data=_model_cards(request))
-
-    @app.get("/v1/models/{model_id:path}")
-    async def get_model(model_id: str, request: Request) -> ModelCard:
-        for card in _model_cards(request):
-            if card.id == model_id:
-                return card
-        raise APIError(404, f"model {model_id!r} does not exist", "not_found_error", "model", "model_not_found")
 
     return app
 
@@ -122,39 +113,11 @@ async def _serving(app: FastAPI, config: ServiceConfig, host: str, spec: PoolSpe
         await state.close()
 
 
-async def _price_experts(app: FastAPI, state: ServiceState, pool: ExpertPool) -> None:
-    """Each expert's price for ``/v1/models``; a warning naming the unpriced ones while spend budgets are on."""
+async def _describe_experts(app: FastAPI, state: ServiceState, pool: ExpertClient) -> None:
+    """What ``/v1/models`` says of each expert (price, context window); a warning naming the unpriced experts while
+    spend budgets are on."""
     reports = await pool.health()
-    app.state.prices = {spec.name: price_of(spec, reports.get(spec.name)) for spec in pool.spec.experts}
+    app.state.catalog = ExpertCatalog.from_reports(pool.spec, reports)
     missing = unpriced(pool.spec.experts, reports)
     if missing and await state.budgets_on():
         startup_log.warning(unpriced_warning(missing))
-
-
-def _model_cards(request: Request) -> list[ModelCard]:
-    """The models the caller may use (all of them when auth is off)."""
-    cards = _all_model_cards(request.app)
-    principal = getattr(request.state, "principal", None)
-    return cards if principal is None else [card for card in cards if principal.allows(card.id)]
-
-
-def _all_model_cards(app: FastAPI) -> list[ModelCard]:
-    orchestrator: Orchestrator = app.state.orchestrator
-    spec = orchestrator.pool.spec
-    created = app.state.started
-    cards = [ModelCard(id=PIPELINE_MODEL, created=created, description=f"routed pipeline over pool {spec.name!r}")]
-    for policy in orchestrator.router.policies:
-        cards.append(
-            ModelCard(id=f"{PIPELINE_MODEL}/{policy}", created=created, description=f"pipeline, {policy} policy")
-        )
-    prices: dict[str, Price] = app.state.prices
-    for expert in spec.experts:
-        detail = f"{expert.backend}:{expert.model}" + (f" - {expert.description}" if expert.description else "")
-        price = prices.get(expert.name) or price_of(expert)
-        pricing = ModelPricing(
-            source=price.source.value, input_per_1m=price.input_per_1m, output_per_1m=price.output_per_1m
-        )
-        cards.append(
-            ModelCard(id=f"{EXPERT_PREFIX}{expert.name}", created=created, description=detail, pricing=pricing)
-        )
-    return cards

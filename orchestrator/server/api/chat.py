@@ -39,6 +39,7 @@ EXPERT_PREFIX = "expert/"
 CLIENT_ERROR_PARAMS = {
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: "messages",
     ErrorCode.INVALID_MOE_ROUTING: "moesaic.moe_routing",
+    ErrorCode.INVALID_RESPONSE_FORMAT: "response_format",
 }
 
 router = APIRouter()

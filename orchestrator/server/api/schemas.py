@@ -269,12 +269,26 @@ class ModelPricing(BaseModel):
     output_per_1m: float | None = None
 
 
+class ModelCapabilities(BaseModel):
+    """What a model answers to: the parameters it honours (the rest are accepted and ignored, or refused)."""
+
+    streaming: bool = True
+    tools: bool = Field(description="tools and tool_choice reach a model that can call them")
+    response_format: bool = Field(description="json_object / json_schema answers are enforced or passed on")
+    logprobs: bool = False
+    n: bool = True
+
+
 class ModelCard(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "moesaic"
     description: str = ""
+    context_window: int | None = Field(
+        None, description="prompt plus answer in tokens, where known (the pipeline: its smallest routable expert's)"
+    )
+    capabilities: ModelCapabilities | None = None
     pricing: ModelPricing | None = Field(None, description="experts only: their per-token price and its source")
 
 

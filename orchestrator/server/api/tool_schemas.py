@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from experts.types import ToolCall
 
@@ -81,6 +81,15 @@ class ResponseFormatIn(BaseModel):
 
     type: Literal["text", "json_object", "json_schema"]
     json_schema: dict[str, Any] | None = None
+
+    @model_validator(mode="after")
+    def _schema_given(self) -> ResponseFormatIn:
+        if self.type == "json_schema" and not isinstance((self.json_schema or {}).get("schema"), dict):
+            raise ValueError(
+                "type json_schema needs json_schema.schema, a JSON Schema object "
+                '(e.g. {"name": "answer", "schema": {"type": "object", ...}})'
+            )
+        return self
 
 
 def tool_calls_body(calls: tuple[ToolCall, ...] | list[ToolCall]) -> list[dict[str, Any]]:
