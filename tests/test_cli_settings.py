@@ -59,8 +59,8 @@ def serve_recorder(clean_env: pytest.MonkeyPatch) -> dict[str, Any]:
 
     seen: dict[str, Any] = {}
 
-    def create_app(settings: ServeSettings, service: Any = None) -> str:
-        seen["settings"] = settings
+    def create_app(settings: ServeSettings, service: Any = None, plugins: Any = ()) -> str:
+        seen["settings"], seen["plugins"] = settings, [type(plugin).__name__ for plugin in plugins]
         return "the app"
 
     def run(application: Any, **options: Any) -> None:
@@ -86,6 +86,18 @@ def test_serve_takes_pool_host_port_and_logs_from_the_environment(
     assert (settings.pool, settings.host, settings.port, settings.num_cpus) == (str(pool_file), "0.0.0.0", 9123, 1)
     assert (serve_recorder["host"], serve_recorder["port"]) == ("0.0.0.0", 9123)
     assert serve_recorder["log"] == ("text", "info")
+    assert serve_recorder["plugins"] == ["McpEndpoint"]  # MCP on the API app at /mcp, by default
+
+
+def test_the_service_config_can_switch_the_mcp_endpoint_off(
+    serve_recorder: dict[str, Any], pool_file: Path, tmp_path: Path, clean_env: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "service.yaml"
+    config.write_text("mcp:\n  enabled: false\n")
+    clean_env.setenv("MOESAIC_CONFIG", str(config))
+    result = CliRunner().invoke(app, ["serve", "--pool", str(pool_file)])
+    assert result.exit_code == 0, result.output
+    assert serve_recorder["plugins"] == []
 
 
 def test_a_flag_beats_its_variable(

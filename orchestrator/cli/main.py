@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 from rich.panel import Panel
@@ -85,7 +85,7 @@ def serve(
         errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
     uvicorn.run(
-        create_app(settings, service=service),
+        create_app(settings, service=service, plugins=_plugins(service, settings.host)),
         host=settings.host,
         port=settings.port,
         log_level=log_level.lower(),
@@ -93,6 +93,13 @@ def serve(
         access_log=False,  # ours carries the request id, the route's model and the API key's name
         timeout_graceful_shutdown=service.limits.shutdown_grace_s,  # in-flight requests finish, then the pool
     )
+
+
+def _plugins(service: Any, host: str) -> list[Any]:
+    """What ``serve`` mounts beside the API: MCP at /mcp, when the mcp extra is installed and not switched off."""
+    from orchestrator.integrations.mcp_endpoint import McpEndpoint, mcp_available
+
+    return [McpEndpoint(host)] if service.mcp.enabled and mcp_available() else []
 
 
 def _configure_logs(log_format: str, level: str) -> None:

@@ -31,6 +31,7 @@ from experts.health import is_ready
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
+from orchestrator.server.errors import APIError
 
 if TYPE_CHECKING:  # the SDK is the `mcp` extra: imported where used, so the rest of the CLI works without it
     from mcp import types
@@ -220,36 +221,46 @@ async def run_http(server: Server, host: str, port: int) -> None:
     """Serve streamable HTTP on ``http://host:port/mcp`` until interrupted."""
     import uvicorn
     from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-    from mcp.server.transport_security import TransportSecuritySettings
     from starlette.applications import Starlette
     from starlette.routing import Route
 
-    security = None
-    if host in ("127.0.0.1", "localhost", "::1"):  # a local server answers local pages only (DNS rebinding)
-        security = TransportSecuritySettings(
-            enable_dns_rebinding_protection=True,
-            allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
-            allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
-        )
-    sessions = StreamableHTTPSessionManager(app=server, security_settings=security)
+    sessions = StreamableHTTPSessionManager(app=server, security_settings=transport_security(host))
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         async with sessions.run():
             yield
 
-    app = Starlette(routes=[Route(HTTP_PATH, endpoint=_SessionsEndpoint(sessions))], lifespan=lifespan)
+    app = Starlette(routes=[Route(HTTP_PATH, endpoint=SessionsEndpoint(sessions))], lifespan=lifespan)
     config = uvicorn.Config(app, host=host, port=port, log_level="warning")
     await uvicorn.Server(config).serve()
 
 
-class _SessionsEndpoint:
-    """The session manager as a plain ASGI app, so ``/mcp`` answers without a redirect to ``/mcp/``."""
+def transport_security(host: str) -> Any:
+    """A server bound to a loopback address answers local pages only (DNS rebinding protection); else None."""
+    from mcp.server.transport_security import TransportSecuritySettings
+
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        return None
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+
+
+class SessionsEndpoint:
+    """The session manager as a plain ASGI app, so ``/mcp`` answers without a redirect to ``/mcp/``; 503 while
+    no session manager runs (``sessions`` is None before the app's start-up and after its shutdown)."""
 
     def __init__(self, sessions: Any) -> None:
         self.sessions = sessions
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if self.sessions is None:
+            refusal = APIError(503, "MCP is not serving: the app has not started", "service_unavailable")
+            await refusal.response()(scope, receive, send)
+            return
         await self.sessions.handle_request(scope, receive, send)
 
 

@@ -87,7 +87,10 @@ class MoesaicIngress:
 
         service = parse_service_config(self.service or {}, "<serve config: service>")
         settings = ServeSettings(host=self.host)  # only for auth 'auto': the pool is already running
-        return create_app(settings=settings, orchestrator=self.orchestrator, service=service)
+        from orchestrator.integrations.mcp_endpoint import McpEndpoint, mcp_available
+
+        plugins = [McpEndpoint(self.host)] if service.mcp.enabled and mcp_available() else []
+        return create_app(settings=settings, orchestrator=self.orchestrator, service=service, plugins=plugins)
 
     async def check_health(self) -> None:
         """Serve's health check of this replica: raising makes Serve replace it.

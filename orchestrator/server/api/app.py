@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 from fastapi import FastAPI
 
@@ -27,6 +27,7 @@ from orchestrator.server.api.metrics_endpoint import router as metrics_router
 from orchestrator.server.api.models import ExpertCatalog
 from orchestrator.server.api.models import router as models_router
 from orchestrator.server.api.openapi import ERROR_RESPONSES
+from orchestrator.server.api.plugins import AppPlugin, plugins_running
 from orchestrator.server.api.probes import router as probes_router
 from orchestrator.server.api.route import router as route_router
 from orchestrator.server.errors import install_error_handlers
@@ -46,8 +47,10 @@ def create_app(
     settings: ServeSettings | None = None,
     orchestrator: Orchestrator | None = None,
     service: ServiceConfig | None = None,
+    plugins: Sequence[AppPlugin] = (),
 ) -> FastAPI:
-    """Build the app around a running orchestrator, or one started from ``settings``."""
+    """Build the app around a running orchestrator, or one started from ``settings``; ``plugins`` add routes and
+    what runs beside them once the pool is up (the MCP endpoint)."""
     if orchestrator is None and settings is None:
         settings = ServeSettings.from_env()
     if service is None:
@@ -62,7 +65,8 @@ def create_app(
             async with _serving(app, service, host, orchestrator.pool.spec) as state:
                 await _describe_experts(app, state, orchestrator.pool)
                 try:
-                    yield
+                    async with plugins_running(plugins, orchestrator):
+                        yield
                 finally:
                     app.state.draining = True  # /readyz: 503, so balancers stop sending while requests finish
                     await state.drain()
@@ -75,7 +79,8 @@ def create_app(
             app.state.orchestrator = Orchestrator(pool)
             await _describe_experts(app, state, pool)
             try:
-                yield
+                async with plugins_running(plugins, app.state.orchestrator):
+                    yield
             finally:
                 app.state.draining = True  # /readyz: 503, so balancers stop sending while requests finish
                 await state.drain()  # in-flight requests finish before their experts go
@@ -94,6 +99,8 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(probes_router)
     app.include_router(models_router)
+    for plugin in plugins:
+        app.router.routes.extend(plugin.routes())
     # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
     # sees every request and answer, the other middlewares' refusals included
     app.add_middleware(ObservabilityMiddleware, metrics=app.state.metrics)

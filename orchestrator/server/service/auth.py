@@ -194,8 +194,13 @@ def _bearer(authorization: str | None) -> str | None:
     return value if scheme.lower() == "bearer" and value else None
 
 
+def is_guarded(path: str) -> bool:
+    """The paths behind API keys and request limits: the OpenAI API (``/v1/*``) and MCP (``/mcp``)."""
+    return path.startswith("/v1/") or path == "/mcp" or path.startswith("/mcp/")
+
+
 class AuthMiddleware:
-    """ASGI middleware: every ``/v1/*`` request gets a ``Principal`` or a 401, before it queues for a slot.
+    """ASGI middleware: every ``/v1/*`` and ``/mcp`` request gets a ``Principal`` or a 401, before it queues.
 
     The ``Authenticator`` lives on ``app.state.service``, built in the app's lifespan. A server that
     did not run the lifespan has nothing to check keys against: it fails closed (503), never open.
@@ -205,7 +210,7 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+        if scope["type"] != "http" or not is_guarded(scope["path"]):
             await self.app(scope, receive, send)
             return
         service = getattr(scope["app"].state, "service", None) if "app" in scope else None

@@ -126,6 +126,10 @@ class RateLimitSection(_Section):
     budget_usd_per_day: PositiveFloat | None = Field(None, description="dollars per key per UTC day")
 
 
+class McpSection(_Section):
+    enabled: bool = Field(True, description="serve MCP on the API app at /mcp (when the mcp extra is installed)")
+
+
 class ServiceConfig(_Section):
     """The whole file. Each section has safe defaults, so ``ServiceConfig()`` is a working config."""
 
@@ -135,6 +139,7 @@ class ServiceConfig(_Section):
     auth: AuthSection = AuthSection()
     limits: LimitsSection = LimitsSection()
     rate_limits: RateLimitSection = RateLimitSection()
+    mcp: McpSection = McpSection()
 
 
 def parse_service_config(raw: Any, source: str) -> ServiceConfig:
