@@ -200,6 +200,6 @@ async def test_metrics_in_prometheus_text_format(ray_session: None) -> None:
     ):
         assert line in text, line
     assert (
-        sum(int(line.split()[-1]) for line in text.splitlines() if line.startswith("moesaic_dispatch_batch_size_sum"))
+        sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith("moesaic_dispatch_batch_size_sum"))
         == 3
     )

@@ -12,13 +12,13 @@ from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import pytest
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from experts.runtime.pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import CallRecord
 from orchestrator.server.api.app import create_app
-from orchestrator.server.observability.exposition import Exposition
 from orchestrator.server.observability.metrics import LATENCY_BUCKETS, ServiceMetrics
 from tests.conftest import ServerThread, echo_pool_spec
 
@@ -27,9 +27,12 @@ CHAT = "/v1/chat/completions"
 
 
 def parse(text: str) -> Samples:
-    """Every sample by (name, labels); the parser raises on anything that is not valid exposition text."""
+    """Every sample by (name, labels); the parser raises on anything that is not valid exposition text.
+
+    An empty label value is left out, as Prometheus reads it (absent).
+    """
     return {
-        (sample.name, frozenset(sample.labels.items())): sample.value
+        (sample.name, frozenset((k, v) for k, v in sample.labels.items() if v != "")): sample.value
         for family in text_string_to_metric_families(text)
         for sample in family.samples
     }
@@ -44,9 +47,7 @@ def test_histograms_are_cumulative_and_labels_escaped() -> None:
     metrics = ServiceMetrics()
     for seconds in (0.0004, 0.003, 0.003, 7.0, 500.0):  # the last is past every bound: only +Inf holds it
         metrics.observe_request('/odd"route\\', "moesaic", 200, seconds)
-    out = Exposition()
-    metrics.write(out)
-    samples = parse(out.text())
+    samples = parse(generate_latest(metrics.registry).decode())
     route = '/odd"route\\'
     name = "moesaic_http_request_duration_seconds"
     assert value(samples, f"{name}_bucket", route=route, le="0.0005") == 1
@@ -68,9 +69,7 @@ def test_calls_count_tokens_cost_and_failures() -> None:
             CallRecord.failure("a", "expert", "timed out", 1.0),
         ],
     )
-    out = Exposition()
-    metrics.write(out)
-    samples = parse(out.text())
+    samples = parse(generate_latest(metrics.registry).decode())
     assert value(samples, "moesaic_tokens_total", model="moesaic", expert="a", role="expert", kind="prompt") == 7
     assert (
         value(samples, "moesaic_tokens_total", model="moesaic", expert="b", role="aggregator", kind="completion") == 5
@@ -156,6 +155,19 @@ def test_counters_move_with_requests(server: ServerThread) -> None:
     assert moved("moesaic_cache_stores_total") == 1 and moved("moesaic_cache_requests_total", result="miss") == 1
     assert ("moesaic_limits_in_flight", frozenset()) in after
     assert ("moesaic_redis_up", frozenset()) in after
+
+
+@pytest.mark.ray
+def test_openmetrics_when_the_scraper_asks_for_it(server: ServerThread) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
+
+    accept = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+    reply = httpx.get(server.url + "/metrics", headers={"accept": accept}, timeout=30)
+    assert reply.headers["content-type"].startswith("application/openmetrics-text")
+    assert reply.text.endswith("# EOF\n")
+    families = {family.name: family.type for family in openmetrics_families(reply.text)}
+    assert families["moesaic_http_requests"] == "counter" and families["moesaic_expert_up"] == "gauge"
+    assert families["moesaic_http_request_duration_seconds"] == "histogram"
 
 
 @pytest.mark.ray

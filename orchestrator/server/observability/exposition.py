@@ -1,32 +1,46 @@
-"""Prometheus' text exposition format (version 0.0.4), written by hand: the format is small.
+"""Series read at scrape time, as ``prometheus_client`` metric families, and the encodings ``/metrics`` answers in.
 
-Families are written in the order they were declared, each as its ``# HELP`` and ``# TYPE``
-lines followed by its samples, which is what Prometheus' parser expects.
+The pool's and the front door's numbers live in the actors and the stores; ``pool_series`` and ``service_series``
+read them when Prometheus scrapes and declare them here, family by family (``family`` then its samples).
+``Snapshot`` is a ``prometheus_client`` collector of those families; ``encode`` renders collectors with
+``prometheus_client``: Prometheus' text format, or OpenMetrics when the scraper asks for it (``Accept``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Protocol
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client.core import Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.registry import CollectorRegistry
 
 
-class Exposition:
-    """Collects families in order; each family's samples follow its HELP and TYPE lines."""
+class Collector(Protocol):
+    def collect(self) -> Iterable[Metric]: ...
+
+
+class Snapshot:
+    """Metric families declared in order, each followed by its samples; a ``prometheus_client`` collector."""
 
     def __init__(self) -> None:
-        self._families: dict[str, list[str]] = {}
-        self._owner: dict[str, str] = {}
+        self._families: list[Metric] = []
+        self._owner: dict[str, Metric] = {}
 
     def family(self, name: str, kind: str, text: str) -> None:
-        """Declare a family (``counter``, ``gauge``, ``histogram``, ``summary``); declare before sampling."""
-        self._families[name] = [f"# HELP {name} {_escape_help(text)}", f"# TYPE {name} {kind}"]
-        for suffix in ("", "_bucket", "_sum", "_count"):
-            self._owner[name + suffix] = name
+        """Declare a family (``counter``, ``gauge``, ``histogram``, ``summary``); declare before sampling.
+
+        A counter is named with its ``_total`` suffix, as its samples are.
+        """
+        base = name.removesuffix("_total") if kind == "counter" else name
+        family = Metric(base, text, kind)
+        self._families.append(family)
+        for suffix in ("", "_total", "_bucket", "_sum", "_count"):
+            self._owner[base + suffix] = family
 
     def sample(self, name: str, labels: Mapping[str, str], value: float) -> None:
-        self._families[self._owner[name]].append(f"{name}{_labels(labels.items())} {_number(value)}")
+        self._owner[name].add_sample(name, dict(labels), float(value))
 
     def histogram(
         self,
@@ -44,31 +58,22 @@ class Exposition:
         self.sample(f"{name}_sum", labels, total)
         self.sample(f"{name}_count", labels, cumulative)
 
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
     def text(self) -> str:
-        return "".join(line + "\n" for lines in self._families.values() for line in lines)
+        """Prometheus' text format (tests and scripts without an app)."""
+        return encode([self], None)[0].decode()
 
 
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    escaped = [f'{key}="{_escape(str(value))}"' for key, value in pairs]
-    return "{" + ",".join(escaped) + "}" if escaped else ""
-
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
+def encode(collectors: Sequence[Collector], accept: str | None) -> tuple[bytes, str]:
+    """The collectors' families in the format ``accept`` asks for (OpenMetrics, else Prometheus text 0.0.4)."""
+    registry = CollectorRegistry(auto_describe=False)  # scrape-time families: no names to check up front
+    for collector in collectors:
+        registry.register(collector)  # type: ignore[arg-type]
+    encoder, content_type = choose_encoder(accept or "")
+    return encoder(registry), content_type
 
 
 def _bound(bound: float) -> str:
-    """Bucket bounds as floats ("1.0"), as Prometheus' client libraries write them: the same series everywhere."""
-    return "+Inf" if math.isinf(bound) else repr(float(bound))
-
-
-def _number(value: float) -> str:
-    if isinstance(value, bool):
-        return str(int(value))
-    if isinstance(value, int) or (math.isfinite(value) and float(value).is_integer()):
-        return str(int(value))
-    return repr(float(value))
+    return "+Inf" if math.isinf(bound) else str(float(bound))

@@ -1,8 +1,7 @@
-"""``ServiceMetrics``: what the service did, counted in process and written as Prometheus text.
+"""``ServiceMetrics``: what the service did, counted with ``prometheus_client`` in the app's own registry.
 
-One object per app (``app.state.metrics``, made in ``create_app``), never a global registry,
-so two apps in one process (tests, several pools) keep separate counts. Everything is
-updated from the event loop's thread, so plain dicts suffice: no locks on the request path.
+One object per app (``app.state.metrics``, made in ``create_app``), each with its own ``CollectorRegistry``, never
+the process-wide default one, so two apps in one process (tests, several pools) keep separate counts.
 
 Counted here: HTTP requests (route, model, status) and their latency; the pipeline's steps
 (``PipelineResult.timings_ms``: understand, recruit, each expert, aggregate, total); every
@@ -13,12 +12,12 @@ the front door's (cache, limits, Redis) are read at scrape time by ``pool_series
 
 from __future__ import annotations
 
-from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
 from orchestrator.server.observability.context import current_scope
-from orchestrator.server.observability.exposition import Exposition
 
 if TYPE_CHECKING:
     from orchestrator.pipeline.state import CallRecord, PipelineResult
@@ -28,123 +27,85 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 EXPERT_STEP_PREFIX = "expert:"
 
 
-class Counter:
-    """A labelled counter: label values (in ``labels`` order) -> running total."""
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str]) -> None:
-        self.name, self.help, self.labels = name, help_text, tuple(labels)
-        self.values: dict[tuple[str, ...], float] = {}
-
-    def inc(self, key: tuple[str, ...], amount: float = 1.0) -> None:
-        self.values[key] = self.values.get(key, 0.0) + amount
-
-    def write(self, out: Exposition) -> None:
-        out.family(self.name, "counter", self.help)
-        for key, value in sorted(self.values.items()):
-            out.sample(self.name, _label_map(self.labels, key), value)
-
-
-class Histogram:
-    """A labelled histogram with fixed bucket bounds: per series, counts per bucket and the sum."""
-
-    def __init__(self, name: str, help_text: str, labels: Sequence[str], bounds: Sequence[float]) -> None:
-        self.name, self.help, self.labels, self.bounds = name, help_text, tuple(labels), tuple(bounds)
-        self.series: dict[tuple[str, ...], tuple[list[int], list[float]]] = {}
-
-    def observe(self, key: tuple[str, ...], value: float) -> None:
-        series = self.series.get(key)
-        if series is None:
-            series = self.series[key] = ([0] * (len(self.bounds) + 1), [0.0])
-        series[0][bisect_left(self.bounds, value)] += 1  # first bucket whose bound is >= value ("le")
-        series[1][0] += value
-
-    def count(self, key: tuple[str, ...]) -> int:
-        series = self.series.get(key)
-        return sum(series[0]) if series else 0
-
-    def write(self, out: Exposition) -> None:
-        out.family(self.name, "histogram", self.help)
-        for key, (counts, total) in sorted(self.series.items()):
-            out.histogram(self.name, _label_map(self.labels, key), self.bounds, counts, total[0])
-
-
 class ServiceMetrics:
-    """The app's own counters and histograms; ``write`` appends them to an exposition."""
+    """The app's own counters and histograms, in ``registry`` (a collector ``/metrics`` renders)."""
 
     def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS) -> None:
-        self.in_progress = 0
+        self.registry = CollectorRegistry()
+        self.in_progress = 0  # the middleware counts requests in and out; read at scrape time
+        registry = self.registry
         self.requests = Counter(
             "moesaic_http_requests_total",
             "HTTP requests answered, by route, model and status",
             ("route", "model", "status"),
+            registry=registry,
         )
+        in_progress = Gauge("moesaic_http_requests_in_progress", "HTTP requests being handled now", registry=registry)
+        in_progress.set_function(lambda: self.in_progress)
         self.request_seconds = Histogram(
             "moesaic_http_request_duration_seconds",
             "HTTP request latency, first byte in to last byte out",
             ("route",),
-            buckets,
+            buckets=buckets,
+            registry=registry,
         )
         self.step_seconds = Histogram(
             "moesaic_pipeline_step_duration_seconds",
             "pipeline step latency: understand, recruit, expert (per expert), aggregate, total",
             ("step", "expert"),
-            buckets,
+            buckets=buckets,
+            registry=registry,
         )
         self.pipelines = Counter(
             "moesaic_pipeline_results_total",
             "pipeline answers, by model, strategy and whether partial",
             ("model", "strategy", "partial"),
+            registry=registry,
         )
         self.calls = Counter(
             "moesaic_model_calls_total",
             "model calls, by requested model, expert, role and outcome",
             ("model", "expert", "role", "outcome"),
+            registry=registry,
         )
         self.tokens = Counter(
             "moesaic_tokens_total",
             "tokens of model calls, by requested model, expert, role and kind",
             ("model", "expert", "role", "kind"),
+            registry=registry,
         )
         self.cost = Counter(
             "moesaic_cost_total",
             "cost of model calls at the pool's prices (LiteLLM's map: US dollars)",
             ("model", "expert", "role"),
+            registry=registry,
         )
 
     # -- recording ---------------------------------------------------------------------------
     def observe_request(self, route: str, model: str, status: int, seconds: float) -> None:
-        self.requests.inc((route, model, str(status)))
-        self.request_seconds.observe((route,), seconds)
+        self.requests.labels(route, model, str(status)).inc()
+        self.request_seconds.labels(route).observe(seconds)
 
     def observe_pipeline(self, model: str, result: PipelineResult) -> None:
         """A finished pipeline: its step timings, its outcome and every call it made."""
         for step, ms in result.timings_ms.items():
             if step.startswith(EXPERT_STEP_PREFIX):
-                self.step_seconds.observe(("expert", step.removeprefix(EXPERT_STEP_PREFIX)), ms / 1000.0)
+                self.step_seconds.labels("expert", step.removeprefix(EXPERT_STEP_PREFIX)).observe(ms / 1000.0)
             else:
-                self.step_seconds.observe((step, ""), ms / 1000.0)
-        partial = "true" if getattr(result, "partial", False) else "false"
-        self.pipelines.inc((model, result.strategy, partial))
+                self.step_seconds.labels(step, "").observe(ms / 1000.0)
+        self.pipelines.labels(model, result.strategy, "true" if result.partial else "false").inc()
         self.observe_calls(model, result.calls)
 
     def observe_calls(self, model: str, calls: Iterable[CallRecord]) -> None:
         for call in calls:
             key = (model, call.expert, call.role)
-            self.calls.inc((*key, "error" if call.error else "ok"))
+            self.calls.labels(*key, "error" if call.error else "ok").inc()
             if call.prompt_tokens:
-                self.tokens.inc((*key, "prompt"), call.prompt_tokens)
+                self.tokens.labels(*key, "prompt").inc(call.prompt_tokens)
             if call.completion_tokens:
-                self.tokens.inc((*key, "completion"), call.completion_tokens)
+                self.tokens.labels(*key, "completion").inc(call.completion_tokens)
             if call.cost:
-                self.cost.inc(key, call.cost)
-
-    # -- exposition --------------------------------------------------------------------------
-    def write(self, out: Exposition) -> None:
-        self.requests.write(out)
-        out.family("moesaic_http_requests_in_progress", "gauge", "HTTP requests being handled now")
-        out.sample("moesaic_http_requests_in_progress", {}, self.in_progress)
-        for series in (self.request_seconds, self.step_seconds, self.pipelines, self.calls, self.tokens, self.cost):
-            series.write(out)
+                self.cost.labels(*key).inc(call.cost)
 
 
 def record_pipeline(model: str, result: PipelineResult) -> None:
@@ -159,8 +120,3 @@ def record_calls(model: str, calls: Iterable[CallRecord]) -> None:
     scope = current_scope()
     if scope is not None and scope.metrics is not None:
         scope.metrics.observe_calls(model, calls)
-
-
-def _label_map(names: tuple[str, ...], values: tuple[str, ...]) -> dict[str, str]:
-    """Labels for one sample; empty values are left out (Prometheus reads them as absent anyway)."""
-    return {name: value for name, value in zip(names, values) if value != ""}

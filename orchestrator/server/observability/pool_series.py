@@ -15,7 +15,7 @@ from typing import Any
 from experts.health import is_ready
 from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch.dispatcher import Dispatcher
-from orchestrator.server.observability.exposition import Exposition
+from orchestrator.server.observability.exposition import Snapshot
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 BREAKER_STATES = ("closed", "open", "half_open")
@@ -34,7 +34,7 @@ _ACTOR_SERIES = [
 ]
 
 
-async def write_pool(out: Exposition, pool: ExpertClient) -> None:
+async def write_pool(out: Snapshot, pool: ExpertClient) -> None:
     """Append the series of an ``ExpertPool`` or a ``Dispatcher``."""
     health: dict[str, dict[str, Any]] = await pool.health()
     out.family("moesaic_expert_up", "gauge", "1 when the expert's actor is ready")
@@ -59,7 +59,7 @@ async def write_pool(out: Exposition, pool: ExpertClient) -> None:
         _dispatcher(out, pool)
 
 
-def _resilience(out: Exposition, pool: ExpertClient) -> None:
+def _resilience(out: Snapshot, pool: ExpertClient) -> None:
     """Breaker states and actor restarts."""
     states = pool.breaker_states()
     out.family("moesaic_expert_breaker_state", "gauge", "1 for the expert's circuit breaker state, 0 for the others")
@@ -72,7 +72,7 @@ def _resilience(out: Exposition, pool: ExpertClient) -> None:
         out.sample("moesaic_expert_restarts_total", {"expert": name}, count)
 
 
-def _dispatcher(out: Exposition, dispatcher: Dispatcher) -> None:
+def _dispatcher(out: Snapshot, dispatcher: Dispatcher) -> None:
     names = dispatcher.expert_names
     out.family("moesaic_dispatch_queue_depth", "gauge", "routed requests queued in the dispatcher, per expert")
     for name in names:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.server.observability.exposition import Exposition
+from orchestrator.server.observability.exposition import Snapshot
 
 REDIS_STATES = ("connected", "fallback", "disabled")
 
 
-def write_service(out: Exposition, service: Any) -> None:
+def write_service(out: Snapshot, service: Any) -> None:
     """Append cache, rate-limit, budget, limits and Redis series for a ``ServiceState`` (or None)."""
     cache = getattr(service, "cache", None)
     out.family("moesaic_cache_requests_total", "counter", "response cache lookups, by result (hit, miss, bypassed)")
