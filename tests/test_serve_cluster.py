@@ -47,6 +47,7 @@ class Cluster:
     address: str
     http_url: str
     env: dict[str, str]
+    metrics_url: str  # the head node's Ray metrics agent (--metrics-export-port)
 
 
 def _wait_until(check, what: str, seconds: float, process: subprocess.Popen | None = None) -> None:  # type: ignore[no-untyped-def]
@@ -87,12 +88,12 @@ def cluster() -> Iterator[Cluster]:
     token = secrets.token_hex(32)
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    gcs, http = free_port(), free_port()
+    gcs, http, metrics = free_port(), free_port(), free_port()
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--node-ip-address", "127.0.0.1"]
-        + ["--num-cpus", "2", "--num-gpus", "2", "--include-dashboard", "false", "--temp-dir", str(temp)]
+        + ["--num-cpus", "2", "--num-gpus", "4", "--include-dashboard", "false", "--temp-dir", str(temp)]
         + ["--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())]
-        + ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(free_port())],
+        + ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(metrics)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -103,7 +104,7 @@ def cluster() -> Iterator[Cluster]:
         pool = {
             "name": "serve-echo",
             "roles": {"aggregator": "b"},
-            "serve": {"num_replicas": 1, "ingress_resources": {"num_cpus": 0.5}, "http": {"port": http}},
+            "serve": {"num_replicas": 2, "ingress_resources": {"num_cpus": 0.5}, "http": {"port": http}},
             "experts": [
                 {"name": "a", "backend": "echo", "model": "echo", "skills": ["math"], "resources": {"num_gpus": 2}},
                 {"name": "b", "backend": "echo", "model": "echo", "skills": ["writing"], "resources": {"num_cpus": 0}},
@@ -126,7 +127,7 @@ def cluster() -> Iterator[Cluster]:
             _wait_until(lambda: _healthy(url), "the app answering through Serve's proxy", 240, serve_run)
         except RuntimeError as error:
             raise RuntimeError(f"{error}\n{(temp / 'serve-run.log').read_text(errors='replace')[-3000:]}") from None
-        yield Cluster(address, url, env)
+        yield Cluster(address, url, env, f"http://127.0.0.1:{metrics}/metrics")
     finally:
         if serve_run is not None:
             _stop_group(serve_run, signal.SIGINT, 60)  # serve run's Ctrl-C: delete the app, stop its replicas
@@ -166,10 +167,44 @@ def test_multi_gpu_expert_runs_in_its_placement_group(cluster: Cluster) -> None:
     )
     assert done.returncode == 0, done.stderr[-2000:]
     groups = [g for g in json.loads(done.stdout.strip().splitlines()[-1]) if g["name"].startswith("moesaic-")]
-    assert len(groups) == 1, groups
-    [group] = groups
-    assert group["name"].startswith("moesaic-serve-echo-a-")
-    assert group["strategy"] == "STRICT_PACK" and group["state"] == "CREATED"
-    assert list(group["bundles"].values()) == [{"GPU": 2.0, "CPU": 0.25}]  # the default 0.25 CPU
+    assert len(groups) == 2, groups  # one per replica: each replica runs its own pool
+    for group in groups:
+        assert group["name"].startswith("moesaic-serve-echo-a-")
+        assert group["strategy"] == "STRICT_PACK" and group["state"] == "CREATED"
+        assert list(group["bundles"].values()) == [{"GPU": 2.0, "CPU": 0.25}]  # the default 0.25 CPU
     health = httpx.get(cluster.http_url + "/healthz", timeout=10).json()
     assert health["experts"]["a"]["state"] == "ready"
+
+
+def _replicas_requests(cluster: Cluster) -> tuple[float, int]:
+    """The chat requests the replicas counted through Ray's metrics agent: their sum, and how many workers."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(cluster.metrics_url, timeout=10).text
+    samples = [
+        sample
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "ray_moesaic_http_requests_total"
+        and sample.labels.get("route") == "/v1/chat/completions"
+        and sample.labels.get("status") == "200"
+    ]
+    return sum(sample.value for sample in samples), len({sample.labels.get("WorkerId") for sample in samples})
+
+
+def test_two_replicas_counts_add_up_through_rays_metrics(cluster: Cluster) -> None:
+    """Serve's proxy spreads requests over both replicas; Ray's metrics agent has each one's count to sum."""
+    before, _ = _replicas_requests(cluster)
+    client = openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+    sent = 12
+    for i in range(sent):
+        client.chat.completions.create(model="moesaic", messages=[{"role": "user", "content": f"poem {i}"}])
+    counted: dict[str, float] = {}
+
+    def all_counted() -> bool:
+        counted["total"], counted["workers"] = _replicas_requests(cluster)
+        return counted["total"] - before >= sent
+
+    _wait_until(all_counted, "Ray's metrics agent to export the replicas' counts", 90)
+    assert counted["total"] - before == sent  # no replica's count lost or doubled
+    assert counted["workers"] == 2  # both replicas served some (12 requests, a random proxy choice each)

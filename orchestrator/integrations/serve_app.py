@@ -90,7 +90,15 @@ class MoesaicIngress:
         from orchestrator.integrations.mcp_endpoint import McpEndpoint, mcp_available
 
         plugins = [McpEndpoint(self.host)] if service.mcp.enabled and mcp_available() else []
-        return create_app(settings=settings, orchestrator=self.orchestrator, service=service, plugins=plugins)
+        from orchestrator.server.observability.ray_metrics import RayMetrics
+
+        return create_app(
+            settings=settings,
+            orchestrator=self.orchestrator,
+            service=service,
+            plugins=plugins,
+            metrics_mirror=RayMetrics(),  # summed across replicas by Ray's metrics agent
+        )
 
     async def check_health(self) -> None:
         """Serve's health check of this replica: raising makes Serve replace it.

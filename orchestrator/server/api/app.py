@@ -31,7 +31,7 @@ from orchestrator.server.api.plugins import AppPlugin, plugins_running
 from orchestrator.server.api.probes import router as probes_router
 from orchestrator.server.api.route import router as route_router
 from orchestrator.server.errors import install_error_handlers
-from orchestrator.server.observability.metrics import ServiceMetrics
+from orchestrator.server.observability.metrics import MetricsMirror, ServiceMetrics
 from orchestrator.server.observability.middleware import ObservabilityMiddleware
 from orchestrator.server.service.auth import AuthMiddleware
 from orchestrator.server.service.limits import LimitsMiddleware
@@ -48,6 +48,7 @@ def create_app(
     orchestrator: Orchestrator | None = None,
     service: ServiceConfig | None = None,
     plugins: Sequence[AppPlugin] = (),
+    metrics_mirror: MetricsMirror | None = None,
 ) -> FastAPI:
     """Build the app around a running orchestrator, or one started from ``settings``; ``plugins`` add routes and
     what runs beside them once the pool is up (the MCP endpoint)."""
@@ -87,7 +88,7 @@ def create_app(
                 await pool.shutdown()
 
     app = FastAPI(title="Moesaic", version="0.1.0", lifespan=lifespan, responses=ERROR_RESPONSES)
-    app.state.metrics = ServiceMetrics()  # this app's counts; /metrics writes them
+    app.state.metrics = ServiceMetrics(mirror=metrics_mirror)  # this app's counts; /metrics writes them
     app.state.catalog = ExpertCatalog()  # what the model cards say beyond the pool file, once the pool has started
     app.state.draining = False  # set at shutdown, before in-flight requests are waited for
     app.state.orchestrator = None  # set by the lifespan once the pool has started
