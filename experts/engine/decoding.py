@@ -10,6 +10,7 @@ live here and both engines call them.
 from __future__ import annotations
 
 import random
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -95,13 +96,15 @@ class RowDecoder:
         self._eos_index = torch.tensor(sorted(self.eos_ids), dtype=torch.long)
         self._vocab_size = int(model.config.vocab_size)
         self._grammars: Grammars | None = None  # built on the first request with an output format
+        self._grammars_lock = threading.Lock()  # requests arrive from several threads
 
     @property
     def grammars(self) -> Grammars:
         """This model's grammar compiler (xgrammar is imported only when a request asks for a format)."""
-        if self._grammars is None:
-            self._grammars = Grammars(self.tokenizer, self._vocab_size, self.eos_ids)
-        return self._grammars
+        with self._grammars_lock:
+            if self._grammars is None:
+                self._grammars = Grammars(self.tokenizer, self._vocab_size, self.eos_ids)
+            return self._grammars
 
     def start(self, index: int, params: SamplingParams, prompt_tokens: int) -> RowState:
         """A new row; ``GrammarError`` when its output format cannot be enforced."""
