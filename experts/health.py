@@ -44,6 +44,7 @@ class HealthReport(TypedDict, total=False):
     restarts: int
     retries: int
     dispatch_queue_depth: int
+    residency: str  # disk, parked or resident (pools with a residency section)
     context_window: int | None  # prompt plus answer in tokens, when the backend knows it (model cards)
 
 

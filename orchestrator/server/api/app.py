@@ -28,6 +28,7 @@ from orchestrator.server.api.models import ExpertCatalog
 from orchestrator.server.api.models import router as models_router
 from orchestrator.server.api.openapi import ERROR_RESPONSES
 from orchestrator.server.api.plugins import AppPlugin, plugins_running
+from orchestrator.server.api.pool_view import router as pool_view_router
 from orchestrator.server.api.probes import router as probes_router
 from orchestrator.server.api.route import router as route_router
 from orchestrator.server.errors import install_error_handlers
@@ -100,6 +101,7 @@ def create_app(
     app.include_router(metrics_router)
     app.include_router(probes_router)
     app.include_router(models_router)
+    app.include_router(pool_view_router)
     for plugin in plugins:
         app.router.routes.extend(plugin.routes())
     # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
