@@ -216,6 +216,8 @@ class PipelineNodes:
                 answers.append(replace(answer, tool_calls=completion.tool_calls))
                 calls.append(replace(CallRecord.of(name, "expert", completion), stage=task["stage"]))
             timings[f"expert:{name}"] = _ms_since(started)
+            if request.stream:  # each answer as it lands (the console's columns); consumers may ignore it
+                get_stream_writer()(stream_event("answer", answer=answers[-1], call=calls[-1]))
             failed = answers[-1]
             # no replacement for an answer, a caller's mistake (it would fail alike) or a stream already begun
             if failed.error is None or is_client_mistake(failed.error_code) or streamed.pieces or rounds_left <= 0:

@@ -18,8 +18,8 @@ from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch.dispatcher import dispatching
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.graph import PipelineNodes, build_graph
-from orchestrator.pipeline.state import PipelineRequest, PipelineResult, PipelineState
-from router.decision import RoutingDecision
+from orchestrator.pipeline.state import CallRecord, ExpertAnswer, PipelineRequest, PipelineResult, PipelineState
+from router.decision import Escalation, RoutingDecision
 from router.factory import build_router, load_aggregator_choice
 
 
@@ -34,11 +34,26 @@ class TextEvent:
 
 
 @dataclass(frozen=True)
+class AnswerEvent:
+    """One expert's answer (or failure) as it lands, with its call's record."""
+
+    answer: ExpertAnswer
+    call: CallRecord
+
+
+@dataclass(frozen=True)
+class EscalationEvent:
+    """The review of an escalation's first stage (``decision.escalation`` with ``escalated`` set)."""
+
+    escalation: Escalation
+
+
+@dataclass(frozen=True)
 class DoneEvent:
     result: PipelineResult
 
 
-PipelineEvent = Union[DecisionEvent, TextEvent, DoneEvent]
+PipelineEvent = Union[DecisionEvent, TextEvent, AnswerEvent, EscalationEvent, DoneEvent]
 
 
 class Orchestrator:
@@ -58,7 +73,8 @@ class Orchestrator:
         return _result(state, started)
 
     async def stream(self, request: PipelineRequest) -> AsyncIterator[PipelineEvent]:
-        """Yield ``DecisionEvent``, then ``TextEvent``s, then one ``DoneEvent``."""
+        """Yield ``DecisionEvent``, then ``TextEvent``s (and ``AnswerEvent``/``EscalationEvent`` as experts answer and
+        escalations are reviewed), then one ``DoneEvent``."""
         started = time.perf_counter()
         request = replace(request, stream=True)
         final_state: dict[str, Any] = {}
@@ -71,6 +87,10 @@ class Orchestrator:
                 yield DecisionEvent(payload["decision"])
             elif payload["kind"] == "delta" and payload["text"]:
                 yield TextEvent(payload["text"])
+            elif payload["kind"] == "answer":
+                yield AnswerEvent(payload["answer"], payload["call"])
+            elif payload["kind"] == "escalation" and payload["escalation"] is not None:
+                yield EscalationEvent(payload["escalation"])
         yield DoneEvent(_result(final_state, started))
 
     def route(

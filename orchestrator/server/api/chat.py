@@ -16,7 +16,15 @@ from experts.errors import ErrorCode
 from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.graph import AllExpertsFailed
-from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, PipelineEvent, TextEvent
+from orchestrator.pipeline.orchestrator import (
+    AnswerEvent,
+    DecisionEvent,
+    DoneEvent,
+    EscalationEvent,
+    Orchestrator,
+    PipelineEvent,
+    TextEvent,
+)
 from orchestrator.pipeline.state import CallRecord, PipelineRequest
 from orchestrator.pipeline.tool_calls import with_passthrough
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream
@@ -29,6 +37,7 @@ from orchestrator.server.api.tool_schemas import tool_calls_delta
 from orchestrator.server.errors import APIError, from_validation_error
 from orchestrator.server.observability.context import current_request_id
 from orchestrator.server.observability.metrics import record_calls, record_pipeline
+from router.decision import RoutingDecision
 from router.recruit import NoExpertAvailable, PolicyUnavailable
 
 log = logging.getLogger(__name__)
@@ -168,7 +177,7 @@ async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> 
             raise _pipeline_error(error) from None
         assert isinstance(first, DecisionEvent)
         headers = {"x-moesaic-experts": ",".join(first.decision.experts)}
-        chunks = _pipeline_chunks(events, body, response_id, created, orchestrator.pool.spec)
+        chunks = _pipeline_chunks(events, body, response_id, created, orchestrator.pool.spec, first.decision)
         return AnswerStream(chunks, headers=headers)
     try:
         result = await orchestrator.run(request)
@@ -208,13 +217,31 @@ def _pipeline_error(error: Exception) -> APIError:
 
 
 async def _pipeline_chunks(
-    events: AsyncIterator[PipelineEvent], body: ChatCompletionRequest, response_id: str, created: int, spec: PoolSpec
+    events: AsyncIterator[PipelineEvent],
+    body: ChatCompletionRequest,
+    response_id: str,
+    created: int,
+    spec: PoolSpec,
+    decision: RoutingDecision,
 ) -> AsyncIterator[dict[str, Any]]:
     passed = body.passthrough()
+    progress = bool(body.moesaic and body.moesaic.events)  # the pipeline's progress as event chunks, when asked
+
+    def event_chunk(event: dict[str, Any]) -> dict[str, Any]:
+        return {**chunk_body(response_id, created, body.model, {}), "choices": [], "moesaic": event}
+
     yield chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""})
+    if progress:
+        yield event_chunk({"event": "decision", "decision": decision.model_dump()})
     try:
         async for event in events:
-            if isinstance(event, TextEvent):
+            if isinstance(event, AnswerEvent):
+                if progress:
+                    yield event_chunk({"event": "answer", **asdict(event.answer), "call": asdict(event.call)})
+            elif isinstance(event, EscalationEvent):
+                if progress:
+                    yield event_chunk({"event": "escalation", "escalation": event.escalation.model_dump()})
+            elif isinstance(event, TextEvent):
                 yield chunk_body(response_id, created, body.model, {"content": event.text})
             elif isinstance(event, DoneEvent):
                 result = event.result

@@ -120,6 +120,11 @@ class MoesaicOptions(BaseModel):
         None, description="the aggregator's own token budget (default: the pool's aggregation.max_tokens)"
     )
     moe_routing: MoERoutingIn | None = Field(None, description="steer experts on the moe backend (others ignore it)")
+    events: bool = Field(
+        False,
+        description="streaming only: also send the pipeline's progress as chunks without choices whose moesaic "
+        "object is an event (decision, each expert's answer as it lands, escalation)",
+    )
     budget: Annotated[float, Field(gt=0.0, le=100.0)] | None = Field(
         None,
         description="moesaic/cost and moesaic/escalate: spend like a mean cost of this x the best single "
