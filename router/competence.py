@@ -59,7 +59,13 @@ class CompetenceEstimator:
         self.profiles = profiles
         self.settings = settings or CompetenceSettings()
         self.vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=2, max_features=60000)
-        self.profiled = self.vectorizer.fit_transform(profiles.query_texts).tocsr()
+        try:
+            self.profiled = self.vectorizer.fit_transform(profiles.query_texts).tocsr()
+        except ValueError:  # scikit-learn's words for it: "max_df corresponds to < documents than min_df"
+            raise ValueError(
+                f"{len(profiles.query_texts)} profiled question(s) are too few to learn from: the competence "
+                "model keeps words seen in at least 2 of them; profile on more questions"
+            ) from None
         self._analyzer = self.vectorizer.build_analyzer()
         self._vocabulary: dict[str, int] = self.vectorizer.vocabulary_
         self._idf = self.vectorizer.idf_

@@ -9,12 +9,14 @@ the per-question oracle. Strong/weak tables add RouteLLM's APGR and CPT.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from aggregator.vote import majority_vote, weighted_vote
 from router.competence import CompetenceEstimator, CompetenceSettings
+from router.frontier import measure_frontier
 from router.outcomes import OutcomeTable
 from router.plans import PlanData, PlanKey, PlanModel, fit_escalate_threshold, replay
 from router.policies import PolicySettings, QueryView, select
@@ -156,6 +158,47 @@ def evaluate(
     if set(test.experts) == {"weak", "strong"}:
         report.update(_routellm(estimator, test))
     return report
+
+
+Pairs = tuple[OutcomeTable, OutcomeTable]  # (train, test)
+
+
+def split_tables(tables: dict[str, OutcomeTable], test_share: float, seed: int) -> dict[str, Pairs]:
+    """Each benchmark's table split into (train, test) by a hash of the question id (``OutcomeTable.split``)."""
+    return {name: table.split(test_share, seed) for name, table in tables.items()}
+
+
+def evaluate_pairs(
+    pairs: dict[str, Pairs], options: EvalOptions, budgets: tuple[float, ...] = ()
+) -> dict[str, dict[str, object]]:
+    """``eval-router``'s whole computation: per benchmark, ``evaluate`` and, with ``budgets``, the cost-quality
+    frontier (``measure_frontier``: the policy at each budget, the single models, the random-mix hull) merged in.
+
+    The CLI and ``POST /v1/routing/evaluate`` (the console's routing view) both call this. A ValueError says what
+    is missing (a frontier needs cost columns).
+    """
+    reports: dict[str, dict[str, object]] = {}
+    for name, (train, test) in pairs.items():
+        if budgets and test.cost is None:
+            raise ValueError(
+                f"{test.source}: no cost columns, so no cost-quality frontier: it needs each model's '<model>|chars' "
+                "column and a model family whose active parameters are known (../shared/data/routing/README.md)"
+            )
+        reports[name] = evaluate(train, test, options)
+        if budgets:
+            reports[name].update(measure_frontier(train, test, options, budgets))
+    return reports
+
+
+def json_figures(value: object) -> object:
+    """A report as JSON allows: NaN (a figure that could not be measured) becomes null."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {key: json_figures(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [json_figures(item) for item in value]
+    return value
 
 
 def _routellm(estimator: CompetenceEstimator, test: OutcomeTable) -> dict[str, object]:

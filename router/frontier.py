@@ -92,6 +92,13 @@ def hull_accuracy(points: list[CostPoint], mean_cost: float) -> float:
     return math.nan if mix is None else mix.accuracy
 
 
+def hull_curve(points: list[CostPoint], steps: int = 100) -> list[CostPoint]:
+    """The random-mix hull sampled at ``steps + 1`` costs from the cheapest to the dearest model, for plots."""
+    low, high = min(p.mean_cost for p in points), max(p.mean_cost for p in points)
+    costs = [low + (high - low) * i / steps for i in range(steps + 1)]
+    return [CostPoint("random mix", cost, hull_accuracy(points, cost)) for cost in costs]
+
+
 def pool_apgr(rows: list[FrontierRow], oracle_accuracy: float) -> float:
     """0.5 + half the mean share of the gap from the hull to the oracle that the policy closes, over the budgets.
 
@@ -134,5 +141,6 @@ def measure_frontier(
         "frontier": [asdict(row) for row in rows],
         "pool_apgr": pool_apgr(rows, oracle),
         "single_models": [asdict(point) for point in points],
+        "hull": [asdict(point) for point in hull_curve(points)],
         "frontier_oracle_accuracy": oracle,
     }

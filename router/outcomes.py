@@ -99,7 +99,13 @@ class OutcomeTable:
         if not 0.0 < test_share < 1.0:
             raise ValueError(f"--split must be between 0 and 1 (exclusive), got {test_share}")
         buckets = np.array([_bucket(f"{seed}:{question}") for question in self.ids])
-        return self.rows(buckets >= test_share), self.rows(buckets < test_share)
+        train, test = self.rows(buckets >= test_share), self.rows(buckets < test_share)
+        if not len(train) or not len(test):
+            raise ValueError(
+                f"{self.source}: {len(self)} question(s) split at a test share of {test_share} leave "
+                f"{len(train)} for training and {len(test)} for testing; both need some: give more questions"
+            )
+        return train, test
 
 
 def _bucket(key: str) -> float:
@@ -127,36 +133,49 @@ def resolve_pool_names(pool: str | None, available: list[str], source: str) -> l
     return names
 
 
+OUTCOME_FORMATS = ("parquet", "csv", "jsonl", "json")  # json: one array of row objects
+
+
 def load_outcomes(path: str | Path, pool: str | None = None) -> dict[str, OutcomeTable]:
     """Read an outcome file; returns one table per ``benchmark`` value (``{"all": table}`` without one)."""
-    import pandas as pd
-
     path = Path(path)
     if not path.exists():
         raise OutcomeFileError(f"{path}: no such outcome file")
+    suffix = path.suffix.removeprefix(".")
+    if suffix not in OUTCOME_FORMATS:
+        raise OutcomeFileError(f"{path}: unsupported format {path.suffix!r}; use .parquet, .csv or .jsonl")
+    return read_outcomes(path.read_bytes(), suffix, pool, str(path))
+
+
+def read_outcomes(data: bytes, fmt: str, pool: str | None = None, source: str = "table") -> dict[str, OutcomeTable]:
+    """``load_outcomes`` on bytes already in hand (an upload): ``fmt`` is one of ``OUTCOME_FORMATS``; ``source`` names
+    the table in every error."""
+    import io
+
+    import pandas as pd
+
+    if fmt not in OUTCOME_FORMATS:
+        raise OutcomeFileError(f"{source}: unsupported format {fmt!r}; use one of {', '.join(OUTCOME_FORMATS)}")
     try:
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix == ".csv":
-            frame = pd.read_csv(path)
-        elif path.suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=path.suffix == ".jsonl")
+        if fmt == "parquet":
+            frame = pd.read_parquet(io.BytesIO(data))
+        elif fmt == "csv":
+            frame = pd.read_csv(io.BytesIO(data))
         else:
-            raise OutcomeFileError(f"{path}: unsupported format {path.suffix!r}; use .parquet, .csv or .jsonl")
-    except OutcomeFileError:
-        raise
+            frame = pd.read_json(io.BytesIO(data), lines=fmt == "jsonl")
     except Exception as error:
-        raise OutcomeFileError(f"{path}: cannot be read as {path.suffix}: {error}") from None
+        raise OutcomeFileError(f"{source}: cannot be read as {fmt}: {error}") from None
+    frame.columns = [str(column) for column in frame.columns]  # JSON arrays per line give numbered columns
     available = [column.removesuffix("|correct") for column in frame.columns if column.endswith("|correct")]
     if not available:
-        raise OutcomeFileError(f"{path}: no '<expert>|correct' columns; see ../shared/data/routing/README.md")
-    experts = resolve_pool_names(pool, available, str(path))
+        raise OutcomeFileError(f"{source}: no '<expert>|correct' columns; see ../shared/data/routing/README.md")
+    experts = resolve_pool_names(pool, available, source)
     if "benchmark" in frame.columns:
         return {
-            str(name): _table(group.reset_index(drop=True), experts, f"{path}[benchmark={name}]")
+            str(name): _table(group.reset_index(drop=True), experts, f"{source}[benchmark={name}]")
             for name, group in frame.groupby("benchmark", sort=True)
         }
-    return {"all": _table(frame, experts, str(path))}
+    return {"all": _table(frame, experts, source)}
 
 
 def _table(frame: object, experts: list[str], source: str) -> OutcomeTable:

@@ -159,7 +159,7 @@ def eval_router(
     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
 ) -> None:
     """Route a labelled test table with profiles from a training table; no model is called."""
-    from router.evaluate import EvalOptions, evaluate
+    from router.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
     from router.outcomes import OutcomeFileError, load_outcomes
     from router.policies import POLICIES, PolicySettings
 
@@ -171,7 +171,7 @@ def eval_router(
         fail("give either --outcomes FILE (with --split) or both --train FILE and --test FILE")
     try:
         if outcomes is not None:
-            pairs = {name: table.split(split, seed) for name, table in load_outcomes(outcomes, pool).items()}
+            pairs = split_tables(load_outcomes(outcomes, pool), split, seed)
         else:
             assert train is not None and test is not None
             train_tables, test_tables = load_outcomes(train, pool), load_outcomes(test, pool)
@@ -190,12 +190,11 @@ def eval_router(
         escalate_threshold=escalate_threshold,
     )
     options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, vote=vote, seed=seed)
-    reports = {}
-    with console.status("profiling and routing..."):
-        for name, (train_table, test_table) in pairs.items():
-            reports[name] = evaluate(train_table, test_table, options)
-            if frontier:
-                reports[name].update(_frontier(train_table, test_table, options, budget_list))
+    try:
+        with console.status("profiling and routing..."):
+            reports = evaluate_pairs(pairs, options, budget_list)
+    except ValueError as error:
+        fail(str(error))
     for name, report in reports.items():
         _print_report(name, report)
         if frontier:
@@ -205,7 +204,7 @@ def eval_router(
         console.print(f"wrote {plot}")
     if as_json:
         payload = next(iter(reports.values())) if len(reports) == 1 else {"benchmarks": reports}
-        print(json.dumps(_clean(payload)))
+        print(json.dumps(json_figures(payload)))
 
 
 def route(
@@ -354,15 +353,6 @@ def _budgets(text: str) -> tuple[float, ...]:
     return values
 
 
-def _frontier(train: Any, test: Any, options: Any, budgets: tuple[float, ...]) -> dict[str, object]:
-    from router.frontier import measure_frontier
-
-    try:
-        return measure_frontier(train, test, options, budgets)
-    except ValueError as error:
-        fail(str(error))
-
-
 def _print_frontier(name: str, report: dict[str, object]) -> None:
     table = Table(title=f"{name}: cost-quality frontier (pool APGR {report['pool_apgr']:.3f}; 0.5 = random-mix hull)")
     for column in ("budget", "accuracy", "mean cost", "random-mix hull", "over the hull"):
@@ -382,31 +372,16 @@ def _print_frontier(name: str, report: dict[str, object]) -> None:
 def _plot_frontier(reports: dict[str, dict[str, object]], path: Path) -> None:
     plt = _pyplot()
 
-    from router.frontier import CostPoint, hull_accuracy
-
     figure, axis = plt.subplots(figsize=(6, 4))
     for name, report in reports.items():
-        points = [CostPoint(**point) for point in report["single_models"]]  # type: ignore[attr-defined]
+        points, hull = report["single_models"], report["hull"]  # type: ignore[assignment]
         rows = report["frontier"]  # type: ignore[assignment]
         axis.plot([r["mean_cost"] for r in rows], [r["accuracy"] for r in rows], marker="o", label=f"{name} policy")
-        axis.scatter([p.mean_cost for p in points], [p.accuracy for p in points], s=12, color="grey")
-        span = sorted(p.mean_cost for p in points)
-        grid = [span[0] + (span[-1] - span[0]) * i / 100 for i in range(101)]
-        axis.plot(grid, [hull_accuracy(points, cost) for cost in grid], linestyle=":", color="grey")
+        axis.scatter([p["mean_cost"] for p in points], [p["accuracy"] for p in points], s=12, color="grey")
+        axis.plot([h["mean_cost"] for h in hull], [h["accuracy"] for h in hull], linestyle=":", color="grey")
     axis.set_xlabel("mean cost per question")
     axis.set_ylabel("accuracy")
     axis.set_title("cost-quality frontier (grey: single models; dotted: random-mix hull)")
     axis.legend()
     figure.tight_layout()
     figure.savefig(path, dpi=120)
-
-
-def _clean(value: object) -> object:
-    """JSON has no NaN: missing figures become null."""
-    if isinstance(value, float) and math.isnan(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _clean(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_clean(item) for item in value]
-    return value
