@@ -280,11 +280,15 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
     if body.stream:
         chunks = _direct_chunks(orchestrator, name, request, body, response_id, created)
         return AnswerStream(chunks, headers=headers)
+    started = time.monotonic()
     try:
         completion = await orchestrator.call_expert(name, request)
     except (ExpertCallFailed, ExpertUnavailable) as error:
+        if isinstance(error, ExpertCallFailed):  # counted as the expert's failed call (/metrics, /v1/pool)
+            record_calls(body.model, [CallRecord.failure(name, "direct", str(error), time.monotonic() - started)])
         raise _direct_error(error) from None
     if completion.error is not None:
+        record_calls(body.model, [CallRecord.of(name, "direct", completion)])
         raise _direct_error(ExpertCallFailed(completion.error, completion.error_code))
     usage = completion.usage
     record = CallRecord.of(name, "direct", completion)

@@ -2,12 +2,13 @@
 
 What ``/healthz`` and ``/metrics`` say, per expert, in one typed shape: backend and model, actor state and
 residency, circuit breaker, queue depths, restarts, and the tokens and cost of its calls since the server started
-(from the app's own counters). Behind the API keys, like the rest of ``/v1``.
+(from the app's own counters) and since 00:00 UTC today (``DailyUsage``). Behind the API keys, like the rest of ``/v1``.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import asdict
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -42,10 +43,12 @@ class ExpertView(BaseModel):
     restarts: int = 0
     error: str | None = None
     usage: ExpertUsage = Field(description="its calls since the server started (every role: expert, aggregator...)")
+    today: ExpertUsage = Field(description="its calls since 00:00 UTC today (this server process)")
 
 
 class PoolView(BaseModel):
     pool: str
+    day: str = Field(description="the UTC date `today` counts (ISO)")
     experts: list[ExpertView]
 
 
@@ -53,7 +56,9 @@ class PoolView(BaseModel):
 async def pool_view(request: Request) -> PoolView:
     pool: ExpertClient = request.app.state.orchestrator.pool
     reports = await pool.health()
-    usage = usage_by_expert(request.app.state.metrics)
+    metrics: ServiceMetrics = request.app.state.metrics
+    usage = usage_by_expert(metrics)
+    day, today = metrics.today.snapshot()
     breakers, restarts = pool.breaker_states(), pool.restarts
     experts = []
     for expert in pool.spec.experts:
@@ -74,9 +79,10 @@ async def pool_view(request: Request) -> PoolView:
                 restarts=restarts.get(expert.name, 0),
                 error=report.get("error"),
                 usage=usage.get(expert.name, ExpertUsage()),
+                today=ExpertUsage(**asdict(today[expert.name])) if expert.name in today else ExpertUsage(),
             )
         )
-    return PoolView(pool=pool.spec.name, experts=experts)
+    return PoolView(pool=pool.spec.name, day=day, experts=experts)
 
 
 def usage_by_expert(metrics: ServiceMetrics) -> dict[str, ExpertUsage]:

@@ -4,9 +4,9 @@ One object per app (``app.state.metrics``, made in ``create_app``), each with it
 the process-wide default one, so two apps in one process (tests, several pools) keep separate counts.
 
 Counted here: HTTP requests (route, model, status) and their latency; the pipeline's steps
-(``PipelineResult.timings_ms``: understand, recruit, each expert, aggregate, total); every
-model call's tokens and cost by requested model, expert and role. The pool's own counters and
-the front door's (cache, limits, Redis) are read at scrape time by ``pool_series`` and
+(``PipelineResult.timings_ms``: understand, recruit, each expert, aggregate, total); every model call's tokens and
+cost by requested model, expert and role, and (``today``, a ``DailyUsage``) per expert for the current UTC day. The
+pool's own counters and the front door's (cache, limits, Redis) are read at scrape time by ``pool_series`` and
 ``service_series``.
 """
 
@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from orchestrator.server.observability.context import current_scope
+from orchestrator.server.observability.daily_usage import DailyUsage
 
 if TYPE_CHECKING:
     from orchestrator.pipeline.state import CallRecord, PipelineResult
@@ -82,8 +83,14 @@ class ServiceMetrics:
     """The app's own counters and histograms, in ``registry`` (a collector ``/metrics`` renders), and in ``mirror``
     too when one is given."""
 
-    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS, mirror: MetricsMirror | None = None) -> None:
+    def __init__(
+        self,
+        buckets: Sequence[float] = LATENCY_BUCKETS,
+        mirror: MetricsMirror | None = None,
+        today: DailyUsage | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
+        self.today = today or DailyUsage()  # per expert, since 00:00 UTC (the console's pool view)
         self.in_progress = 0  # the middleware counts requests in and out; read at scrape time
         self.mirror = mirror
         in_progress = Gauge(
@@ -116,6 +123,8 @@ class ServiceMetrics:
         self.observe_calls(model, result.calls)
 
     def observe_calls(self, model: str, calls: Iterable[CallRecord]) -> None:
+        calls = list(calls)
+        self.today.add(calls)
         for call in calls:
             key = (model, call.expert, call.role)
             self._add("moesaic_model_calls_total", (*key, "error" if call.error else "ok"))
