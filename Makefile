@@ -1,5 +1,6 @@
 # Two entry points: `make serve` and `make test`. Both build .venv from scratch if needed;
-# `make test` also installs redis-server when it is missing (as root; otherwise it says what to type).
+# `make test` also installs redis-server and chromium when they are missing (as root; otherwise it says what to
+# type: without Redis it stops, without Chromium the browser tests skip).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP  := $(VENV)/.installed
 # the torch `make lock` resolves against: a CPU build (any other pulls GBs of CUDA packages on these machines)
 LOCK_TORCH ?= torch==2.13.0
 
-.PHONY: serve test install prepare redis lint clean lock
+.PHONY: serve test install prepare redis browser lint clean lock
 
 $(STAMP): pyproject.toml constraints.txt integrations/langchain_moesaic/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,7 +37,11 @@ serve: prepare
 redis:
 	bash deploy/ensure_redis.sh
 
-test: redis prepare
+# the console's browser tests drive Debian's chromium: installed here when missing (as root), else they skip
+browser:
+	bash deploy/ensure_chromium.sh
+
+test: redis browser prepare
 	$(BIN)/python -m pytest -q --strict-markers
 
 lint: install

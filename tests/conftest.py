@@ -24,6 +24,7 @@ os.environ.setdefault("MOESAIC_LOG_LEVEL", "DEBUG")
 from experts.config.pool_spec import PoolSpec, load_pool, parse_pool  # noqa: E402
 from experts.runtime.pool import ExpertPool  # noqa: E402
 from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
+from tests.browser import browser, page  # noqa: E402, F401 (the console's browser fixtures, for every module)
 
 
 @pytest.fixture(scope="session")

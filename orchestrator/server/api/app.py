@@ -10,6 +10,7 @@ and at shutdown waits for in-flight requests before the pool goes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -31,6 +32,8 @@ from orchestrator.server.api.plugins import AppPlugin, plugins_running
 from orchestrator.server.api.pool_view import router as pool_view_router
 from orchestrator.server.api.probes import router as probes_router
 from orchestrator.server.api.route import router as route_router
+from orchestrator.server.api.routing_eval import router as routing_eval_router
+from orchestrator.server.console import console_routes
 from orchestrator.server.errors import install_error_handlers
 from orchestrator.server.observability.metrics import MetricsMirror, ServiceMetrics
 from orchestrator.server.observability.middleware import ObservabilityMiddleware
@@ -93,6 +96,7 @@ def create_app(
     app.state.catalog = ExpertCatalog()  # what the model cards say beyond the pool file, once the pool has started
     app.state.draining = False  # set at shutdown, before in-flight requests are waited for
     app.state.orchestrator = None  # set by the lifespan once the pool has started
+    app.state.routing_evaluations = asyncio.Lock()  # POST /v1/routing/evaluate: one at a time (CPU-bound)
     install_error_handlers(app)
     app.add_middleware(LimitsMiddleware)  # body size, concurrency and the waiting line (inner)
     app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
@@ -102,6 +106,8 @@ def create_app(
     app.include_router(probes_router)
     app.include_router(models_router)
     app.include_router(pool_view_router)
+    app.include_router(routing_eval_router)
+    app.router.routes.extend(console_routes())  # GET /console: the browser console (static files)
     for plugin in plugins:
         app.router.routes.extend(plugin.routes())
     # request id, access log, request metrics: keep it the last middleware added (the outermost), so it
