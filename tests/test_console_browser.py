@@ -201,9 +201,10 @@ def test_a_routing_table_without_costs_gets_the_reason(servers: tuple[ServerThre
 
 
 def test_the_page_files_ship_in_the_package() -> None:
-    """The page needs no build step: its three files are package data, and the page names them relatively."""
+    """The page needs no build step: its files are package data, and the page names them relatively."""
     static = ROOT / "orchestrator" / "server" / "console" / "static"
-    assert {p.name for p in static.iterdir()} >= {"index.html", "console.js", "console.css"}
+    modules = {"console.js", "api.js", "dom.js", "ask.js", "pool.js", "routing.js", "chart.js"}
+    assert {p.name for p in static.iterdir()} >= {"index.html", "console.css", *modules}
     html = (static / "index.html").read_text()
     assert 'src="console/static/console.js"' in html and 'href="console/static/console.css"' in html
     assert "http://" not in html and "https://" not in html  # nothing fetched from elsewhere
