@@ -142,5 +142,6 @@ def test_a_clients_mistake_is_answered_in_openais_shape(client: openai.OpenAI) -
 
 def test_without_redis_the_start_up_line_says_so_and_sigint_exits_cleanly(served: Served) -> None:
     assert "no Redis configured: in-process cache, rate limits and journal" in served.output()
+    assert "the console at http://127.0.0.1:" in served.output()  # where to point a browser
     assert _stop(served.process) == 0
     assert "Traceback" not in served.output()

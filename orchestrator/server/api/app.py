@@ -83,6 +83,8 @@ def create_app(
             await pool.start()
             app.state.orchestrator = Orchestrator(pool)
             await _describe_experts(app, state, pool)
+            base = f"http://{settings.host}:{settings.port}"
+            startup_log.info(f"pool {spec.name!r} is up: the API at {base}/v1, the console at {base}/console")
             try:
                 async with plugins_running(plugins, app.state.orchestrator):
                     yield
