@@ -55,6 +55,15 @@ def test_progress_comes_as_event_chunks_before_the_answer(server: ServerThread) 
     assert "event" not in received[-1]["moesaic"] and received[-1]["moesaic"]["strategy"] == "vote"
 
 
+def test_each_expert_writes_into_its_own_events_before_its_answer_lands(server: ServerThread) -> None:
+    events = [c["moesaic"] for c in chunks(server, events=True) if "event" in c.get("moesaic", {})]
+    for name in ("a", "b"):
+        own = [i for i, e in enumerate(events) if e["event"] == "expert_delta" and e["expert"] == name]
+        answer = next(i for i, e in enumerate(events) if e["event"] == "answer" and e["expert"] == name)
+        assert len(own) == 3 and max(own) < answer  # the echo backend streams word by word
+        assert "".join(events[i]["text"] for i in own) == events[answer]["text"] == "one two three"
+
+
 def test_without_asking_the_stream_is_as_before(server: ServerThread) -> None:
     assert not [c for c in chunks(server) if "event" in (c.get("moesaic") or {})]
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=30)

@@ -204,8 +204,11 @@ class PipelineNodes:
         while True:
             started = time.perf_counter()
             streamed = _Streamed()
+            # its tokens are the answer (one expert), or shown in its own column (a console asked for them)
+            own_tokens = name if request.stream and request.expert_deltas and not task["stream"] else None
             try:
-                completion = await self._call(name, request.generation, task["stream"], streamed)
+                stream = task["stream"] or own_tokens is not None
+                completion = await self._call(name, request.generation, stream, streamed, own_tokens)
             except (ExpertCallFailed, ExpertUnavailable) as error:
                 code = getattr(error, "code", None)
                 answers.append(ExpertAnswer(name, "", "error", str(error), code))
@@ -303,9 +306,16 @@ class PipelineNodes:
         return step_verdict(step, completion, call), [CallRecord.of(step.expert, step.role, completion)], stream
 
     async def _call(
-        self, name: str, request: GenerationRequest, stream: bool, streamed: _Streamed | None = None
+        self,
+        name: str,
+        request: GenerationRequest,
+        stream: bool,
+        streamed: _Streamed | None = None,
+        own_tokens: str | None = None,
     ) -> Completion:
-        """Call an expert; when streaming, forward its text deltas to the graph's stream (counted in ``streamed``)."""
+        """Call an expert; when streaming, forward its text deltas to the graph's stream: as the answer's text
+        (counted in ``streamed``), or, with ``own_tokens``, as that expert's own ``expert_delta`` events, which are
+        progress only (a replacement may still follow)."""
         request = replace(request, traceparent=traceparent())  # the actor's span joins this request's trace
         if not stream:
             completion = await self.pool.generate(name, request)
@@ -313,7 +323,9 @@ class PipelineNodes:
             writer = get_stream_writer()
             completion = None
             async for item in self.pool.stream(name, request):
-                if isinstance(item, str):
+                if isinstance(item, str) and own_tokens is not None:
+                    writer(stream_event("expert_delta", expert=own_tokens, text=item))
+                elif isinstance(item, str):
                     writer(stream_event("delta", text=item))
                     if streamed is not None:
                         streamed.pieces += 1

@@ -34,6 +34,14 @@ class TextEvent:
 
 
 @dataclass(frozen=True)
+class ExpertTextEvent:
+    """A piece of one expert's own answer as it writes it (``PipelineRequest.expert_deltas``): progress only."""
+
+    expert: str
+    text: str
+
+
+@dataclass(frozen=True)
 class AnswerEvent:
     """One expert's answer (or failure) as it lands, with its call's record."""
 
@@ -53,7 +61,7 @@ class DoneEvent:
     result: PipelineResult
 
 
-PipelineEvent = Union[DecisionEvent, TextEvent, AnswerEvent, EscalationEvent, DoneEvent]
+PipelineEvent = Union[DecisionEvent, TextEvent, ExpertTextEvent, AnswerEvent, EscalationEvent, DoneEvent]
 
 
 class Orchestrator:
@@ -74,7 +82,7 @@ class Orchestrator:
 
     async def stream(self, request: PipelineRequest) -> AsyncIterator[PipelineEvent]:
         """Yield ``DecisionEvent``, then ``TextEvent``s (and ``AnswerEvent``/``EscalationEvent`` as experts answer and
-        escalations are reviewed), then one ``DoneEvent``."""
+        escalations are reviewed; ``ExpertTextEvent``s with ``expert_deltas``), then one ``DoneEvent``."""
         started = time.perf_counter()
         request = replace(request, stream=True)
         final_state: dict[str, Any] = {}
@@ -87,6 +95,8 @@ class Orchestrator:
                 yield DecisionEvent(payload["decision"])
             elif payload["kind"] == "delta" and payload["text"]:
                 yield TextEvent(payload["text"])
+            elif payload["kind"] == "expert_delta" and payload["text"]:
+                yield ExpertTextEvent(payload["expert"], payload["text"])
             elif payload["kind"] == "answer":
                 yield AnswerEvent(payload["answer"], payload["call"])
             elif payload["kind"] == "escalation" and payload["escalation"] is not None:

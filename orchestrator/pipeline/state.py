@@ -28,6 +28,7 @@ class PipelineRequest:
     consensus: float | None | Literal["pool"] = "pool"  # short-cut share; None: never; "pool": the pool's
     aggregator_max_tokens: int | None = None  # None: the pool's aggregation.max_tokens
     budget: float | None = None  # cost/escalate policies: mean cost <= budget x the best single expert's
+    expert_deltas: bool = False  # when streaming: also each expert's own tokens, as "expert_delta" events (consoles)
 
     @property
     def messages(self) -> list[Message]:
@@ -193,5 +194,5 @@ class ExpertTask(TypedDict):
 
 
 def stream_event(kind: str, **data: Any) -> dict[str, Any]:
-    """A custom LangGraph stream event: ``{"kind": "decision"|"delta", ...}``."""
+    """A custom LangGraph stream event: ``{"kind": "decision"|"delta"|"expert_delta"|"answer"|"escalation", ...}``."""
     return {"kind": kind, **data}

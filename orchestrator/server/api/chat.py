@@ -21,6 +21,7 @@ from orchestrator.pipeline.orchestrator import (
     DecisionEvent,
     DoneEvent,
     EscalationEvent,
+    ExpertTextEvent,
     Orchestrator,
     PipelineEvent,
     TextEvent,
@@ -148,6 +149,7 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
         consensus=options.consensus_share() if options else "pool",
         aggregator_max_tokens=options.aggregator_max_tokens if options else None,
         budget=options.budget if options else None,
+        expert_deltas=bool(body.stream and options and options.events),
     )
 
 
@@ -238,6 +240,9 @@ async def _pipeline_chunks(
             if isinstance(event, AnswerEvent):
                 if progress:
                     yield event_chunk({"event": "answer", **asdict(event.answer), "call": asdict(event.call)})
+            elif isinstance(event, ExpertTextEvent):
+                if progress:
+                    yield event_chunk({"event": "expert_delta", "expert": event.expert, "text": event.text})
             elif isinstance(event, EscalationEvent):
                 if progress:
                     yield event_chunk({"event": "escalation", "escalation": event.escalation.model_dump()})

@@ -117,7 +117,7 @@ function renderDecision(decision, applied) {
 
 function renderAnswer(event) {
   const column = expertColumn(event.expert, event.call.stage || 1);
-  column.classList.remove("pending");
+  column.classList.remove("pending", "writing");
   column.classList.toggle("failed", Boolean(event.error));
   const text = column.querySelector(".answer-text");
   text.textContent = event.error ? "failed: " + event.error : event.text;
@@ -125,6 +125,17 @@ function renderAnswer(event) {
   column.querySelector(".call").textContent =
     call.prompt_tokens + " + " + call.completion_tokens + " tokens · " + fmtCost(call.cost) + " · " +
     fmtMs(call.latency_s) + " · " + (event.finish_reason || call.finish_reason);
+}
+
+// A piece of an expert's own answer as it writes it; its `answer` event then sets the whole text.
+function renderExpertDelta(event) {
+  const column = expertColumn(event.expert, 1);
+  const text = column.querySelector(".answer-text");
+  if (column.classList.contains("pending")) {
+    column.classList.replace("pending", "writing");
+    text.textContent = "";
+  }
+  text.textContent += event.text;
 }
 
 function renderEscalation(escalation) {
@@ -256,6 +267,7 @@ async function ask(event) {
       if (chunk.error) throw new ApiError(chunk.error.status || 0, chunk.error.message, chunk.error.code);
       const meta = chunk.moesaic;
       if (meta && meta.event === "decision" && !everyExpert) renderDecision(meta.decision, true);
+      else if (meta && meta.event === "expert_delta") renderExpertDelta(meta);
       else if (meta && meta.event === "answer") renderAnswer(meta);
       else if (meta && meta.event === "escalation") renderEscalation(meta.escalation);
       for (const choice of chunk.choices || []) {
