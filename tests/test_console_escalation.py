@@ -39,7 +39,10 @@ def server(pool: ExpertPool) -> Iterator[ServerThread]:
 def ask_routed(page: Any, server: ServerThread, question: str) -> None:
     page.goto(server.url + "/console")
     page.wait_for_selector("#policy option[value='moesaic/escalate']", state="attached")
+    page.select_option("#policy", "moesaic")
+    assert page.is_disabled("#budget")  # a budget only means something to cost and escalate
     page.select_option("#policy", "moesaic/escalate")
+    assert page.is_enabled("#budget") and page.is_enabled("#k")
     ask(page, question)
 
 
