@@ -2,6 +2,20 @@
 
 Used to grade experts when profiling on labelled questions, and to count votes. Each
 extractor returns the normalised answer, or None when the text commits to none.
+
+Every pattern here reads text a client or a model controls, on the request's event loop, so each
+is linear: no two quantifiers can match the same characters. Runs of ``\\s*`` side by side around
+optional words, a line start's ``\\s*`` that crossed newlines and ``<think>.*?</think>`` over
+unclosed tags made the regex engine rescan the text from every start: seconds to minutes on a few
+KB of spaces, newlines or tags, with the event loop blocked (issue 27). The amount read is bounded too:
+
+- the extractors read the last ``MAX_EXTRACT_CHARS`` of an answer once its reasoning traces are
+  stripped (the strip itself is a linear scan of the whole text): a final answer is stated at
+  the end. ``extract_text`` is the exception: it compares whole answers, and cutting them would
+  make two long answers that differ early agree; its work is a linear normalisation.
+- ``infer_answer_kind`` looks for lettered options in the first and the last
+  ``OPTION_WINDOW_CHARS`` of the question (all of it up to twice that): the options follow the
+  question's stem, which may follow a long passage or earlier turns of the conversation.
 """
 
 from __future__ import annotations
@@ -12,25 +26,62 @@ from types import MappingProxyType
 
 from experts.types import AnswerKind
 
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL | re.IGNORECASE)
+MAX_EXTRACT_CHARS = 16_000  # ~4k tokens of an answer's end: all of a normal answer, with its reasoning stripped
+OPTION_WINDOW_CHARS = 16_000  # of a question's start and of its end, searched for lettered options
+
+_THINK_OPEN = re.compile(r"<think>", re.IGNORECASE)
+_THINK_CLOSE = re.compile(r"</think>", re.IGNORECASE)
+_WHITESPACE = re.compile(r"\s")
 # "answer is (C)", "Answer: C", "option **D**": the keyword in any case, the letter upper-case only,
-# so "the answer is a fraction" does not read as option A
-_CHOICE_STATED = re.compile(r"(?i:answer|option|choice)\s*(?i:is|:)?\s*(?:\*\*)?\s*[\(\[]?([A-J])(?![A-Za-z])")
+# so "the answer is a fraction" does not read as option A. Each run of spaces belongs to the word before it.
+_CHOICE_STATED = re.compile(r"(?i:answer|option|choice)\s*(?:(?i:is|:)\s*)?(?:\*\*\s*)?[\(\[]?([A-J])(?![A-Za-z])")
 _CHOICE_PAREN = re.compile(r"\(([A-J])\)")
 _CHOICE_ALONE = re.compile(r"(?<![A-Za-z'])([A-J])(?![A-Za-z'])")
 _BOXED = re.compile(r"\\boxed\{([^{}]*)\}")
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
-_ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(.+)", re.IGNORECASE)
+# what follows "answer:", from its first non-space: "\s*(.+)" let both runs take the same spaces; on the stripped
+# texts read here the two are the same
+_ANSWER_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)\s*(\S.*)", re.IGNORECASE)
 
 
 def strip_reasoning(text: str) -> str:
-    """Drop ``<think>...</think>`` traces: only the committed answer counts."""
-    return _THINK.sub("", text).strip()
+    """Drop ``<think>...</think>`` traces: only the committed answer counts.
+
+    A scan for each opening tag and the first closing tag after it, as ``<think>.*?</think>`` matched, but
+    linear: that pattern rescanned the rest of the text from every unclosed ``<think>``. An unclosed trace
+    is kept, as it was.
+    """
+    kept: list[str] = []
+    position = 0
+    while (opened := _THINK_OPEN.search(text, position)) is not None:
+        closed = _THINK_CLOSE.search(text, opened.end())
+        if closed is None:  # no closing tag after this one, so none after any later one either
+            break
+        kept.append(text[position : opened.start()])
+        position = closed.end()
+    kept.append(text[position:])
+    return "".join(kept).strip()
+
+
+def answer_tail(text: str) -> str:
+    """The last ``MAX_EXTRACT_CHARS`` of ``text``, cut at a space: half a word or number must not read as one."""
+    start = len(text) - MAX_EXTRACT_CHARS
+    if start <= 0:
+        return text
+    if not text[start - 1].isspace():
+        space = _WHITESPACE.search(text, start)
+        start = space.start() if space is not None else start
+    return text[start:]
+
+
+def committed_answer(text: str) -> str:
+    """What the extractors read: the answer without its reasoning traces, its last ``MAX_EXTRACT_CHARS``."""
+    return answer_tail(strip_reasoning(text))
 
 
 def extract_choice(text: str, letters: str = "ABCDEFGHIJ") -> str | None:
     """'the answer is (C)' -> 'C'; a letter inside a word never counts."""
-    text = strip_reasoning(text)
+    text = committed_answer(text)
     for pattern in (_CHOICE_STATED, _CHOICE_PAREN):
         found = [m for m in pattern.findall(text) if m in letters]
         if found:
@@ -44,7 +95,7 @@ def extract_number(text: str) -> str | None:
 
     '1,234.50' -> '1234.5'; '3/4' stays a fraction.
     """
-    text = strip_reasoning(text)
+    text = committed_answer(text)
     boxed = _BOXED.findall(text)
     if boxed and _NUMBER.findall(boxed[-1]):
         return normalise_number(_NUMBER.findall(boxed[-1])[-1])
@@ -68,7 +119,7 @@ def normalise_number(value: str) -> str:
 
 def extract_exact(text: str) -> str | None:
     """The text after 'answer:' (or the last non-empty line), lower-cased, without punctuation at the ends."""
-    text = strip_reasoning(text)
+    text = committed_answer(text)
     stated = _ANSWER_LINE.findall(text)
     line = stated[-1] if stated else next((ln for ln in reversed(text.splitlines()) if ln.strip()), "")
     normalised = normalise_text(line)
@@ -97,8 +148,10 @@ EXTRACTORS: Mapping[AnswerKind, Extractor] = MappingProxyType(
 )
 
 
-_OPTION_LINE = re.compile(r"(?m)^\s*\(?([A-J])[\).:]\s+\S")
-_STATED_NUMBER = re.compile(r"\\boxed\{[^{}]*\d|(?:final answer|answer)\s*(?:is|:)\s*\$?-?\d", re.IGNORECASE)
+# a line that starts with an option's letter: "(A) shark", "B. whale"; only spaces within the line before it
+_OPTION_LINE = re.compile(r"(?m)^[^\S\n]*\(?([A-J])[\).:]\s+\S")
+# a digit inside \boxed{...} (the run before it holds no digit, so it cannot give one back), or after "answer is"
+_STATED_NUMBER = re.compile(r"\\boxed\{[^{}\d]*\d|(?:final answer|answer)\s*(?:is|:)\s*\$?-?\d", re.IGNORECASE)
 _STATED_LINE = re.compile(r"(?:final answer|answer)\s*(?:is|:)", re.IGNORECASE)
 
 
@@ -109,15 +162,31 @@ def infer_answer_kind(question: str, answers: list[str]) -> AnswerKind:
     answer states a number (boxed, or after "answer is"); ``exact`` when every answer has an
     "Answer:" line; otherwise ``text`` (whole answers compared).
     """
-    letters = [m.group(1) for m in _OPTION_LINE.finditer(question)] + _CHOICE_PAREN.findall(question)
+    letters = option_letters(question)
     if "A" in letters and "B" in letters:
         return AnswerKind.CHOICE
-    committed = [strip_reasoning(answer) for answer in answers]
+    committed = [committed_answer(answer) for answer in answers]
     if committed and all(_STATED_NUMBER.search(answer) for answer in committed):
         return AnswerKind.NUMBER
     if committed and all(_STATED_LINE.search(answer) for answer in committed):
         return AnswerKind.EXACT
     return AnswerKind.TEXT
+
+
+def option_letters(question: str) -> list[str]:
+    """The letters of the options listed in the first and last ``OPTION_WINDOW_CHARS`` of ``question``.
+
+    Searched in place (``pos``/``endpos``), so a window that starts mid-line never makes that point a line start.
+    """
+    if len(question) <= 2 * OPTION_WINDOW_CHARS:
+        windows = [(0, len(question))]
+    else:
+        windows = [(0, OPTION_WINDOW_CHARS), (len(question) - OPTION_WINDOW_CHARS, len(question))]
+    letters: list[str] = []
+    for start, end in windows:
+        letters += [match.group(1) for match in _OPTION_LINE.finditer(question, start, end)]
+        letters += _CHOICE_PAREN.findall(question, start, end)
+    return letters
 
 
 MAX_SENTENCE_WORDS = 12  # a final line this short that states the gold answer as whole words counts

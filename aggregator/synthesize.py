@@ -24,7 +24,11 @@ from aggregator.prompts import (
 from experts.types import GenerationRequest, Message
 
 MAX_CANDIDATE_CHARS = 4000
-_BEST = re.compile(r"best\s*(?:candidate|answer)?\s*(?:is|:)?\s*(?:candidate|answer)?\s*#?(\d+)", re.IGNORECASE)
+# "Best: 2", "best candidate is #3": each run of spaces belongs to the word before it, so the pattern stays linear
+# on a judge's reply (four adjacent optional runs of spaces took seconds on a few hundred spaces)
+_BEST = re.compile(
+    r"best\s*(?:(?:candidate|answer)\s*)?(?:(?:is|:)\s*)?(?:(?:candidate|answer)\s*)?#?(\d+)", re.IGNORECASE
+)
 _NUMBER = re.compile(r"\b(\d+)\b")
 
 

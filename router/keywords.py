@@ -21,6 +21,9 @@ PROMPT = (
     "separated by commas. Reply with the keywords only.\n\nQuestion: {query}"
 )
 MIN_SIMILARITY = 0.6  # below this a keyword matches no vocabulary skill and is dropped
+# a comma, semicolon or line break, or a list number "2."; a number only from its first digit, so a long run of
+# digits is scanned once rather than from every digit in it
+_SEPARATOR = re.compile(r"[,;\n]|(?<!\d)\d+\.")
 
 
 @dataclass(frozen=True)
@@ -74,7 +77,7 @@ class KeywordExtractor:
 
 def parse_keywords(answer: str) -> list[str]:
     """'Algebra, linear equations\\n- arithmetic' -> ['algebra', 'linear equations', 'arithmetic']."""
-    pieces = re.split(r"[,;\n]|\d+\.", answer.lower())
+    pieces = _SEPARATOR.split(answer.lower())
     keywords = []
     for piece in pieces:
         cleaned = re.sub(r"[^a-z0-9+# ]", " ", piece)

@@ -38,6 +38,8 @@ from experts.runtime.retry import is_client_mistake
 from experts.tracing import span, traceparent
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.escalation import review_first_stage
+from orchestrator.pipeline.ledger import CallLedger
+from orchestrator.pipeline.offload import aggregation_chars, off_loop
 from orchestrator.pipeline.replacements import Reserve, unfilled, with_replacements
 from orchestrator.pipeline.state import (
     CallRecord,
@@ -81,6 +83,7 @@ class PipelineNodes:
         started = time.perf_counter()
         query = state["request"].query
         hint, calls = await self._keyword_skills(query, state["request"].generation.request_id)
+        _bill(state["request"], calls)
         estimate = self.router.understand(query, hint=hint)
         return {"estimate": estimate, "calls": calls, "timings_ms": {"understand": _ms_since(started)}}
 
@@ -174,7 +177,8 @@ class PipelineNodes:
         started = time.perf_counter()
         request, decision = state["request"], state["decision"]
         answered = candidates(decision, [a for a in state.get("answers", []) if a.error is None])
-        decision = review_first_stage(self.aggregator, request.messages, decision, answered)
+        chars = aggregation_chars(request.messages, answered)  # large answers: extracted in a worker thread
+        decision = await off_loop(chars, review_first_stage, self.aggregator, request.messages, decision, answered)
         if request.stream:
             get_stream_writer()(stream_event("escalation", escalation=decision.escalation))
         return {"decision": decision, "timings_ms": {"review": _ms_since(started)}}
@@ -208,7 +212,7 @@ class PipelineNodes:
             own_tokens = name if request.stream and request.expert_deltas and not task["stream"] else None
             try:
                 stream = task["stream"] or own_tokens is not None
-                completion = await self._call(name, request.generation, stream, streamed, own_tokens)
+                completion = await self._call(name, request.generation, stream, streamed, own_tokens, request.ledger)
             except (ExpertCallFailed, ExpertUnavailable) as error:
                 code = getattr(error, "code", None)
                 answers.append(ExpertAnswer(name, "", "error", str(error), code))
@@ -219,6 +223,7 @@ class PipelineNodes:
                 answers.append(replace(answer, tool_calls=completion.tool_calls))
                 calls.append(replace(CallRecord.of(name, "expert", completion), stage=task["stage"]))
             timings[f"expert:{name}"] = _ms_since(started)
+            _bill(request, calls[-1:])
             if request.stream:  # each answer as it lands (the console's columns); consumers may ignore it
                 get_stream_writer()(stream_event("answer", answer=answers[-1], call=calls[-1]))
             failed = answers[-1]
@@ -245,14 +250,17 @@ class PipelineNodes:
             codes = [answer.error_code for answer in by_name.values()]
             raise AllExpertsFailed(f"every recruited expert failed ({failures})", codes)
         caller = tool_caller(usable)
+        chars = aggregation_chars(request.messages, usable)  # large answers: extracted in a worker thread
         if caller is not None:  # an expert asked for tools: its calls go back to the caller, no vote over them
             plan: Verdict | ModelStep = tool_call_verdict(caller)
         else:
-            plan = self.plan_aggregation(request.messages, decision, usable, request.strategy, request.consensus)
+            plan = await off_loop(
+                chars, self.plan_aggregation, request.messages, decision, usable, request.strategy, request.consensus
+            )
         calls: list[CallRecord] = []
         streamed = False  # whether the aggregator's own tokens went out as it wrote them
         if isinstance(plan, ModelStep):
-            verdict, calls, streamed = await self._model_step(request, plan)
+            verdict, calls, streamed = await self._model_step(request, plan, chars)
         else:
             verdict = plan
         # Already streamed: the single recruited expert's tokens (or its replacement's), or the aggregator's.
@@ -289,21 +297,28 @@ class PipelineNodes:
             aggregator=decision.aggregator,
         )
 
-    async def _model_step(self, request: PipelineRequest, step: ModelStep) -> tuple[Verdict, list[CallRecord], bool]:
+    async def _model_step(
+        self, request: PipelineRequest, step: ModelStep, chars: int = 0
+    ) -> tuple[Verdict, list[CallRecord], bool]:
         """Make the aggregator's or judge's call; if it fails, the vote's answer stands (the experts did answer).
 
         Returns the verdict, the call's record, and whether its tokens were streamed as written: not when the
         caller asked for JSON, since a synthesis cut at max_tokens is then replaced by the vote's answer.
+        ``chars``: the answers' size; with the reply's, whether reading the verdict runs in a worker thread.
         """
         call = model_step_call(step, request.generation, request.aggregator_max_tokens)
         stream = request.stream and step.stream_reply and not wants_json(call)
         started = time.perf_counter()
         try:
-            completion = await self._call(step.expert, call, stream)
+            completion = await self._call(step.expert, call, stream, ledger=request.ledger)
         except (ExpertCallFailed, ExpertUnavailable) as error:
             record = CallRecord.failure(step.expert, step.role, str(error), time.perf_counter() - started)
+            _bill(request, [record])
             return step_fallback(step, str(error)), [record], False
-        return step_verdict(step, completion, call), [CallRecord.of(step.expert, step.role, completion)], stream
+        record = CallRecord.of(step.expert, step.role, completion)
+        _bill(request, [record])
+        verdict = await off_loop(chars + len(completion.text), step_verdict, step, completion, call)
+        return verdict, [record], stream
 
     async def _call(
         self,
@@ -312,6 +327,7 @@ class PipelineNodes:
         stream: bool,
         streamed: _Streamed | None = None,
         own_tokens: str | None = None,
+        ledger: CallLedger | None = None,
     ) -> Completion:
         """Call an expert; when streaming, forward its text deltas to the graph's stream: as the answer's text
         (counted in ``streamed``), or, with ``own_tokens``, as that expert's own ``expert_delta`` events, which are
@@ -323,6 +339,8 @@ class PipelineNodes:
             writer = get_stream_writer()
             completion = None
             async for item in self.pool.stream(name, request):
+                if isinstance(item, str) and ledger is not None:
+                    ledger.streamed(name, item)  # billed as written if the call never ends (a dropped stream)
                 if isinstance(item, str) and own_tokens is not None:
                     writer(stream_event("expert_delta", expert=own_tokens, text=item))
                 elif isinstance(item, str):
@@ -336,6 +354,13 @@ class PipelineNodes:
         if completion.error is not None:
             raise ExpertCallFailed(f"expert {name!r} could not answer: {completion.error}", completion.error_code)
         return completion
+
+
+def _bill(request: PipelineRequest, calls: list[CallRecord]) -> None:
+    """Write ended calls into the request's ledger (if it has one) the moment they end."""
+    if request.ledger is not None:
+        for call in calls:
+            request.ledger.record(call)
 
 
 def forced_decision(names: list[str], healthy: set[str], aggregator: str | None) -> RoutingDecision:

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import operator
 from dataclasses import asdict, dataclass, field
-from typing import Annotated, Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
 from aggregator.strategies import Verdict
 from experts.types import Completion, GenerationRequest, Message, ToolCall, Usage
 from router.decision import RoutingDecision
+
+if TYPE_CHECKING:  # the ledger holds CallRecords, defined below
+    from orchestrator.pipeline.ledger import CallLedger
 
 
 @dataclass
@@ -29,6 +32,7 @@ class PipelineRequest:
     aggregator_max_tokens: int | None = None  # None: the pool's aggregation.max_tokens
     budget: float | None = None  # cost/escalate policies: mean cost <= budget x the best single expert's
     expert_deltas: bool = False  # when streaming: also each expert's own tokens, as "expert_delta" events (consoles)
+    ledger: CallLedger | None = None  # every call written as it ends, so a request stopped early is still billed
 
     @property
     def messages(self) -> list[Message]:
