@@ -8,5 +8,6 @@ By process and role:
 - ``engine/``: our decoder for Hugging Face models and where weights come from;
 - ``moe/``: Mixture-of-Experts layers (their "FFN experts" are not pool experts);
 - neutral modules shared by both sides: ``types`` (data across the actor boundary), ``errors``, ``channel`` (the
-  same-node socket, both ends), ``pricing``, ``log_format``.
+  same-node socket, both ends), ``pricing``, ``log_format``, ``schema_limits`` (how large a client's JSON Schema may
+  be, checked at the HTTP edge and again in the actor).
 """

@@ -16,6 +16,16 @@ Two engines (pool file ``options.engine``, ``local`` backend only):
   ``latency_s`` runs from this call to its own last token.
 - ``static``: ``experts.engine.static.BatchDecoder``, one batch per call, run to its end in a
   worker thread. The ``moe`` backend always uses it (its routing options apply per forward).
+
+Structured output (``response_format``, ``experts.engine.grammar``), options of both ``local`` and ``moe``:
+
+- ``schema_max_bytes`` (16384), ``schema_max_depth`` (16, at most 128), ``schema_max_properties`` (256),
+  ``schema_max_pattern_cost`` (1000): the largest JSON Schema a request may bring, and the most its regex patterns
+  may cost to compile (``experts.schema_limits``); a larger one fails as ``invalid_response_format`` before it is
+  compiled;
+- ``grammar_cache_size`` (64) and ``grammar_cache_mb`` (128): how many compiled grammars are kept per model, and
+  their memory at most; the least recently used leave first;
+- ``grammar_compile_timeout_s`` (10): how long a request waits for its schema's compile.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ class LocalBackend(Backend):
         if self._engine_kind not in ENGINES:
             raise BackendError(f"expert {spec.name!r}: options.engine {self._engine_kind!r} is not one of {ENGINES}")
         self.max_slots = _positive_option(spec, "max_slots", spec.batching.max_batch_size)
+        self.grammar_settings = _grammar_settings(spec)
 
     @property
     def joins_running_batch(self) -> bool:
@@ -98,7 +109,7 @@ class LocalBackend(Backend):
         model.eval()
         if tokenizer.chat_template is None:
             raise BackendError(f"{directory}: the tokenizer has no chat template; local experts need a chat model")
-        self._decoder = BatchDecoder(model, tokenizer, device)
+        self._decoder = BatchDecoder(model, tokenizer, device, self.grammar_settings)
         self._device, self._dtype = device.type, str(dtype_name)
         self._start_engine()
 
@@ -117,6 +128,7 @@ class LocalBackend(Backend):
                 self._decoder.device,
                 max_slots=self.max_slots,
                 max_len=max_len,
+                rows=self._decoder.rows,  # one cache of compiled grammars for _prepare's compile and the rows
             )
         except ValueError as error:
             raise BackendError(f"expert {self.spec.name!r}: {error}") from None
@@ -204,18 +216,19 @@ class LocalBackend(Backend):
     def _prepare(self, request: GenerationRequest, window: int) -> tuple[list[int], Any] | Completion:
         """The request's tokens and sampling settings, or the failed completion of a request that cannot run (its
         response_format cannot be enforced, or it does not fit the context window); the rest of the batch runs."""
-        from experts.engine.grammar import GrammarError, OutputFormat
+        from experts.engine.grammar import GrammarError
 
+        rows, grammar = self._decoder.rows, None
         try:
-            output_format = OutputFormat.of(request.response_format)
+            output_format = rows.output_format(request.response_format)  # checked against the schema limits
             if output_format is not None:
-                self._decoder.rows.grammars.compile(output_format)  # once per schema; the request's row reuses it
+                grammar = rows.grammars.compile(output_format)  # cached per schema; the request's row takes it
         except GrammarError as error:
             return Completion.failed(str(error), self.spec.model, code=ErrorCode.INVALID_RESPONSE_FORMAT)
-        ids, params = self._tokenise(request), self._params(request, output_format)
+        ids, params = self._tokenise(request), self._params(request, output_format, grammar)
         return self._context_error(ids, params.max_tokens, window) or (ids, params)
 
-    def _params(self, request: GenerationRequest, output_format: Any) -> Any:
+    def _params(self, request: GenerationRequest, output_format: Any, grammar: Any = None) -> Any:
         from experts.engine.decoding import SamplingParams
 
         return SamplingParams(
@@ -225,6 +238,7 @@ class LocalBackend(Backend):
             stop=list(request.stop),
             seed=request.seed,
             output_format=output_format,
+            grammar=grammar,
         )
 
     def _context_error(self, ids: list[int], budget: int, window: int) -> Completion | None:
@@ -291,8 +305,44 @@ def _free_cuda_cache() -> None:
         torch.cuda.empty_cache()
 
 
-def _positive_option(spec: ExpertSpec, name: str, default: int) -> int:
+def _positive_option(spec: ExpertSpec, name: str, default: int, most: int | None = None) -> int:
     value = spec.options.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise BackendError(f"expert {spec.name!r}: options.{name} must be a positive integer, not {value!r}")
+    if most is not None and value > most:
+        raise BackendError(f"expert {spec.name!r}: options.{name} must be at most {most}, not {value!r}")
     return value
+
+
+# Deeper than this, the recursion of json.dumps and of xgrammar's schema reader is the risk the limit is there for.
+MOST_SCHEMA_DEPTH = 128
+
+
+def _grammar_settings(spec: ExpertSpec) -> Any:
+    """The expert's structured-output settings (``GrammarSettings``) from its options, with their defaults."""
+    from experts.engine.grammar import GrammarSettings
+    from experts.schema_limits import SchemaLimits
+
+    default, limits = GrammarSettings(), SchemaLimits()
+    timeout = _number_option(spec, "grammar_compile_timeout_s", default.compile_timeout_s, "seconds", 3600)
+    cache_mb = _number_option(spec, "grammar_cache_mb", default.cache_mb, "MiB", 1024**2)
+    return GrammarSettings(
+        limits=SchemaLimits(
+            max_bytes=_positive_option(spec, "schema_max_bytes", limits.max_bytes),
+            max_depth=_positive_option(spec, "schema_max_depth", limits.max_depth, most=MOST_SCHEMA_DEPTH),
+            max_properties=_positive_option(spec, "schema_max_properties", limits.max_properties),
+            max_pattern_cost=_positive_option(spec, "schema_max_pattern_cost", limits.max_pattern_cost),
+        ),
+        cache_size=_positive_option(spec, "grammar_cache_size", default.cache_size),
+        cache_mb=cache_mb,
+        compile_timeout_s=timeout,
+    )
+
+
+def _number_option(spec: ExpertSpec, name: str, default: float, unit: str, most: float) -> float:
+    value = spec.options.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= most:
+        raise BackendError(
+            f"expert {spec.name!r}: options.{name} must be a number of {unit} above 0 and at most {most}, not {value!r}"
+        )
+    return float(value)

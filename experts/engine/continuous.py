@@ -87,6 +87,7 @@ class ContinuousEngine:
         max_slots: int = 8,
         max_len: int = 2048,
         prefill_tokens: int = 4096,
+        rows: RowDecoder | None = None,
     ) -> None:
         config = model.config
         context = int(getattr(config, "max_position_embeddings", max_len))
@@ -104,7 +105,8 @@ class ContinuousEngine:
             raise ValueError("the continuous engine supports full-attention models only; use options.engine: static")
         self.model, self.tokenizer, self.device = model, tokenizer, device
         self.max_slots, self.max_len, self.prefill_tokens = max_slots, max_len, prefill_tokens
-        self.rows = RowDecoder(model, tokenizer)
+        # ``rows``: the static decoder's of the same model, so both engines share one cache of compiled grammars
+        self.rows = rows if rows is not None else RowDecoder(model, tokenizer)
         self.stats = EngineStats()
         head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads)
         kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import random
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 
-from experts.engine.grammar import Grammars, OutputFormat
+from experts.engine.grammar import Grammars, GrammarSettings, OutputFormat
 from experts.types import FinishReason
 
 TextSink = Callable[[int, str], None]  # (row, new text)
@@ -37,6 +38,7 @@ class SamplingParams:
     seed: int | None = None
     min_tokens: int = 0
     output_format: OutputFormat | None = None  # structured output: a grammar masks every step (``grammar.py``)
+    grammar: Any = None  # output_format's compiled grammar, when the caller compiled it already
 
 
 @dataclass
@@ -84,8 +86,9 @@ class RowState:
 class RowDecoder:
     """Logits to tokens, tokens to text, for rows of any engine (the tokenizer and EOS set of one model)."""
 
-    def __init__(self, model: Any, tokenizer: Any) -> None:
+    def __init__(self, model: Any, tokenizer: Any, grammar_settings: GrammarSettings | None = None) -> None:
         self.tokenizer = tokenizer
+        self.grammar_settings = grammar_settings or GrammarSettings()
         eos = model.generation_config.eos_token_id
         eos_ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
         if tokenizer.eos_token_id is not None:
@@ -103,12 +106,19 @@ class RowDecoder:
         """This model's grammar compiler (xgrammar is imported only when a request asks for a format)."""
         with self._grammars_lock:
             if self._grammars is None:
-                self._grammars = Grammars(self.tokenizer, self._vocab_size, self.eos_ids)
+                self._grammars = Grammars(self.tokenizer, self._vocab_size, self.eos_ids, self.grammar_settings)
             return self._grammars
+
+    def output_format(self, response_format: Mapping[str, Any] | None) -> OutputFormat | None:
+        """A request's ``response_format`` as an ``OutputFormat``, checked against this model's schema limits
+        (``GrammarError`` when it is over one, or cannot be enforced); nothing is compiled yet."""
+        settings = self.grammar_settings
+        return OutputFormat.of(response_format, settings.limits, settings.setting_prefix)
 
     def start(self, index: int, params: SamplingParams, prompt_tokens: int) -> RowState:
         """A new row; ``GrammarError`` when its output format cannot be enforced."""
-        matcher = self.grammars.matcher(params.output_format) if params.output_format is not None else None
+        output_format = params.output_format
+        matcher = self.grammars.matcher(output_format, params.grammar) if output_format is not None else None
         return RowState.start(index, params, prompt_tokens, matcher)
 
     def sample(self, logits: torch.Tensor, rows: list[RowState]) -> list[int]:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from experts.engine.decoding import EngineOutput, RowDecoder, SamplingParams, TextSink
+from experts.engine.grammar import GrammarSettings
 
 __all__ = ["BatchDecoder", "EngineOutput", "SamplingParams", "TextSink"]
 
@@ -26,11 +27,13 @@ __all__ = ["BatchDecoder", "EngineOutput", "SamplingParams", "TextSink"]
 class BatchDecoder:
     """Runs a list of tokenised prompts as one batch through ``model``."""
 
-    def __init__(self, model: Any, tokenizer: Any, device: torch.device) -> None:
+    def __init__(
+        self, model: Any, tokenizer: Any, device: torch.device, grammar_settings: GrammarSettings | None = None
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.device = device
-        self.rows = RowDecoder(model, tokenizer)
+        self.rows = RowDecoder(model, tokenizer, grammar_settings)
         self.eos_ids = self.rows.eos_ids
         self.pad_id = self.rows.pad_id
 
