@@ -7,12 +7,19 @@ text is ``question`` (+ ``options``) or ``prompt``; ``category``, ``answer`` and
 skill labels (``skills``, a list per question, or ``src``, one label) are optional;
 ``benchmark`` splits one file into several independent tables. Parquet, CSV and JSON
 lines are read. Every problem is reported with the file and the column.
+
+``TableLimits`` bounds a table before it is read (an upload to the API): rows, columns and decoded bytes are
+measured on the raw bytes (CSV, JSON lines) or from the Parquet footer, so a table too large for its limits is
+refused with ``TableTooLarge`` before pandas materialises any of it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +65,32 @@ NAMED_POOLS: dict[str, list[str]] = {
 
 class OutcomeFileError(ValueError):
     """An outcome table that cannot be used; the message names the file and the column."""
+
+
+class TableTooLarge(OutcomeFileError):
+    """A table beyond one of its ``TableLimits``; the message names the table, what was measured, the limit and
+    the setting (``setting``, e.g. ``routing_evaluation.max_rows``)."""
+
+    def __init__(self, message: str, setting: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class TableLimits:
+    """How large a table ``read_outcomes`` accepts, checked before it is materialised; None: unlimited (the CLI on
+    local files). ``section`` names the settings in errors: ``{section}.max_rows`` and so on."""
+
+    max_rows: int | None = None  # questions (data rows; blank lines and the CSV header not counted)
+    max_columns: int | None = None  # columns (Parquet: leaf columns; JSON lines: every key any record has)
+    max_table_bytes: int | None = None  # the table as read (Parquet: also its row groups uncompressed)
+    section: str = "limits"
+
+    def setting(self, name: str) -> str:
+        return f"{self.section}.{name}"
+
+
+UNLIMITED = TableLimits()
 
 
 @dataclass(frozen=True)
@@ -147,15 +180,18 @@ def load_outcomes(path: str | Path, pool: str | None = None) -> dict[str, Outcom
     return read_outcomes(path.read_bytes(), suffix, pool, str(path))
 
 
-def read_outcomes(data: bytes, fmt: str, pool: str | None = None, source: str = "table") -> dict[str, OutcomeTable]:
+def read_outcomes(
+    data: bytes, fmt: str, pool: str | None = None, source: str = "table", limits: TableLimits = UNLIMITED
+) -> dict[str, OutcomeTable]:
     """``load_outcomes`` on bytes already in hand (an upload): ``fmt`` is one of ``OUTCOME_FORMATS``; ``source`` names
-    the table in every error."""
+    the table in every error; ``limits`` are checked first (``check_limits``)."""
     import io
 
     import pandas as pd
 
     if fmt not in OUTCOME_FORMATS:
         raise OutcomeFileError(f"{source}: unsupported format {fmt!r}; use one of {', '.join(OUTCOME_FORMATS)}")
+    check_limits(data, fmt, limits, source)
     try:
         if fmt == "parquet":
             frame = pd.read_parquet(io.BytesIO(data))
@@ -176,6 +212,124 @@ def read_outcomes(data: bytes, fmt: str, pool: str | None = None, source: str = 
             for name, group in frame.groupby("benchmark", sort=True)
         }
     return {"all": _table(frame, experts, source)}
+
+
+def check_limits(data: bytes, fmt: str, limits: TableLimits, source: str = "table") -> None:
+    """Raise ``TableTooLarge`` when ``data`` is beyond ``limits``, measured without materialising the table: the
+    byte size; CSV: the header's fields and the records (lines counted first, records parsed one at a time only
+    when the lines alone exceed the limit); JSON lines: the non-blank lines, and every key of every record (parsed
+    one line at a time) for the columns; Parquet: the footer (rows, columns, row groups' uncompressed size), so
+    a file that decompresses to far more than it weighs is refused from its metadata. A table these cannot measure
+    (not CSV, bad Parquet) is left to the reader's own error."""
+    if limits == UNLIMITED:
+        return
+    _at_most(source, "bytes", len(data), limits.max_table_bytes, limits.setting("max_table_bytes"))
+    if fmt == "parquet":
+        _check_parquet(data, limits, source)
+    elif fmt == "csv":
+        _check_csv(data, limits, source)
+    elif fmt == "jsonl":
+        _check_json_lines(data, limits, source)
+    elif limits.max_rows is not None or limits.max_columns is not None:  # one JSON array: bounded by its bytes
+        _check_json_array(data, limits, source)
+
+
+def _at_most(source: str, what: str, measured: int, limit: int | None, setting: str, how: str = "") -> None:
+    if limit is not None and measured > limit:
+        advice = "send fewer questions" if what == "rows" else "send fewer experts or drop unused columns"
+        if what.endswith("bytes"):
+            advice = "send fewer questions or columns"
+        raise TableTooLarge(
+            f"{source}: {how}{measured:,} {what}, more than the {limit:,} allowed ({setting}); {advice}", setting
+        )
+
+
+def _check_parquet(data: bytes, limits: TableLimits, source: str) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.ParquetFile(io.BytesIO(data)).metadata  # the footer only: no column data is read
+    except Exception:
+        return  # not Parquet: the reader says so
+    how = "its Parquet metadata says "
+    _at_most(source, "rows", metadata.num_rows, limits.max_rows, limits.setting("max_rows"), how)
+    _at_most(source, "columns", metadata.num_columns, limits.max_columns, limits.setting("max_columns"), how)
+    uncompressed = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
+    how = "uncompressed, its row groups hold "
+    _at_most(source, "bytes", uncompressed, limits.max_table_bytes, limits.setting("max_table_bytes"), how)
+
+
+def _check_csv(data: bytes, limits: TableLimits, source: str) -> None:
+    import csv
+    import io
+
+    def records() -> Iterator[list[str]]:
+        text = io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace", newline="")
+        return (row for row in csv.reader(text) if row)  # pandas skips blank lines too
+
+    if limits.max_columns is not None:
+        try:
+            header = next(records(), [])
+        except csv.Error:  # e.g. a field beyond the csv module's size limit: count the separators instead
+            header = re.split(rb"[\r\n]", data, maxsplit=1)[0].split(b",")  # type: ignore[assignment]
+        _at_most(source, "columns", len(header), limits.max_columns, limits.setting("max_columns"), "its header has ")
+    if limits.max_rows is None:
+        return
+    lines = data.count(b"\n") + data.count(b"\r") + 1  # at least the lines: pandas ends one at \n, \r or \r\n
+    if lines - 1 <= limits.max_rows:
+        return  # a record spans a line or more: no more records than lines
+    try:  # the header, then at most one record too many
+        count, more = sum(1 for _ in islice(records(), limits.max_rows + 2)) - 1, "at least "
+    except csv.Error:  # unreadable here: the lines bound it
+        count, more = lines - 1, "up to "
+    _at_most(source, "rows", count, limits.max_rows, limits.setting("max_rows"), more)
+
+
+def _check_json_lines(data: bytes, limits: TableLimits, source: str) -> None:
+    """Every non-blank line must be one JSON record (pandas joins the lines into one array, so a line holding
+    several comma-separated records would otherwise count once here and many times there)."""
+    import io
+    import json
+
+    if limits.max_rows is None and limits.max_columns is None:
+        return
+    rows, columns = 0, set[str]()
+    for number, line in enumerate(io.BytesIO(data), start=1):  # pandas splits at \n only
+        if not line.strip():
+            continue
+        rows += 1
+        if limits.max_rows is not None and rows > limits.max_rows:
+            _at_most(source, "rows", rows, limits.max_rows, limits.setting("max_rows"), "at least ")
+        try:
+            record = json.loads(line)
+        except ValueError:
+            raise OutcomeFileError(
+                f"{source}: line {number} is not one JSON record (JSON lines: one per line)"
+            ) from None
+        if isinstance(record, dict):
+            columns.update(record)
+        elif isinstance(record, list):  # arrays per line give numbered columns
+            columns.update(map(str, range(len(record))))
+        if limits.max_columns is not None and len(columns) > limits.max_columns:
+            _at_most(
+                source, "columns", len(columns), limits.max_columns, limits.setting("max_columns"), "its records name "
+            )
+
+
+def _check_json_array(data: bytes, limits: TableLimits, source: str) -> None:
+    import json
+
+    try:
+        records = json.loads(data)
+    except ValueError:
+        return
+    if not isinstance(records, list):
+        return
+    _at_most(source, "rows", len(records), limits.max_rows, limits.setting("max_rows"))
+    columns = {key for record in records if isinstance(record, dict) for key in record}
+    _at_most(source, "columns", len(columns), limits.max_columns, limits.setting("max_columns"), "its records name ")
 
 
 def _table(frame: object, experts: list[str], source: str) -> OutcomeTable:

@@ -53,7 +53,8 @@ async def pool(ray_session: None) -> AsyncIterator[ExpertPool]:
 
 @pytest.fixture(scope="module")
 def server(pool: ExpertPool) -> Iterator[ServerThread]:
-    guarded = ServiceConfig.model_validate({"auth": {"mode": "on", "keys": [{"name": "k", "hash": hash_key(KEY)}]}})
+    record = {"name": "k", "hash": hash_key(KEY), "permissions": ["routing.evaluate"]}
+    guarded = ServiceConfig.model_validate({"auth": {"mode": "on", "keys": [record]}})
     with ServerThread(create_app(orchestrator=Orchestrator(pool), service=guarded)) as running:
         yield running
 

@@ -130,6 +130,17 @@ def test_keys_create_prints_the_key_once_and_the_record_for_the_config(tmp_path:
     assert bad.exit_code == 2 and "invalid key: name" in bad.output
 
 
+def test_keys_create_grants_permissions_by_name(tmp_path: Path) -> None:
+    result = CliRunner().invoke(cli, ["keys", "create", "analyst", "--permission", "routing.evaluate"])
+    assert result.exit_code == 0, result.output
+    record_text = result.output.split("restart the service:\n", 1)[1].split("\nthe key", 1)[0]
+    config = tmp_path / "service.yaml"
+    config.write_text("auth:\n  keys:\n" + "\n".join("    " + line for line in record_text.strip().splitlines()))
+    assert [str(p) for p in load_service_config(config).auth.keys[0].permissions] == ["routing.evaluate"]
+    unknown = CliRunner().invoke(cli, ["keys", "create", "x", "--permission", "admin"])
+    assert unknown.exit_code == 2 and "permissions.0: Input should be 'routing.evaluate'" in unknown.output
+
+
 # -- over HTTP -----------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 async def echo_pool(ray_session: None) -> AsyncIterator[ExpertPool]:

@@ -137,42 +137,51 @@ def metric(server: ServerThread, name: str) -> float:
     return samples[name]
 
 
-def test_a_key_is_refused_once_it_spent_its_daily_budget(priced_pool: ExpertPool, redis_url: str) -> None:
+def test_a_key_is_refused_once_its_budget_cannot_hold_a_request(priced_pool: ExpertPool, redis_url: str) -> None:
     capped, free = new_key(), new_key()
     names = f"capped-{uuid.uuid4().hex[:8]}", f"free-{uuid.uuid4().hex[:8]}"
     keys = [
-        {"name": names[0], "hash": hash_key(capped), "budget_usd_per_day": 0.02},
+        {"name": names[0], "hash": hash_key(capped), "budget_usd_per_day": 0.03},
         {"name": names[1], "hash": hash_key(free)},
     ]
     config = ServiceConfig.model_validate({"redis": {"url": redis_url}, "auth": {"mode": "on", "keys": keys}})
     with ServerThread(create_app(orchestrator=Orchestrator(priced_pool), service=config)) as server:
         client = client_for(server, capped)
-        first = client.chat.completions.create(model="expert/a", messages=FIVE_WORDS)
+        # each request holds its worst case first: 9 prompt tokens (23 characters / 4 + one turn's 4) and 5 answer
+        # tokens at $1000 per million = $0.014; it costs $0.01 once answered
+        first = client.chat.completions.create(model="expert/a", messages=FIVE_WORDS, max_tokens=5)
         assert first.model_extra["moesaic"]["cost"] == pytest.approx(0.01)
-        stream = client.chat.completions.create(model="expert/b", messages=FIVE_WORDS, stream=True)
+        stream = client.chat.completions.create(model="expert/b", messages=FIVE_WORDS, stream=True, max_tokens=5)
         text = "".join(chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices)
         assert text == FIVE_WORDS[0]["content"]  # a streamed answer is charged as it ends
-        with pytest.raises(openai.RateLimitError) as caught:
-            client.chat.completions.create(model="expert/a", messages=FIVE_WORDS)
+        with pytest.raises(openai.RateLimitError) as caught:  # $0.01 left cannot hold $0.014
+            client.chat.completions.create(model="expert/a", messages=FIVE_WORDS, max_tokens=5)
         error = caught.value
         assert error.code == "budget_exceeded" and error.type == "insufficient_quota"
-        assert f"API key {names[0]!r} spent $0.02 of its $0.02 daily budget" in error.message
+        assert f"API key {names[0]!r} has $0.01 of its $0.03 daily budget left" in error.message
+        assert "this request may cost $0.014 (up to 1 model call, about 14 tokens" in error.message
         assert "resets at 00:00 UTC" in error.message
         retry = int(error.response.headers["retry-after"])
         assert 1 <= retry <= 86_400 and f"(in {retry} s)" in error.message
         assert error.body == error.response.json()["error"] and set(error.body) == {"message", "type", "param", "code"}
         for _ in range(3):  # the key without a budget is not affected, and nothing is counted for it
             assert client_for(server, free).chat.completions.create(model="expert/a", messages=FIVE_WORDS).choices
+        with pytest.raises(openai.RateLimitError) as spent:  # spent in full: refused whatever the request's size
+            raw_client = redis.Redis.from_url(redis_url, decode_responses=True)
+            today_key = f"moesaic:spend:{names[0]}:{datetime.now(timezone.utc).date().isoformat()}"
+            raw_client.incrbyfloat(today_key, 0.01)
+            client.chat.completions.create(model="expert/a", messages=FIVE_WORDS, max_tokens=1)
+        assert f"API key {names[0]!r} spent $0.03 of its $0.03 daily budget" in spent.value.message
         service = server.server.config.app.state.service
         today = datetime.now(timezone.utc).date().isoformat()
         raw = redis.Redis.from_url(redis_url, decode_responses=True)
-        assert float(raw.get(f"moesaic:spend:{names[0]}:{today}")) == pytest.approx(0.02)
+        assert float(raw.get(f"moesaic:spend:{names[0]}:{today}")) == pytest.approx(0.03)
         assert raw.get(f"moesaic:spend:{names[1]}:{today}") is None
-        assert service.spend.rejected == 1 and metric(server, "moesaic_budget_rejections_total") == 1.0
+        assert service.spend.rejected == 2 and metric(server, "moesaic_budget_rejections_total") == 2.0
 
 
 def test_the_default_budget_counts_pipeline_answers_but_not_cached_ones(priced_pool: ExpertPool) -> None:
-    config = ServiceConfig.model_validate({"rate_limits": {"budget_usd_per_day": 1.0}})  # auth off: "anonymous"
+    config = ServiceConfig.model_validate({"rate_limits": {"budget_usd_per_day": 5.0}})  # auth off: "anonymous"
     with ServerThread(create_app(orchestrator=Orchestrator(priced_pool), service=config)) as server:
         client = client_for(server, "unused")
         service = server.server.config.app.state.service

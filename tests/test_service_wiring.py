@@ -91,7 +91,7 @@ def test_every_chat_request_is_journaled_with_its_request_id(echo_pool: ExpertPo
         url = server.url + "/v1/chat/completions"
         ok = httpx.post(url, json={**ASK, "temperature": 0.5}, headers={"x-request-id": "req-test-1"}, timeout=30)
         unknown = httpx.post(url, json={**ASK, "model": "nope"}, timeout=30)
-        invalid = httpx.post(url, content=b"{not json", timeout=30)
+        invalid = httpx.post(url, content=b"{not json", headers={"content-type": "application/json"}, timeout=30)
         streamed = httpx.post(url, json={**ASK, "stream": True, "stream_options": {"include_usage": True}}, timeout=30)
         assert [r.status_code for r in (ok, unknown, invalid, streamed)] == [200, 404, 400, 200]
     rows = redis.Redis.from_url(redis_url, decode_responses=True).xrange(stream)
@@ -102,7 +102,9 @@ def test_every_chat_request_is_journaled_with_its_request_id(echo_pool: ExpertPo
     assert first["response"]["choices"][0]["message"]["content"] == "cache me if you can"
     assert first["request"]["temperature"] == 0.5 and first["duration_ms"] > 0
     assert missing["response"] is None and "does not exist" in missing["error"] and missing["model"] == "nope"
-    assert broken["request"] == {} and "not valid JSON" in broken["error"]
+    # refused before its work: a short record of the body (size, digest, why), never the body itself
+    assert broken["request"]["rejected_body"]["bytes"] == len(b"{not json") and "not valid JSON" in broken["error"]
+    assert broken["request"]["rejected_body"]["code"] == "invalid_json" and broken["surface"] == "chat.completions"
     assert last["response"]["choices"][0]["message"]["content"] == "cache me if you can"
     assert last["response"]["usage"]["total_tokens"] > 0 and last["request"]["stream"] is True
     assert all(entry["request_id"].startswith("req-") for entry in entries)

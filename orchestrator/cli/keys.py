@@ -40,6 +40,17 @@ def _config(path: str | None) -> tuple[str | None, ServiceConfig | None]:
     return None, None  # unreachable: _fail exits
 
 
+def _config_redis(service: ServiceConfig | None) -> str | None:
+    """The config's Redis URL (``redis.url``, or the variable ``redis.url_env`` names)."""
+    if service is None:
+        return None
+    try:
+        return service.redis.resolved_url()
+    except ServiceConfigError as error:
+        fail(str(error))
+    return None  # unreachable: fail exits
+
+
 def _redis(url: str) -> Any:
     import redis
 
@@ -75,6 +86,9 @@ def create(
     budget: Optional[float] = typer.Option(
         None, "--budget-usd-per-day", help="dollars it may spend per UTC day (default: the config's rate_limits)"
     ),
+    permissions: Optional[list[str]] = typer.Option(
+        None, "--permission", "-P", help="what it may do beyond models: routing.evaluate (repeat or comma-separate)"
+    ),
     redis_url: Optional[str] = typer.Option(None, "--redis", help="store the key in this Redis instead of printing"),
     config: Optional[str] = ConfigOption,
 ) -> None:
@@ -91,12 +105,15 @@ def create(
             tokens_per_minute=tpm,
             max_tokens=max_tokens,
             budget_usd_per_day=budget,
+            permissions=[part.strip() for item in permissions or [] for part in item.split(",") if part.strip()],
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
     except ValidationError as error:
         problems = "; ".join(f"{'.'.join(map(str, p['loc']))}: {p['msg']}" for p in error.errors())
         fail(f"invalid key: {problems.replace('Value error, ', '')}")
-    fields = record.model_dump(exclude_none=True)
+    fields = record.model_dump(mode="json", exclude_none=True, exclude_defaults=False)
+    if not fields.get("permissions"):
+        fields.pop("permissions", None)
     if redis_url:
         client = _redis(redis_url)
         hash_name = service.auth.redis_hash if service else "moesaic:keys"
@@ -114,7 +131,7 @@ def create(
 def list_keys(redis_url: Optional[str] = RedisOption, config: Optional[str] = ConfigOption) -> None:
     """The keys of the config file and of Redis (names, models, limits; never the keys)."""
     path, service = _config(config)
-    redis_url = redis_url or (service.redis.url if service else None) or os.environ.get("MOESAIC_REDIS_URL")
+    redis_url = redis_url or _config_redis(service) or os.environ.get("MOESAIC_REDIS_URL")
     if service is None and not redis_url:
         fail("nothing to list: give --config FILE (or set MOESAIC_CONFIG) and/or --redis URL")
     rows: list[tuple[str, KeyRecord]] = [
@@ -148,7 +165,7 @@ def revoke(
 ) -> None:
     """Delete a key from Redis (replicas stop accepting it within auth.refresh_s seconds)."""
     path, service = _config(config)
-    redis_url = redis_url or (service.redis.url if service else None) or os.environ.get("MOESAIC_REDIS_URL")
+    redis_url = redis_url or _config_redis(service) or os.environ.get("MOESAIC_REDIS_URL")
     if service is not None and any(record.name == name for record in service.auth.keys):
         fail(f"key {name!r} is in {path}: delete its entry under auth.keys and restart the service")
     if not redis_url:

@@ -81,6 +81,7 @@ def serve(
     )
     try:
         service = load_service_config(settings.config) if settings.config else ServiceConfig()
+        service.redis.resolved_url()  # a redis.url_env naming an unset variable stops here, not in the server
     except ServiceConfigError as error:
         errors.print(f"[red]error:[/red] {error}", markup=True, highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -243,7 +244,7 @@ from orchestrator.cli.deploy import app as deploy_app  # noqa: E402
 from orchestrator.cli.journal import app as journal_app  # noqa: E402
 from orchestrator.cli.keys import app as keys_app  # noqa: E402
 from orchestrator.cli.routing import eval_router, profile, route  # noqa: E402
-from orchestrator.integrations.mcp_server import mcp_command  # noqa: E402
+from orchestrator.integrations.mcp_command import mcp_command  # noqa: E402
 
 app.command("profile")(profile)
 app.command("eval-router")(eval_router)

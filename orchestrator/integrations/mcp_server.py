@@ -7,6 +7,16 @@ Three tools, each a thin view of the ``Orchestrator`` the HTTP API uses:
 - ``route``: the routing decision alone, explained (no expert is called);
 - ``experts``: the pool's experts, their skills, roles and health.
 
+Every tool call passes the service's one admission path (``service/admission.py``), as a chat request does:
+the caller's API key (from the HTTP request that carried the call) must allow the pipeline (``moesaic``, or the
+``moesaic/<policy>`` routed on) and each expert ``ask`` names (``expert/<name>``); ``max_tokens`` is held to the
+key's and the service's cap; the key's rate limits and daily budget hold the call's worst case and are settled
+with what its model calls used (also when the call fails half-way); and each call is journaled. Over stdio
+there is no key and no service: the local user runs the pool.
+
+``moesaic mcp --transport http`` serves the same checks: it reads a service config (``--config``) for keys,
+limits and Redis, and on an address other than loopback it refuses to start without API keys.
+
 The server is the SDK's low-level ``Server`` rather than ``FastMCP``: stdio needs the protocol on
 a stream of its own (Ray prints its workers' output to the driver's ``sys.stdout``, which would
 corrupt the protocol), and that stream can be handed to the low-level server explicitly.
@@ -14,24 +24,25 @@ corrupt the protocol), and that stream can be handed to the low-level server exp
 
 from __future__ import annotations
 
-import asyncio
-import io
-import os
-import sys
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Optional
 
-import typer
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
-from experts.health import is_ready
+from experts.pricing import Price, price_of
 from experts.types import GenerationRequest, Message
+from orchestrator.pipeline.ledger import CallLedger
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
+from orchestrator.server.api.estimate import default_max_tokens, estimate_chat, price_lookup, prompt_tokens
+from orchestrator.server.api.model_names import EXPERT_PREFIX, PIPELINE_MODEL, expert_model
+from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
+from orchestrator.server.service.admission import Admission, Surface, rejected_body
+from orchestrator.server.service.auth import ANONYMOUS, Principal
+from orchestrator.server.service.service_state import ServiceState
 
 if TYPE_CHECKING:  # the SDK is the `mcp` extra: imported where used, so the rest of the CLI works without it
     from mcp import types
@@ -74,6 +85,33 @@ class ExpertsArgs(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass(frozen=True)
+class Caller:
+    """Who calls a tool, and the service whose controls apply: none over stdio (the local user)."""
+
+    principal: Principal = Principal(ANONYMOUS)
+    service: ServiceState | None = None
+    request_id: str = ""
+    prices: Mapping[str, Price] = field(default_factory=dict)  # each expert's price, as the app learnt it
+
+    @classmethod
+    def of(cls, request: Any | None) -> Caller:
+        """The caller of the HTTP request (a Starlette ``Request``) that carried a tool call; stdio: ``Caller()``."""
+        if request is None:
+            return cls()
+        state = request.app.state
+        service: ServiceState | None = getattr(state, "service", None)
+        principal = getattr(request.state, "principal", None)
+        if principal is None:
+            principal = service.auth.anonymous() if service is not None else Principal(ANONYMOUS)
+        catalog = getattr(state, "catalog", None)
+        prices = dict(catalog.prices) if catalog is not None else {}
+        return cls(principal, service, getattr(request.state, "request_id", None) or "", prices)
+
+
+SURFACES = {"ask": Surface.MCP_ASK, "route": Surface.MCP_ROUTE, "experts": Surface.MCP_EXPERTS}
+
+
 class MoesaicTools:
     """The tools' behaviour over one running orchestrator; the MCP wiring is in ``build_server``."""
 
@@ -103,8 +141,9 @@ class MoesaicTools:
             ),
         ]
 
-    async def call(self, name: str, arguments: dict[str, Any]) -> Any:
-        """Run tool ``name``; a bad argument or a pipeline failure raises with a message the caller can act on."""
+    async def call(self, name: str, arguments: dict[str, Any], caller: Caller | None = None) -> Any:
+        """Run tool ``name`` under ``caller``'s controls; a refusal, a bad argument or a pipeline failure raises with
+        a message the caller can act on (the SDK returns it as a tool error)."""
         handlers: dict[str, tuple[type[BaseModel], Any]] = {
             "ask": (AskArgs, self.ask),
             "route": (RouteArgs, self.route),
@@ -112,15 +151,27 @@ class MoesaicTools:
         }
         if name not in handlers:
             raise ValueError(f"unknown tool {name!r}; this server offers {', '.join(handlers)}")
+        caller = caller or Caller()
+        admission = Admission(caller.service, caller.principal, SURFACES[name], caller.request_id)
         schema, handler = handlers[name]
         try:
-            parsed = schema.model_validate(arguments)
-        except ValidationError as error:
-            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}" for e in error.errors())
-            raise ValueError(f"invalid arguments for {name}: {problems}") from None
-        return await handler(parsed)
+            await admission.count_request()  # the key's requests per minute, as for every way in
+            try:
+                parsed = schema.model_validate(arguments)
+            except ValidationError as error:
+                problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or name}: {e['msg']}" for e in error.errors())
+                raise APIError(400, f"invalid arguments for {name}: {problems}", code="invalid_arguments") from None
+            return await handler(parsed, admission, caller)
+        except Exception as error:
+            status = error.status if isinstance(error, APIError) else 500
+            # refused before its work: a short record of the arguments, as for a refused HTTP body
+            kept = {"arguments": arguments} if admission.admitted else _short(arguments, error)
+            await admission.journal(status, {"tool": name, **kept}, None, str(error))
+            raise
 
-    async def ask(self, args: AskArgs) -> tuple[list[types.TextContent], dict[str, Any]]:
+    async def ask(
+        self, args: AskArgs, admission: Admission, caller: Caller
+    ) -> tuple[list[types.TextContent], dict[str, Any]]:
         from mcp import types
 
         pool = self.orchestrator.pool
@@ -130,16 +181,36 @@ class MoesaicTools:
                 raise ValueError(
                     f"experts names unknown experts: {', '.join(unknown)}; the pool has {', '.join(pool.expert_names)}"
                 )
+        admission.model = PIPELINE_MODEL
+        admission.allow([PIPELINE_MODEL])
+        admission.allow([expert_model(name) for name in args.experts or []], param="experts")
+        admission.check_max_tokens(args.max_tokens, "max_tokens")
+        cap, _ = admission.max_tokens_cap()
+        max_tokens = args.max_tokens or (cap if default_max_tokens(pool.spec) > cap else None)
+        as_chat = ChatCompletionRequest.model_validate(
+            {
+                "model": PIPELINE_MODEL,
+                "messages": [{"role": "user", "content": args.question}],
+                "max_tokens": max_tokens,
+                "moesaic": {"k": args.k, "experts": args.experts},
+            }
+        )
+        prices = caller.prices or {expert.name: price_of(expert) for expert in pool.spec.experts}
+        await admission.reserve(estimate_chat(as_chat, pool.spec, prices, EXPERT_PREFIX))
+        ledger = CallLedger(prompt_tokens=prompt_tokens(as_chat))
         generation = GenerationRequest(
             [Message("user", args.question)],
-            max_tokens=args.max_tokens,
+            max_tokens=max_tokens,
             temperature=args.temperature,
-            request_id=f"mcp-{uuid.uuid4().hex}",
+            request_id=caller.request_id or f"mcp-{uuid.uuid4().hex}",
         )
-        request = PipelineRequest(generation, k=args.k, experts=args.experts, strategy=args.strategy)
+        request = PipelineRequest(generation, k=args.k, experts=args.experts, strategy=args.strategy, ledger=ledger)
         # failures (no healthy expert, every expert failed) raise with their own message: the SDK
-        # returns it to the client as a tool error
-        result = await self.orchestrator.run(request)
+        # returns it to the client as a tool error; the calls that ran are billed either way
+        try:
+            result = await self.orchestrator.run(request)
+        finally:
+            await admission.settle(ledger.bill(price_lookup(prices)))
         usage = result.usage
         body = {
             "answer": result.text,
@@ -152,17 +223,26 @@ class MoesaicTools:
             },
             "moesaic": result.metadata(),
         }
+        journaled = {"tool": "ask", "arguments": args.model_dump(exclude_none=True)}
+        await admission.journal(200, journaled, {"answer": result.text, "usage": body["usage"]}, None)
         return [types.TextContent(type="text", text=result.text)], body
 
-    async def route(self, args: RouteArgs) -> tuple[list[types.TextContent], dict[str, Any]]:
+    async def route(
+        self, args: RouteArgs, admission: Admission, caller: Caller
+    ) -> tuple[list[types.TextContent], dict[str, Any]]:
         from mcp import types
 
+        admission.model = f"{PIPELINE_MODEL}/{args.policy}" if args.policy else PIPELINE_MODEL
+        admission.allow([admission.model])
         decision = self.orchestrator.route(args.question, k=args.k, policy=args.policy)
         chosen = f"experts: {', '.join(decision.experts)} (policy {decision.policy}, k={decision.k})"
         text = chosen + "\n" + decision.explain()
+        journaled = {"tool": "route", "arguments": args.model_dump(exclude_none=True)}
+        await admission.journal(200, journaled, {"experts": decision.experts}, None)
         return [types.TextContent(type="text", text=text)], {"decision": decision.model_dump()}
 
-    async def experts(self, args: ExpertsArgs) -> dict[str, Any]:
+    async def experts(self, args: ExpertsArgs, admission: Admission, caller: Caller) -> dict[str, Any]:
+        await admission.journal(200, {"tool": "experts"}, None, None)
         pool = self.orchestrator.pool
         spec = pool.spec
         roles: dict[str, list[str]] = {}
@@ -202,38 +282,17 @@ def build_server(orchestrator: Orchestrator) -> Server:
     # arguments are validated by our pydantic models, whose errors name the field
     @server.call_tool(validate_input=False)
     async def call_tool(name: str, arguments: dict[str, Any]) -> Any:
-        return await tools.call(name, arguments)
+        return await tools.call(name, arguments, Caller.of(server.request_context.request))
 
     return server
 
 
-async def run_stdio(server: Server, protocol_out: io.RawIOBase) -> None:
-    """Serve one client over stdin and ``protocol_out`` (the process's original stdout)."""
-    import anyio
-    from mcp.server.stdio import stdio_server
+def _short(arguments: dict[str, Any], error: BaseException) -> dict[str, Any]:
+    """A refused call's arguments as the journal keeps them: size and digest, not the text."""
+    import json
 
-    stdout = anyio.wrap_file(io.TextIOWrapper(protocol_out, encoding="utf-8", write_through=True))
-    async with stdio_server(stdout=stdout) as (read_stream, write_stream):
-        await server.run(read_stream, write_stream, server.create_initialization_options())
-
-
-async def run_http(server: Server, host: str, port: int) -> None:
-    """Serve streamable HTTP on ``http://host:port/mcp`` until interrupted."""
-    import uvicorn
-    from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-    from starlette.applications import Starlette
-    from starlette.routing import Route
-
-    sessions = StreamableHTTPSessionManager(app=server, security_settings=transport_security(host))
-
-    @asynccontextmanager
-    async def lifespan(_: Starlette) -> AsyncIterator[None]:
-        async with sessions.run():
-            yield
-
-    app = Starlette(routes=[Route(HTTP_PATH, endpoint=SessionsEndpoint(sessions))], lifespan=lifespan)
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning")
-    await uvicorn.Server(config).serve()
+    refusal = error if isinstance(error, APIError) else None
+    return rejected_body(json.dumps(arguments, default=str).encode("utf-8"), refusal)
 
 
 def transport_security(host: str) -> Any:
@@ -262,73 +321,3 @@ class SessionsEndpoint:
             await refusal.response()(scope, receive, send)
             return
         await self.sessions.handle_request(scope, receive, send)
-
-
-async def serve_mcp(
-    spec: PoolSpec,
-    transport: str,
-    host: str,
-    port: int,
-    ray_address: str | None,
-    protocol_out: io.RawIOBase | None = None,
-) -> None:
-    """Start the pool, serve MCP on ``transport`` until the client leaves (stdio) or a signal (http), stop."""
-    from experts.runtime.pool import ExpertPool
-
-    pool = ExpertPool(spec, ray_address=ray_address)
-    try:
-        health = await pool.start()
-        for name, state in health.items():
-            if not is_ready(state):
-                print(f"expert {name} did not start: {state.get('error')}", file=sys.stderr)
-        server = build_server(Orchestrator(pool))
-        if transport == "stdio":
-            assert protocol_out is not None
-            await run_stdio(server, protocol_out)
-        else:
-            print(f"moesaic mcp: streamable HTTP on http://{host}:{port}{HTTP_PATH}", file=sys.stderr, flush=True)
-            await run_http(server, host, port)
-    finally:
-        await pool.shutdown()
-
-
-def _protocol_stdout() -> io.RawIOBase:
-    """Keep the real stdout for the protocol; send everything else that writes to stdout to stderr.
-
-    Ray's log forwarding, stray prints and child processes would otherwise interleave bytes with
-    the JSON-RPC messages. The file descriptor is duplicated first, then fd 1 and ``sys.stdout``
-    both point at stderr.
-    """
-    sys.stdout.flush()
-    protocol = os.fdopen(os.dup(1), "wb", buffering=0)
-    os.dup2(2, 1)
-    sys.stdout = sys.stderr
-    return protocol  # type: ignore[return-value]
-
-
-def mcp_command(
-    pool: str = typer.Option("default", "--pool", "-p", help="pool file path, or a name in deploy/pools"),
-    transport: str = typer.Option("stdio", "--transport", help="stdio | http (streamable HTTP on /mcp)"),
-    host: str = typer.Option("127.0.0.1", "--host", help="http: address to listen on"),
-    port: int = typer.Option(8765, "--port", help="http: port to listen on"),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="join this Ray cluster"),
-) -> None:
-    """Serve the pool as MCP tools: ask (answer + routing), route (explain), experts."""
-    if transport not in ("stdio", "http"):
-        print(f"error: --transport {transport!r} is not one of stdio, http", file=sys.stderr)
-        raise typer.Exit(2)
-    try:
-        spec = load_pool(pool)
-    except PoolFileError as error:
-        print(f"error: {error}", file=sys.stderr)
-        raise typer.Exit(2) from None
-    try:
-        import mcp as _sdk  # noqa: F401
-    except ImportError:
-        print("error: the MCP SDK is not installed; pip install -e '.[mcp]'", file=sys.stderr)
-        raise typer.Exit(2) from None
-    protocol_out = _protocol_stdout() if transport == "stdio" else None
-    try:
-        asyncio.run(serve_mcp(spec, transport, host, port, ray_address, protocol_out))
-    except KeyboardInterrupt:
-        pass

@@ -10,7 +10,6 @@ and at shutdown waits for in-flight requests before the pool goes.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -38,7 +37,9 @@ from orchestrator.server.errors import install_error_handlers
 from orchestrator.server.observability.metrics import MetricsMirror, ServiceMetrics
 from orchestrator.server.observability.middleware import ObservabilityMiddleware
 from orchestrator.server.service.auth import AuthMiddleware
+from orchestrator.server.service.browser_guard import BrowserGuardMiddleware
 from orchestrator.server.service.limits import LimitsMiddleware
+from orchestrator.server.service.routing_worker import RoutingEvaluator
 from orchestrator.server.service.service_config import ServiceConfig, load_service_config
 from orchestrator.server.service.service_state import ServiceState, build_service_state
 from orchestrator.server.settings import ServeSettings
@@ -98,10 +99,11 @@ def create_app(
     app.state.catalog = ExpertCatalog()  # what the model cards say beyond the pool file, once the pool has started
     app.state.draining = False  # set at shutdown, before in-flight requests are waited for
     app.state.orchestrator = None  # set by the lifespan once the pool has started
-    app.state.routing_evaluations = asyncio.Lock()  # POST /v1/routing/evaluate: one at a time (CPU-bound)
+    app.state.routing_evaluations = RoutingEvaluator()  # POST /v1/routing/evaluate: a worker process, one at a time
     install_error_handlers(app)
     app.add_middleware(LimitsMiddleware)  # body size, concurrency and the waiting line (inner)
     app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
+    app.add_middleware(BrowserGuardMiddleware)  # Host allow-list, cross-origin writes refused: before the key
     app.include_router(chat_router)
     app.include_router(route_router)
     app.include_router(metrics_router)
@@ -128,6 +130,7 @@ async def _serving(app: FastAPI, config: ServiceConfig, host: str, spec: PoolSpe
     try:
         yield state
     finally:
+        app.state.routing_evaluations.close()  # its worker process, if one was started
         await state.close()
 
 

@@ -2,10 +2,11 @@
 
 The chat and route endpoints parse their bodies themselves (a malformed body is a 400 that
 says what is wrong, not FastAPI's 422: a 400 as OpenAI answers). This is the one place that does it: a declared
-content type that is not JSON (415), an empty body, bytes that are not UTF-8, text that is
-not JSON, JSON nested deeper than any request needs (Python's parser would otherwise hit
-its recursion limit: a 500), unpaired UTF-16 surrogates (``"\\ud800"`` parses, but no reply
-or log containing it could be encoded), and a body that is not a JSON object (400).
+content type that is not JSON or none at all (415: a web page may post any simple body cross-origin without a
+CORS preflight, but not a JSON one; see ``service/browser_guard.py``), an empty body, bytes that are not UTF-8,
+text that is not JSON, JSON nested deeper than any request needs (Python's parser would otherwise hit its
+recursion limit: a 500), unpaired UTF-16 surrogates (``"\\ud800"`` parses, but no reply or log containing it could
+be encoded), and a body that is not a JSON object (400).
 """
 
 from __future__ import annotations
@@ -22,7 +23,13 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
 
 def parse_json_object(raw: bytes, content_type: str | None = None) -> dict[str, Any]:
     """The body as a dict, or an ``APIError`` naming the problem."""
-    if content_type and not _is_json(content_type):
+    if not content_type:  # a web page can post a body without one cross-origin, with no CORS preflight
+        raise APIError(
+            415,
+            "the request has no Content-Type; send the body as JSON with 'Content-Type: application/json'",
+            code="unsupported_media_type",
+        )
+    if not _is_json(content_type):
         raise APIError(
             415,
             f"Content-Type {content_type.split(';')[0].strip()!r} is not supported; send the body as application/json",

@@ -16,6 +16,7 @@ from experts.errors import ErrorCode
 from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.graph import AllExpertsFailed
+from orchestrator.pipeline.ledger import CallLedger
 from orchestrator.pipeline.orchestrator import (
     AnswerEvent,
     DecisionEvent,
@@ -29,9 +30,9 @@ from orchestrator.pipeline.orchestrator import (
 from orchestrator.pipeline.state import CallRecord, PipelineRequest
 from orchestrator.pipeline.tool_calls import with_passthrough
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream
-from orchestrator.server.api.body import parse_json_object
 from orchestrator.server.api.choices import all_or_none, merged_chunks, merged_completion, samples
 from orchestrator.server.api.gate import Gate
+from orchestrator.server.api.model_names import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.server.api.openapi import CHAT_RESPONSES, json_body
 from orchestrator.server.api.schemas import ChatCompletionRequest, chunk_body, completion_body, usage_chunk_body
 from orchestrator.server.api.tool_schemas import tool_calls_delta
@@ -43,8 +44,6 @@ from router.recruit import NoExpertAvailable, PolicyUnavailable
 
 log = logging.getLogger(__name__)
 
-PIPELINE_MODEL = "moesaic"
-EXPERT_PREFIX = "expert/"
 # expert failures that are the caller's mistake (400, naming the field), not the expert's (502)
 CLIENT_ERROR_PARAMS = {
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: "messages",
@@ -60,24 +59,26 @@ async def chat_completions(http_request: Request) -> Any:
     orchestrator: Orchestrator = http_request.app.state.orchestrator
     gate = Gate.open(http_request)  # key's models and limits, rate limits, cache, journal, disconnects
     try:
-        gate.body = await _read_json(http_request)
-        body = _validate(gate.body)
+        body = _validate(await gate.read_body())  # counted against the key's rate first, however bad the body
         http_request.state.model = body.model  # the metrics and the access log name it
         cached = await gate.admit(body, orchestrator.pool.spec)
         if cached is not None:
             return cached
-        response = await gate.run(_answer(orchestrator, body))
+        response = await gate.run(_answer(orchestrator, body, gate.ledger))
     except BaseException as error:
         await gate.failed(error)
         raise
     return await gate.answered(response)
 
 
-async def _answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> AnswerResponse | AnswerStream:
-    """The answer; with ``n`` > 1, ``n`` independent ones as one response (``choices.py``)."""
+async def _answer(
+    orchestrator: Orchestrator, body: ChatCompletionRequest, ledger: CallLedger
+) -> AnswerResponse | AnswerStream:
+    """The answer; with ``n`` > 1, ``n`` independent ones as one response (``choices.py``). Every model call is
+    written into ``ledger`` as it ends."""
     if body.n == 1:
-        return await _one_answer(orchestrator, body)
-    runs = [lambda sample=sample: _one_answer(orchestrator, sample) for sample in samples(body)]
+        return await _one_answer(orchestrator, body, ledger)
+    runs = [lambda sample=sample: _one_answer(orchestrator, sample, ledger) for sample in samples(body)]
     answers = await all_or_none(runs)
     experts = list(dict.fromkeys(e for a in answers for e in a.headers.get("x-moesaic-experts", "").split(",") if e))
     headers = {"x-moesaic-experts": ",".join(experts)}
@@ -89,11 +90,13 @@ async def _answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> An
     return AnswerResponse(merged_completion(bodies), headers=headers)
 
 
-async def _one_answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -> AnswerResponse | AnswerStream:
+async def _one_answer(
+    orchestrator: Orchestrator, body: ChatCompletionRequest, ledger: CallLedger
+) -> AnswerResponse | AnswerStream:
     if body.model == PIPELINE_MODEL or body.model.startswith(PIPELINE_MODEL + "/"):
-        return await _pipeline(orchestrator, body)
+        return await _pipeline(orchestrator, body, ledger)
     if body.model.startswith(EXPERT_PREFIX):
-        return await _direct(orchestrator, body, body.model.removeprefix(EXPERT_PREFIX))
+        return await _direct(orchestrator, body, body.model.removeprefix(EXPERT_PREFIX), ledger)
     raise APIError(
         404,
         f"model {body.model!r} does not exist; use {PIPELINE_MODEL!r}, moesaic/<policy> or expert/<name> "
@@ -102,10 +105,6 @@ async def _one_answer(orchestrator: Orchestrator, body: ChatCompletionRequest) -
         param="model",
         code="model_not_found",
     )
-
-
-async def _read_json(http_request: Request) -> dict[str, Any]:
-    return parse_json_object(await http_request.body(), http_request.headers.get("content-type"))
 
 
 def _validate(data: dict[str, Any]) -> ChatCompletionRequest:
@@ -134,7 +133,9 @@ def policy_of(model: str, orchestrator: Orchestrator) -> str | None:
     return policy
 
 
-def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -> PipelineRequest:
+def _pipeline_request(
+    body: ChatCompletionRequest, orchestrator: Orchestrator, ledger: CallLedger | None = None
+) -> PipelineRequest:
     options = body.moesaic
     if options and options.experts:
         unknown = [name for name in options.experts if name not in orchestrator.pool.expert_names]
@@ -150,6 +151,7 @@ def _pipeline_request(body: ChatCompletionRequest, orchestrator: Orchestrator) -
         aggregator_max_tokens=options.aggregator_max_tokens if options else None,
         budget=options.budget if options else None,
         expert_deltas=bool(body.stream and options and options.events),
+        ledger=ledger,
     )
 
 
@@ -168,8 +170,10 @@ def _generation(body: ChatCompletionRequest) -> GenerationRequest:
     )
 
 
-async def _pipeline(orchestrator: Orchestrator, body: ChatCompletionRequest) -> AnswerResponse | AnswerStream:
-    request = _pipeline_request(body, orchestrator)
+async def _pipeline(
+    orchestrator: Orchestrator, body: ChatCompletionRequest, ledger: CallLedger
+) -> AnswerResponse | AnswerStream:
+    request = _pipeline_request(body, orchestrator, ledger)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
         events = orchestrator.stream(request)
@@ -269,7 +273,9 @@ async def _pipeline_chunks(
 
 
 # -- one expert, directly -----------------------------------------------------------------
-async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name: str) -> AnswerResponse | AnswerStream:
+async def _direct(
+    orchestrator: Orchestrator, body: ChatCompletionRequest, name: str, ledger: CallLedger
+) -> AnswerResponse | AnswerStream:
     pool = orchestrator.pool
     if name not in pool.expert_names:
         raise APIError(
@@ -283,7 +289,7 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     headers = {"x-moesaic-experts": name}
     if body.stream:
-        chunks = _direct_chunks(orchestrator, name, request, body, response_id, created)
+        chunks = _direct_chunks(orchestrator, name, request, body, response_id, created, ledger)
         return AnswerStream(chunks, headers=headers)
     started = time.monotonic()
     try:
@@ -292,12 +298,12 @@ async def _direct(orchestrator: Orchestrator, body: ChatCompletionRequest, name:
         if isinstance(error, ExpertCallFailed):  # counted as the expert's failed call (/metrics, /v1/pool)
             record_calls(body.model, [CallRecord.failure(name, "direct", str(error), time.monotonic() - started)])
         raise _direct_error(error) from None
+    record = CallRecord.of(name, "direct", completion)
+    ledger.record(record)
+    record_calls(body.model, [record])
     if completion.error is not None:
-        record_calls(body.model, [CallRecord.of(name, "direct", completion)])
         raise _direct_error(ExpertCallFailed(completion.error, completion.error_code))
     usage = completion.usage
-    record = CallRecord.of(name, "direct", completion)
-    record_calls(body.model, [record])
     metadata = {"expert": name, "calls": [asdict(record)], "cost": usage.cost}
     metadata = with_passthrough(metadata, pool.spec, [name], body.passthrough())
     return AnswerResponse(
@@ -331,6 +337,7 @@ async def _direct_chunks(
     body: ChatCompletionRequest,
     response_id: str,
     created: int,
+    ledger: CallLedger,
 ) -> AsyncIterator[dict[str, Any]]:
     yield chunk_body(response_id, created, body.model, {"role": "assistant", "content": ""})
     items = orchestrator.stream_expert(name, request)
@@ -338,9 +345,11 @@ async def _direct_chunks(
         completion: Completion | None = None
         async for item in items:
             if isinstance(item, str):
+                ledger.streamed(name, item)  # billed as written if the stream is dropped before its end
                 yield chunk_body(response_id, created, body.model, {"content": item})
             else:
                 completion = item
+                ledger.record(CallRecord.of(name, "direct", completion))
         if completion is None or completion.error is not None:
             message = completion.error if completion else "stream ended without a completion"
             raise ExpertCallFailed(

@@ -1,24 +1,24 @@
 """The gate of ``POST /v1/chat/completions``: what happens around the pipeline for every request.
 
-Before the work: the caller's key may use the model (403), the request's ``max_tokens`` fits
-the key's and the service's limits (400), the key has not spent its daily budget and its rate
-limits leave room (429 with ``Retry-After``), and a deterministic request may be answered from
-the cache (``x-moesaic-cache``).
-During: the work runs as a task raced against the client going away, so a disconnect cancels it
-(and with it the expert calls). After: the answer is cached, the token estimate is settled with
-the real usage, the answer's cost is added to the key's spend (not a cached one: it cost
-nothing), and the request is journaled with what the client received.
+The key's controls are the service's one admission path (``service/admission.py``), in its order: the request
+is counted against the key's requests per minute before its body is read; then the key must allow the model and
+every expert the request names (403), ``max_tokens`` must fit the caps (400), and the request's worst case
+(``api/estimate.py``: ``k``, ``n``, the aggregator) is held against the key's tokens per minute and daily budget
+(429 with ``Retry-After``). A deterministic request may then be answered from the cache (``x-moesaic-cache``).
+During: the work runs as a task raced against the client going away, so a disconnect cancels it (and with it
+the expert calls); every call writes itself into the request's ``CallLedger`` as it ends. After, however the
+request ended (answered, failed, dropped mid-stream): what was held is settled with the ledger's bill, the
+answer is cached (not a partial one), and the request is journaled — whole once it was admitted, as a short
+record (size, digest, error) when it was refused before.
 
-``Gate.open`` works without a ``ServiceState`` too (an app whose lifespan has not run): every
-check then passes and nothing is recorded.
+``Gate.open`` works without a ``ServiceState`` too (an app whose lifespan has not run): every check then passes
+and nothing is recorded.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import math
-import time
 from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
@@ -28,128 +28,85 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from experts.config.pool_spec import PoolSpec
+from experts.pricing import Price
+from orchestrator.pipeline.ledger import Bill, CallLedger
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream, close_iterator
+from orchestrator.server.api.body import parse_json_object
+from orchestrator.server.api.disconnect import CLIENT_CLOSED, ClientDisconnected, unless_disconnected
+from orchestrator.server.api.estimate import default_max_tokens, estimate_chat, price_lookup, prompt_tokens
+from orchestrator.server.api.model_names import EXPERT_PREFIX, expert_model
+from orchestrator.server.api.schema_checks import check_schemas
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
+from orchestrator.server.service.admission import Admission, Surface, rejected_body
 from orchestrator.server.service.auth import ANONYMOUS, Principal
-from orchestrator.server.service.journal import JournalEntry
 from orchestrator.server.service.service_state import ServiceState
-from orchestrator.server.service.spend import dollars
 
 T = TypeVar("T")
 CACHE_HEADER = "x-moesaic-cache"
-CLIENT_CLOSED = 499  # nginx's status for "the client closed the connection first": journal only
-
-
-class ClientDisconnected(APIError):
-    def __init__(self) -> None:
-        super().__init__(CLIENT_CLOSED, "the client closed the connection; the work was cancelled", code="client_gone")
 
 
 class Gate:
-    """One chat request on its way through the service's checks and stores."""
+    """One chat request on its way through its key's controls, the cache and the recording of its answer."""
 
     def __init__(self, http_request: Request, service: ServiceState | None, principal: Principal) -> None:
         self.http_request = http_request
         self.service = service
-        self.principal = principal
-        self.started = time.time()
-        self._clock = time.perf_counter()
+        request_id = getattr(http_request.state, "request_id", None) or ""
+        self.admission = Admission(service, principal, Surface.CHAT, request_id)
         self.body: dict[str, Any] | None = None  # the JSON object the client sent, once parsed
-        self.model = ""
+        self.ledger = CallLedger()  # every model call of the request, written as it ends
         self.cache_state = "bypass"
+        self._raw = b""
         self._cache_key: str | None = None
-        self._estimated = 0
-        self._counted = False  # tokens were counted against the key's rate limit
-        self._recorded = False
+        catalog = getattr(http_request.app.state, "catalog", None)
+        self._prices: dict[str, Price] = dict(catalog.prices) if catalog is not None else {}
 
     @classmethod
     def open(cls, http_request: Request) -> Gate:
-        service = getattr(http_request.app.state, "service", None)
-        principal = getattr(http_request.state, "principal", None)
-        if principal is None:  # no auth middleware ran (no service): the anonymous caller
-            principal = service.auth.anonymous() if service is not None else Principal(ANONYMOUS)
-            http_request.state.principal = principal
-        return cls(http_request, service, principal)
+        return cls(http_request, getattr(http_request.app.state, "service", None), principal_of(http_request))
 
-    # -- before the work ------------------------------------------------------------------
+    @property
+    def principal(self) -> Principal:
+        return self.admission.principal
+
+    # -- before the work ------------------------------------------------------------------------------------
+    async def read_body(self) -> dict[str, Any]:
+        """Count the request against the key's rate (429), then read and parse its body (413, 415, 400)."""
+        await self.admission.count_request()
+        self._raw = await self.http_request.body()
+        self.body = parse_json_object(self._raw, self.http_request.headers.get("content-type"))
+        return self.body
+
     async def admit(self, body: ChatCompletionRequest, spec: PoolSpec) -> JSONResponse | None:
-        """Check the request against the key and the limits; a cached answer when there is one."""
-        self.model = body.model
-        require_model(self.principal, body.model)
+        """Check the request against the key and the limits, hold its worst case; a cached answer when there is
+        one."""
+        admission = self.admission
+        admission.model = body.model
+        named = body.moesaic.experts if body.moesaic and body.moesaic.experts else []
+        admission.allow([body.model])
+        admission.allow([expert_model(name) for name in named], param="moesaic.experts")
+        self._check_max_tokens(body, spec)
+        if self.service is not None:
+            check_schemas(body, self.service.config.limits)
+        self.ledger.prompt_tokens = prompt_tokens(body)
+        await admission.reserve(estimate_chat(body, spec, self._prices, EXPERT_PREFIX))
         if self.service is None:
             return None
-        self._check_max_tokens(body, spec)
-        await self._check_budget()
-        await self._rate_limit(body, spec)
         return await self._cached(body)
 
     def _check_max_tokens(self, body: ChatCompletionRequest, spec: PoolSpec) -> None:
-        assert self.service is not None
-        cap, why = self.service.config.limits.max_tokens, "the service's limits.max_tokens"
-        if self.principal.max_tokens is not None and self.principal.max_tokens < cap:
-            cap, why = self.principal.max_tokens, f"API key {self.principal.key_name!r}'s max_tokens"
-        asked = body.token_budget
+        admission = self.admission
         param = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-        if asked is not None and asked > cap:
-            raise APIError(400, f"{param} {asked} is more than {why} ({cap})", param=param, code="max_tokens_exceeded")
+        admission.check_max_tokens(body.token_budget, param)
         options = body.moesaic
-        if options is not None and options.aggregator_max_tokens is not None and options.aggregator_max_tokens > cap:
-            raise APIError(
-                400,
-                f"moesaic.aggregator_max_tokens {options.aggregator_max_tokens} is more than {why} ({cap})",
-                param="moesaic.aggregator_max_tokens",
-                code="max_tokens_exceeded",
-            )
-        if asked is None and _default_max_tokens(spec) > cap:
+        if options is not None:
+            admission.check_max_tokens(options.aggregator_max_tokens, "moesaic.aggregator_max_tokens")
+        cap, _ = admission.max_tokens_cap()
+        if body.token_budget is None and default_max_tokens(spec) > cap:
             body.max_tokens = cap  # an expert's default would go past the cap: the cap applies
             if self.body is not None:
                 self.body = {**self.body, "max_tokens": cap}
-
-    async def _check_budget(self) -> None:
-        """429 once the key's spend today reached its budget (checked before the work: its cost is known after)."""
-        assert self.service is not None
-        budget, name = self.principal.budget_usd_per_day, self.principal.key_name
-        if budget is None:
-            return
-        spend = self.service.spend
-        spent = await spend.spent(name)
-        if spent < budget:
-            return
-        spend.rejected += 1
-        reset = max(1, math.ceil(spend.seconds_until_reset()))
-        raise APIError(
-            429,
-            f"API key {name!r} spent {dollars(spent)} of its {dollars(budget)} daily budget; "
-            f"it resets at 00:00 UTC (in {reset} s)",
-            "insufficient_quota",  # OpenAI's type for a spent quota: retrying before the reset does not help
-            code="budget_exceeded",
-            headers={"Retry-After": str(reset)},
-        )
-
-    async def _rate_limit(self, body: ChatCompletionRequest, spec: PoolSpec) -> None:
-        assert self.service is not None
-        principal = self.principal
-        if principal.requests_per_minute is None and principal.tokens_per_minute is None:
-            return
-        prompt_chars = sum(len(message.to_message().content) for message in body.messages)
-        self._estimated = body.n * (prompt_chars // 4 + (body.token_budget or _default_max_tokens(spec)))
-        decision = await self.service.rate_limiter.acquire(
-            principal.key_name, principal.requests_per_minute, principal.tokens_per_minute, self._estimated
-        )
-        if not decision.allowed:
-            limit = decision.limit or "requests"
-            per_minute = principal.tokens_per_minute if limit == "tokens" else principal.requests_per_minute
-            retry = max(1, math.ceil(decision.retry_after_s))
-            raise APIError(
-                429,
-                f"rate limit reached for API key {principal.key_name!r}: {per_minute} {limit} per minute "
-                f"(this request counts about {self._estimated} tokens); retry in {retry} s",
-                limit,
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(retry)},
-            )
-        self._counted = principal.tokens_per_minute is not None
 
     async def _cached(self, body: ChatCompletionRequest) -> JSONResponse | None:
         assert self.service is not None
@@ -168,28 +125,17 @@ class Gate:
             self.cache_state = "miss"
             return None
         self.cache_state = "hit"
-        await self._settle(0)  # an answer from the cache costs no model tokens
-        await self._journal(200, stored, None, cache_hit=True)
+        await self.admission.settle(None)  # an answer from the cache costs no model tokens
+        await self.admission.journal(200, self.body, stored, None, cache_hit=True)
         headers = {CACHE_HEADER: "hit", "x-moesaic-experts": ",".join(_experts_of(stored))}
         return JSONResponse(stored, headers=headers)
 
-    # -- the work -------------------------------------------------------------------------
+    # -- the work -------------------------------------------------------------------------------------------
     async def run(self, work: Awaitable[T]) -> T:
         """Await ``work`` as a task; if the client disconnects first, cancel it and raise ``ClientDisconnected``."""
-        task = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(_disconnect(self.http_request.receive))
-        try:
-            await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:  # also when this handler itself is cancelled
-            if not task.done():
-                task.cancel()
-            watcher.cancel()
-        if task.cancelled() or not task.done():
-            await asyncio.gather(task, return_exceptions=True)  # let the cancellation reach the expert calls
-            raise ClientDisconnected()
-        return task.result()
+        return await unless_disconnected(work, self.http_request.receive)
 
-    # -- after the work -------------------------------------------------------------------
+    # -- after the work -------------------------------------------------------------------------------------
     async def answered(self, response: Response) -> Response:
         """Record a successful response (cache, usage, journal) and mark it; streams are recorded as they end."""
         if isinstance(response, AnswerStream):
@@ -202,19 +148,34 @@ class Gate:
         body = response.answer if isinstance(response, AnswerResponse) else json.loads(bytes(response.body))
         if self._cache_key is not None and response.status_code == 200 and not _partial(body):
             await self.service.cache.put(self._cache_key, body)
-        await self._settle(int(body.get("usage", {}).get("total_tokens", 0)))
-        await self._charge(_cost_of(body.get("moesaic")))
-        await self._journal(response.status_code, body, None)
+        await self.admission.settle(self._bill())
+        await self.admission.journal(response.status_code, self.body, body, None)
         return response
 
     async def failed(self, error: BaseException) -> None:
-        """Record a request that ended in an error (or a disconnect) before any byte of an answer."""
+        """Record a request that ended in an error (or a disconnect) before any byte of an answer: the calls that
+        ran are still billed; a request refused before its work is journaled as a short record."""
         if isinstance(error, asyncio.CancelledError):
             error = ClientDisconnected()
         status = error.status if isinstance(error, APIError) else 500
         with anyio.CancelScope(shield=True):  # a cancelled request is still recorded
-            await self._settle(0)
-            await self._journal(status, None, str(error) or type(error).__name__)
+            await self.admission.settle(self._bill())
+            await self.admission.journal(
+                status, self._journaled_request(error), None, str(error) or type(error).__name__
+            )
+
+    def _journaled_request(self, error: BaseException) -> dict[str, Any]:
+        """The whole body once the request was admitted; before, a short record of what was refused."""
+        if self.admission.admitted and self.body is not None:
+            return self.body
+        record = rejected_body(self._raw, error if isinstance(error, APIError) else None)
+        model = (self.body or {}).get("model")
+        if isinstance(model, str) and len(model) <= 200:
+            record["model"] = model
+        return record
+
+    def _bill(self) -> Bill:
+        return self.ledger.bill(price_lookup(self._prices))
 
     async def _recording(self, stream: AnswerStream) -> AsyncIterator[Any]:
         """Pass the stream's events through; once it ends, record what the client received (``stream.answer``)."""
@@ -232,44 +193,26 @@ class Gate:
         finally:
             with anyio.CancelScope(shield=True):
                 await close_iterator(chunks)  # stops the pipeline behind the stream if it still runs
-                if self.service is not None:
-                    await self._settle(seen.total_tokens())
-                    await self._charge(_cost_of(seen.metadata))
-                    error = seen.error or ("the client closed the stream" if status == CLIENT_CLOSED else None)
-                    await self._journal(status, seen.response(), error)
+                await self.admission.settle(self._bill())  # the calls that ran, the stream whole or dropped
+                error = seen.error or ("the client closed the stream" if status == CLIENT_CLOSED else None)
+                await self.admission.journal(status, self.body, seen.response(), error)
 
-    async def _settle(self, actual: int) -> None:
-        if self._counted and self.service is not None:
-            self._counted = False
-            await self.service.rate_limiter.settle(
-                self.principal.key_name, self.principal.tokens_per_minute, self._estimated, actual
-            )
 
-    async def _charge(self, usd: float) -> None:
-        """Add what an answer cost to the key's spend today (only keys with a budget are counted)."""
-        if self.service is not None and self.principal.budget_usd_per_day is not None and usd > 0:
-            await self.service.spend.add(self.principal.key_name, usd)
+def principal_of(http_request: Request) -> Principal:
+    """The caller, as the auth middleware found it; the anonymous caller where no middleware ran (no service)."""
+    principal = getattr(http_request.state, "principal", None)
+    if principal is None:
+        service = getattr(http_request.app.state, "service", None)
+        principal = service.auth.anonymous() if service is not None else Principal(ANONYMOUS)
+        http_request.state.principal = principal
+    return principal
 
-    async def _journal(
-        self, status: int, response: dict[str, Any] | None, error: str | None, cache_hit: bool = False
-    ) -> None:
-        if self._recorded or self.service is None or self.service.journal is None:
-            return
-        self._recorded = True
-        request_id = getattr(self.http_request.state, "request_id", None) or ""
-        entry = JournalEntry(
-            request_id=request_id,
-            key_name=self.principal.key_name,
-            model=self.model or str((self.body or {}).get("model", "")),
-            request=self.body or {},
-            status=status,
-            response=response,
-            error=error,
-            started=self.started,
-            duration_ms=round((time.perf_counter() - self._clock) * 1000, 3),
-            cache_hit=cache_hit,
-        )
-        await self.service.journal.append(entry)
+
+def admission_for(http_request: Request, surface: Surface) -> Admission:
+    """An endpoint's admission (``/v1/route``, ``/v1/routing/evaluate``): its caller and the app's service."""
+    service = getattr(http_request.app.state, "service", None)
+    request_id = getattr(http_request.state, "request_id", None) or ""
+    return Admission(service, principal_of(http_request), surface, request_id)
 
 
 class GatedStream(StreamingResponse):
@@ -288,44 +231,11 @@ class GatedStream(StreamingResponse):
                 await close_iterator(self.body_iterator)
 
 
-def require_model(principal: Principal, model: str) -> None:
-    """403 unless the caller's key may use ``model`` (``/v1/chat/completions`` and ``/v1/route``)."""
-    if not principal.allows(model):
-        raise APIError(
-            403,
-            f"API key {principal.key_name!r} may not use model {model!r}; it may use {', '.join(principal.models)}",
-            "permission_error",
-            param="model",
-            code="model_not_allowed",
-        )
-
-
-async def _disconnect(receive: Receive) -> None:
-    """Return when the client has gone (the body is already read: the next message is the disconnect)."""
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-def _default_max_tokens(spec: PoolSpec) -> int:
-    """The token budget a request without ``max_tokens`` gets: the largest of the experts' defaults."""
-    return max((expert.generation.max_tokens for expert in spec.experts), default=256)
-
-
 def _experts_of(body: dict[str, Any]) -> list[str]:
     metadata = body.get("moesaic") or {}
     if "expert" in metadata:
         return [str(metadata["expert"])]
     return [str(name) for name in (metadata.get("decision") or {}).get("experts", [])]
-
-
-def _cost_of(metadata: Any) -> float:
-    """The dollars an answer cost: its ``moesaic.cost``, else the sum of its calls' costs."""
-    if not isinstance(metadata, dict):
-        return 0.0
-    cost = metadata.get("cost")
-    if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-        return float(cost)
-    return sum(float(call.get("cost") or 0.0) for call in metadata.get("calls", []) if isinstance(call, dict))
 
 
 def _partial(body: dict[str, Any]) -> bool:

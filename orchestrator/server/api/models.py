@@ -18,7 +18,7 @@ from experts.config.pool_spec import ExpertSpec, PoolSpec
 from experts.health import HealthReport
 from experts.pricing import Price, price_of
 from orchestrator.pipeline.orchestrator import Orchestrator
-from orchestrator.server.api.chat import EXPERT_PREFIX, PIPELINE_MODEL
+from orchestrator.server.api.model_names import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.server.api.schemas import ModelCapabilities, ModelCard, ModelList, ModelPricing
 from orchestrator.server.errors import APIError
 

@@ -3,13 +3,16 @@
 Kubernetes and load balancers want two different questions answered. Liveness must not depend on the experts: a
 pod whose upstream API is down is alive, and restarting it would not help (and would throw away loaded models).
 Readiness does: the pool has started, the service is not draining for shutdown, and at least one routable expert
-is usable (its actor is up and its circuit breaker is not open). ``/healthz`` stays the detailed per-expert report
-(503 when no expert at all is healthy), for people and dashboards. None of them needs an API key or waits in the
-request line.
+is usable (its actor is up and its circuit breaker is not open). ``/healthz`` is the per-expert report (503 when
+no expert at all is healthy), for people and dashboards. None of them needs an API key or waits in the request
+line, so they carry nothing a caller without a key should see: ``/healthz`` shows each expert's state and counters
+(``PUBLIC_FIELDS``) but no endpoint, model path, node address or upstream error text, which ``GET /v1/pool`` (behind
+the keys) gives.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -19,6 +22,26 @@ from experts.runtime.client import ExpertClient
 from orchestrator.server.api.openapi import HEALTH_RESPONSES, READY_RESPONSES
 
 router = APIRouter()
+
+# what /healthz shows of each expert's report: state and counters, never an address, a path or an error's text
+PUBLIC_FIELDS = (
+    "name",
+    "state",
+    "backend",
+    "load_seconds",
+    "queue_depth",
+    "batches",
+    "requests",
+    "largest_batch",
+    "failed_batches",
+    "dropped",
+    "probe",
+    "breaker",
+    "restarts",
+    "retries",
+    "dispatch_queue_depth",
+    "residency",
+)
 
 
 @router.get("/livez")
@@ -51,8 +74,17 @@ async def healthz(request: Request) -> JSONResponse:
     routable = [expert.name for expert in pool.spec.routable_experts]
     healthy = [name for name in routable if pool.is_healthy(name)]
     status = "ok" if len(pool.healthy_names()) == len(pool.expert_names) else "degraded" if healthy else "unavailable"
-    body: dict[str, Any] = {"status": status, "pool": pool.spec.name, "experts": experts}
+    shown = {name: public_report(report) for name, report in experts.items()}
+    body: dict[str, Any] = {"status": status, "pool": pool.spec.name, "experts": shown}
     return JSONResponse(body, status_code=503 if status == "unavailable" else 200)
+
+
+def public_report(report: Mapping[str, Any]) -> dict[str, Any]:
+    """An expert's health report without what only a key holder may read (``PUBLIC_FIELDS``)."""
+    shown = {key: report[key] for key in PUBLIC_FIELDS if key in report}
+    if report.get("error"):
+        shown["error"] = "hidden here: GET /v1/pool (with an API key) says why"
+    return shown
 
 
 def _not_ready(pool: str | None, reason: str) -> JSONResponse:

@@ -9,11 +9,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.body import parse_json_object
-from orchestrator.server.api.chat import PIPELINE_MODEL, policy_of
-from orchestrator.server.api.gate import require_model
+from orchestrator.server.api.chat import policy_of
+from orchestrator.server.api.gate import admission_for
+from orchestrator.server.api.model_names import PIPELINE_MODEL
 from orchestrator.server.api.openapi import json_body
 from orchestrator.server.api.schemas import ChatMessageIn, MoesaicOptions
 from orchestrator.server.errors import APIError, from_validation_error
+from orchestrator.server.service.admission import Admission, Surface, rejected_body
 from router.recruit import NoExpertAvailable, PolicyUnavailable
 
 router = APIRouter()
@@ -47,12 +49,28 @@ class RouteRequest(BaseModel):
 
 @router.post("/v1/route", openapi_extra=json_body(RouteRequest))
 async def route(http_request: Request) -> dict[str, Any]:
-    orchestrator: Orchestrator = http_request.app.state.orchestrator
-    data = parse_json_object(await http_request.body(), http_request.headers.get("content-type"))
+    """Under the key's controls like a chat request: its rate (before the body is read), its models, the journal."""
+    admission = admission_for(http_request, Surface.ROUTE)
+    raw = b""
+    try:
+        await admission.count_request()  # the key's rate, before the body is read
+        raw = await http_request.body()
+        data = parse_json_object(raw, http_request.headers.get("content-type"))
+        answer = _route(http_request.app.state.orchestrator, data, admission)
+    except APIError as error:
+        await admission.journal(error.status, rejected_body(raw, error), None, error.message)
+        raise
+    decision = answer["decision"]
+    await admission.journal(200, data, {"experts": decision["experts"], "policy": decision["policy"]}, None)
+    return answer
+
+
+def _route(orchestrator: Orchestrator, data: dict[str, Any], admission: Admission) -> dict[str, Any]:
     try:
         body = RouteRequest.model_validate(data)
     except ValidationError as error:
         raise from_validation_error(error) from None
+    admission.model = body.model
     if body.model != PIPELINE_MODEL and not body.model.startswith(PIPELINE_MODEL + "/"):
         raise APIError(
             404,
@@ -61,9 +79,7 @@ async def route(http_request: Request) -> dict[str, Any]:
             "model",
             "model_not_found",
         )
-    principal = getattr(http_request.state, "principal", None)
-    if principal is not None:
-        require_model(principal, body.model)  # the key's allowed models apply to routing decisions too
+    admission.allow([body.model])  # the key's allowed models apply to routing decisions too
     policy = policy_of(body.model, orchestrator)
     try:
         options = body.moesaic

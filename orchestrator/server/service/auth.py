@@ -29,7 +29,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.server.errors import APIError
 from orchestrator.server.service.redis_link import RedisLink
-from orchestrator.server.service.service_config import KeyRecord, RateLimitSection
+from orchestrator.server.service.service_config import KeyRecord, Permission, RateLimitSection
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +78,7 @@ class Principal:
     tokens_per_minute: int | None = None
     max_tokens: int | None = None
     budget_usd_per_day: float | None = None
+    permissions: frozenset[Permission] = frozenset()
 
     def allows(self, model: str) -> bool:
         return any(fnmatchcase(model, pattern) for pattern in self.models)
@@ -154,11 +155,13 @@ class Authenticator:
         self.defaults = defaults
 
     def anonymous(self) -> Principal:
+        """Everyone, while auth is off: every model and permission, under the default limits."""
         return Principal(
             ANONYMOUS,
             requests_per_minute=self.defaults.requests_per_minute,
             tokens_per_minute=self.defaults.tokens_per_minute,
             budget_usd_per_day=self.defaults.budget_usd_per_day,
+            permissions=frozenset(Permission),
         )
 
     async def principal(self, authorization: str | None) -> Principal:
@@ -183,6 +186,7 @@ class Authenticator:
             tokens_per_minute=record.tokens_per_minute or self.defaults.tokens_per_minute,
             max_tokens=record.max_tokens,
             budget_usd_per_day=record.budget_usd_per_day or self.defaults.budget_usd_per_day,
+            permissions=frozenset(record.permissions),
         )
 
 
@@ -194,8 +198,25 @@ def _bearer(authorization: str | None) -> str | None:
     return value if scheme.lower() == "bearer" and value else None
 
 
+def routed_path(scope: Scope) -> str:
+    """The path the app routes on: ``scope["path"]`` without the ``root_path`` a proxy mounted the app under.
+
+    Behind a prefix (Ray Serve's ``route_prefix``, ``uvicorn --root-path``) the path carries the prefix and the
+    router strips it; a check on the raw path would miss ``/p/v1/pool``, which the router serves as ``/v1/pool``.
+    """
+    path: str = scope["path"]
+    root = scope.get("root_path") or ""
+    if root and (path == root or path.startswith(root.rstrip("/") + "/")):
+        return path[len(root.rstrip("/")) :] or "/"
+    return path
+
+
 def is_guarded(path: str) -> bool:
-    """The paths behind API keys and request limits: the OpenAI API (``/v1/*``) and MCP (``/mcp``)."""
+    """The paths behind API keys and request limits: the OpenAI API (``/v1/*``) and MCP (``/mcp``).
+
+    ``path`` is the routed path (``routed_path``); a path that only differs in case or doubled slashes routes
+    nowhere, so it needs no key.
+    """
     return path.startswith("/v1/") or path == "/mcp" or path.startswith("/mcp/")
 
 
@@ -210,7 +231,7 @@ class AuthMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not is_guarded(scope["path"]):
+        if scope["type"] != "http" or not is_guarded(routed_path(scope)):
             await self.app(scope, receive, send)
             return
         service = getattr(scope["app"].state, "service", None) if "app" in scope else None

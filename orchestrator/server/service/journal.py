@@ -4,10 +4,11 @@ Each request becomes one stream entry (``XADD <stream> MAXLEN ~ <maxlen>``, so R
 old entries cheaply) with a single field ``entry``: the ``JournalEntry`` as JSON. Entry ids are
 the stream's (``<ms>-<seq>``), so ``read(after=ID)`` resumes exactly where a reader stopped.
 
-Without Redis the journal is a bounded deque in this process, lost at exit (``where`` says so).
-While a configured Redis is down, entries wait in that deque and are written to the stream, in
-order, on the first call after Redis answers again: an outage loses nothing unless it outlasts
-the deque.
+Without Redis the journal is a bounded deque in this process, lost at exit (``where`` says so):
+at most ``memory_maxlen`` entries and ``memory_max_bytes`` of their JSON, the oldest going first, so
+large requests cannot grow the server's memory without bound. While a configured Redis is down,
+entries wait in that deque and are written to the stream, in order, on the first call after Redis
+answers again: an outage loses nothing unless it outlasts the deque.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class JournalEntry:
     started: float = field(default_factory=time.time)
     duration_ms: float = 0.0
     cache_hit: bool = False
+    surface: str = "chat.completions"  # the way in: chat.completions, route, routing.evaluate, mcp.ask, ...
     entry_id: str | None = None
 
     def to_json(self) -> str:
@@ -82,14 +84,25 @@ class RequestJournal:
     """Append-only record of requests; a Redis stream, or a bounded in-process deque."""
 
     def __init__(
-        self, link: RedisLink, stream: str = "moesaic:journal", maxlen: int = 100_000, memory_maxlen: int = 1_000
+        self,
+        link: RedisLink,
+        stream: str = "moesaic:journal",
+        maxlen: int = 100_000,
+        memory_maxlen: int = 1_000,
+        memory_max_bytes: int = 64 * 1024 * 1024,
     ) -> None:
-        if maxlen < 1 or memory_maxlen < 1:
-            raise ValueError(f"journal maxlen and memory_maxlen must be at least 1, got {maxlen}, {memory_maxlen}")
+        if maxlen < 1 or memory_maxlen < 1 or memory_max_bytes < 1:
+            raise ValueError(
+                f"journal maxlen, memory_maxlen and memory_max_bytes must be at least 1, "
+                f"got {maxlen}, {memory_maxlen}, {memory_max_bytes}"
+            )
         self.link = link
         self.stream = stream
         self.maxlen = maxlen
+        self.memory_max_bytes = memory_max_bytes
         self._memory: deque[JournalEntry] = deque(maxlen=memory_maxlen)
+        self._sizes: dict[int, int] = {}  # id(entry) -> its JSON's length, for the entries in the deque
+        self._memory_bytes = 0
         self._drain_lock = asyncio.Lock()
         self._last_id = (0, 0)
         self.dropped = 0  # entries pushed out of the full deque before Redis took them
@@ -110,11 +123,28 @@ class RequestJournal:
             written, entry_id = await self.link.attempt("append to the journal", lambda r: self._xadd(r, text))
             if written:
                 return str(entry_id)
-        if len(self._memory) == self._memory.maxlen:
-            self.dropped += 1
         entry.entry_id = self._next_memory_id()
-        self._memory.append(entry)
+        self._keep(entry, len(text))
         return entry.entry_id
+
+    def _keep(self, entry: JournalEntry, size: int) -> None:
+        """Append to the in-process deque, dropping the oldest entries beyond its count and byte bounds."""
+        while self._memory and (
+            len(self._memory) >= (self._memory.maxlen or 0) or self._memory_bytes + size > self.memory_max_bytes
+        ):
+            self._forget(self._memory.popleft())
+            self.dropped += 1
+        self._memory.append(entry)
+        self._sizes[id(entry)] = size
+        self._memory_bytes += size
+
+    def _forget(self, entry: JournalEntry) -> None:
+        self._memory_bytes -= self._sizes.pop(id(entry), 0)
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of JSON held by the in-process deque now."""
+        return self._memory_bytes
 
     async def read(self, count: int, after: str = "-") -> list[JournalEntry]:
         """Up to ``count`` entries after the id ``after`` (``-``: from the oldest), oldest first."""
@@ -159,6 +189,8 @@ class RequestJournal:
             written, _ = await self.link.attempt("write the journal kept during the outage", write_all)
             if written:
                 done = {id(entry) for entry in waiting}
+                for entry in waiting:
+                    self._forget(entry)
                 self._memory = deque((e for e in self._memory if id(e) not in done), maxlen=self._memory.maxlen)
                 log.warning("journal: %d entries kept in process during the Redis outage are now in Redis", len(done))
             return written

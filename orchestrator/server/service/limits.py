@@ -23,7 +23,7 @@ from collections import deque
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.server.errors import APIError
-from orchestrator.server.service.auth import is_guarded
+from orchestrator.server.service.auth import is_guarded, routed_path
 from orchestrator.server.service.service_config import LimitsSection
 
 
@@ -140,7 +140,7 @@ class LimitsMiddleware:
             limits.too_large += 1
             await BodyTooLarge(max_bytes).response()(scope, receive, send)
             return
-        queued = scope["method"] == "POST" and is_guarded(scope["path"])
+        queued = scope["method"] == "POST" and is_guarded(routed_path(scope))
         if queued:
             try:
                 await limits.acquire()

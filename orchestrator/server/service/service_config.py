@@ -9,14 +9,17 @@ A mistake stops the server at start with the file and the field, the way pool fi
 
 from __future__ import annotations
 
+import os
 import re
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from experts.config.file_errors import describe, read_yaml
 
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 KEY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
@@ -34,7 +37,30 @@ class _Section(BaseModel):
 
 class RedisSection(_Section):
     url: str | None = Field(None, description="redis://HOST:PORT/DB; without it every store is in process")
+    url_env: Annotated[str, Field(pattern=ENV_NAME.pattern)] | None = Field(
+        None,
+        description="the environment variable holding the URL instead (a password stays out of files; "
+        "Kubernetes sets it from a Secret)",
+    )
     required: bool = Field(False, description="refuse to start when Redis does not answer (instead of falling back)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RedisSection:
+        if self.url is not None and self.url_env is not None:
+            raise ValueError("give redis.url or redis.url_env, not both")
+        return self
+
+    def resolved_url(self) -> str | None:
+        """The URL to connect to: ``url``, else the value of ``url_env`` (``ServiceConfigError`` when it is unset)."""
+        if self.url_env is None:
+            return self.url
+        value = os.environ.get(self.url_env, "").strip()
+        if not value:
+            raise ServiceConfigError(
+                f"redis.url_env names the environment variable {self.url_env}, which is not set; "
+                f"export {self.url_env}=redis://HOST:PORT/DB (or remove redis.url_env)"
+            )
+        return value
 
 
 class CacheSection(_Section):
@@ -47,6 +73,15 @@ class JournalSection(_Section):
     enabled: bool = True
     stream: Annotated[str, Field(min_length=1)] = "moesaic:journal"
     maxlen: PositiveInt = Field(100_000, description="entries kept (approximately, in Redis)")
+    memory_max_bytes: PositiveInt = Field(
+        64 * 1024 * 1024, description="bytes of entries kept in process (no Redis, or while it is down)"
+    )
+
+
+class Permission(StrEnum):
+    """What a key may do beyond its ``models``; each is granted by name (``permissions: [routing.evaluate]``)."""
+
+    ROUTING_EVALUATE = "routing.evaluate"  # POST /v1/routing/evaluate: CPU-heavy work on an uploaded table
 
 
 class KeyRecord(_Section):
@@ -65,6 +100,10 @@ class KeyRecord(_Section):
     max_tokens: PositiveInt | None = Field(None, description="the most max_tokens one request may ask for")
     budget_usd_per_day: PositiveFloat | None = Field(
         None, description="dollars the key may spend per UTC day (answers' moesaic.cost); beyond: 429"
+    )
+    permissions: list[Permission] = Field(
+        default_factory=list,
+        description="what the key may do beyond chat and routing: routing.evaluate (POST /v1/routing/evaluate)",
     )
     created: str | None = Field(None, description="when the key was made (informational)")
 
@@ -116,6 +155,49 @@ class LimitsSection(_Section):
     sse_keepalive_s: Annotated[float, Field(ge=0.0)] = Field(
         15.0, description="a stream silent this long sends an SSE comment (proxy idle timeouts); 0: never"
     )
+    schema_max_bytes: PositiveInt = Field(
+        16_384, description="largest JSON schema (response_format, each tool's parameters), as compact JSON"
+    )
+    schema_max_depth: PositiveInt = Field(16, description="deepest nesting of such a schema")
+    schema_max_properties: PositiveInt = Field(256, description="most property names such a schema declares")
+    schema_max_pattern_cost: PositiveInt = Field(
+        1000, description="largest expansion of a regex `pattern` in such a schema (counted repeats multiply)"
+    )
+    tools_max_bytes: PositiveInt = Field(65_536, description="largest `tools` list of one request, as compact JSON")
+
+
+class HttpSection(_Section):
+    """Who may reach the API from a browser: the ``Host`` names it answers to and the cross-origin pages allowed.
+
+    Without API keys (auth off on a loopback bind) any web page the user opens could otherwise post to the API
+    (a cross-site request) or reach it under its own name (DNS rebinding), so then only loopback names are
+    answered and cross-origin browser requests are refused unless listed here.
+    """
+
+    allowed_hosts: list[Annotated[str, Field(min_length=1, max_length=253)]] | None = Field(
+        None,
+        description="Host header names answered (a port is ignored; '*' any; '.example.com' a domain and its "
+        "subdomains); default: loopback names while auth is off, any host while auth is on",
+    )
+    allowed_origins: list[Annotated[str, Field(min_length=1, max_length=300)]] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port]) whose pages may send cross-origin requests; same-origin pages "
+        "(the console) always may",
+    )
+
+
+class RoutingEvaluationSection(_Section):
+    """``POST /v1/routing/evaluate``: eval-router on an uploaded outcome table, bounded."""
+
+    enabled: bool = Field(True, description="false: the endpoint answers 404")
+    max_rows: PositiveInt = Field(20_000, description="most questions (rows) an uploaded table may hold")
+    max_columns: PositiveInt = Field(512, description="most columns an uploaded table may hold")
+    max_table_bytes: PositiveInt = Field(
+        32 * 1024 * 1024, description="largest table once decoded (base64 and Parquet compression undone)"
+    )
+    timeout_s: Annotated[float, Field(gt=0.0, le=3600.0)] = Field(
+        120.0, description="an evaluation running longer is stopped (its worker killed) and answered 413"
+    )
 
 
 class RateLimitSection(_Section):
@@ -140,6 +222,8 @@ class ServiceConfig(_Section):
     limits: LimitsSection = LimitsSection()
     rate_limits: RateLimitSection = RateLimitSection()
     mcp: McpSection = McpSection()
+    http: HttpSection = HttpSection()
+    routing_evaluation: RoutingEvaluationSection = RoutingEvaluationSection()
 
 
 def parse_service_config(raw: Any, source: str) -> ServiceConfig:

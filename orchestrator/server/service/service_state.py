@@ -61,7 +61,7 @@ class ServiceState:
             auth += ", none yet: `moesaic keys create NAME`)" if count == 0 else ")"
         else:
             auth = "auth OFF (every caller is 'anonymous')"
-        url = self.config.redis.url
+        url = self.link.url
         if self.link.status == "connected":
             redis = f"Redis connected at {redact(url or '')}: cache, rate limits, journal and keys shared"
         elif self.link.status == "disabled":
@@ -96,11 +96,16 @@ async def build_service_state(config: ServiceConfig, host: str, pool_identity: s
     ``pool_identity`` (the pool's name and definition) scopes the cache: changing the pool file
     never serves answers the old pool gave.
     """
-    link = await connect_redis(config.redis.url, required=config.redis.required)
+    link = await connect_redis(config.redis.resolved_url(), required=config.redis.required)
     keys = KeyStore(config.auth.keys, link, config.auth.redis_hash, config.auth.refresh_s)
     journal = None
     if config.journal.enabled:
-        journal = RequestJournal(link, stream=config.journal.stream, maxlen=config.journal.maxlen)
+        journal = RequestJournal(
+            link,
+            stream=config.journal.stream,
+            maxlen=config.journal.maxlen,
+            memory_max_bytes=config.journal.memory_max_bytes,
+        )
     return ServiceState(
         config=config,
         link=link,
