@@ -3,13 +3,16 @@
 Everything runs in subprocesses in a process group of its own, with its own temporary directory,
 ports and cluster token, so the session's in-process Ray instance is untouched. The head declares
 two logical GPUs, so the expert that asks for two gets a placement group (nothing uses a GPU: the
-experts are echo experts). Teardown: Ctrl-C to ``serve run`` (it deletes the application: the
+experts are echo experts). A second application, behind API keys, is served under the route prefix ``/p``:
+Serve hands its replicas the prefix as ``root_path``, and the keys must hold there too. Teardown: Ctrl-C to
+``serve run`` (it deletes the application: the
 replica stops its experts and removes the group), then SIGTERM to ``ray start --block``, then
 SIGKILL to whatever of its group is left. About a minute on two cores.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -40,6 +43,7 @@ groups = [{"name": g["name"], "strategy": g["strategy"], "state": g["state"], "b
           for g in placement_group_table().values()]
 print(json.dumps(groups))
 """
+PREFIX_KEY = "msk-" + secrets.token_urlsafe(32)
 
 
 @dataclass
@@ -82,6 +86,28 @@ def _healthy(url: str) -> bool:
         return False
 
 
+def _add_prefixed_app(temp: Path, env: dict[str, str], http: int) -> None:
+    """A second pool behind API keys, rendered like the first, joined to its serve.yaml under ``/p``."""
+    pool = {
+        "name": "serve-guarded",
+        "serve": {"num_replicas": 1, "ingress_resources": {"num_cpus": 0.25}, "http": {"port": http}},
+        "experts": [
+            {"name": "g", "backend": "echo", "model": "echo", "skills": ["math"], "resources": {"num_cpus": 0}}
+        ],
+    }
+    key_hash = hashlib.sha256(PREFIX_KEY.encode()).hexdigest()
+    service = {"auth": {"mode": "on", "keys": [{"name": "prefix", "hash": key_hash}]}}
+    (temp / "guarded.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
+    (temp / "service.yaml").write_text(yaml.safe_dump(service), encoding="utf-8")
+    render = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(temp / "guarded.yaml")]
+    render += ["--service-config", str(temp / "service.yaml"), "--out", str(temp / "guarded")]
+    subprocess.run(render, env=env, check=True, capture_output=True, timeout=120)
+    first = yaml.safe_load((temp / "out" / "serve.yaml").read_text(encoding="utf-8"))
+    second = yaml.safe_load((temp / "guarded" / "serve.yaml").read_text(encoding="utf-8"))
+    first["applications"].append({**second["applications"][0], "name": "guarded", "route_prefix": "/p"})
+    (temp / "out" / "serve.yaml").write_text(yaml.safe_dump(first), encoding="utf-8")
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
     temp = Path(tempfile.mkdtemp(prefix="msr-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
@@ -113,6 +139,7 @@ def cluster() -> Iterator[Cluster]:
         (temp / "pool.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
         render = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(temp / "pool.yaml")]
         subprocess.run(render + ["--out", str(temp / "out")], env=env, check=True, capture_output=True, timeout=120)
+        _add_prefixed_app(temp, env, http)
         address = f"127.0.0.1:{gcs}"
         log = (temp / "serve-run.log").open("wb")
         serve_run = subprocess.Popen(
@@ -124,7 +151,12 @@ def cluster() -> Iterator[Cluster]:
         )
         url = f"http://127.0.0.1:{http}"
         try:
-            _wait_until(lambda: _healthy(url), "the app answering through Serve's proxy", 240, serve_run)
+            _wait_until(
+                lambda: _healthy(url) and _healthy(url + "/p"),
+                "the apps answering through Serve's proxy",
+                240,
+                serve_run,
+            )
         except RuntimeError as error:
             raise RuntimeError(f"{error}\n{(temp / 'serve-run.log').read_text(errors='replace')[-3000:]}") from None
         yield Cluster(address, url, env, f"http://127.0.0.1:{metrics}/metrics")
@@ -212,3 +244,15 @@ def test_two_replicas_counts_add_up_through_rays_metrics(cluster: Cluster) -> No
     _wait_until(all_counted, "Ray's metrics agent to export the replicas' counts", 90)
     assert counted["total"] == sent  # no replica's count lost or doubled
     assert counted["workers"] == 2  # both replicas served some (12 requests, a random proxy choice each)
+
+
+def test_a_route_prefix_keeps_the_api_keys(cluster: Cluster) -> None:
+    """Serve passes the prefix as ``root_path`` with the full path: the key checks see the routed path."""
+    url = cluster.http_url + "/p"
+    assert httpx.get(url + "/v1/pool", timeout=10).status_code == 401  # was 200: the middleware saw /p/v1/pool
+    refused = httpx.post(url + "/v1/chat/completions", json={"model": "moesaic", "messages": []}, timeout=10)
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "missing_api_key"
+    client = openai.OpenAI(base_url=url + "/v1", api_key=PREFIX_KEY, max_retries=0, timeout=60)
+    answer = client.chat.completions.create(model="expert/g", messages=[{"role": "user", "content": "under p"}])
+    assert answer.choices[0].message.content == "under p"
+    assert httpx.get(url + "/healthz", timeout=10).json()["pool"] == "serve-guarded"

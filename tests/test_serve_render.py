@@ -18,10 +18,12 @@ from ray.serve.schema import ServeDeploySchema
 
 from experts.config.pool_spec import PoolFileError, load_pool, parse_pool
 from experts.runtime.placement import bundles_for
-from orchestrator.cli.deploy import ray_service, render_files, serve_config
+from orchestrator.cli.deploy import ray_service, render, render_files, serve_config
 from orchestrator.integrations.serve_app import INGRESS_NAME, build
 
 ROOT = Path(__file__).resolve().parent.parent
+PLANTED = "PLANTED-s3cret-pw"
+REDIS_URL = f"redis://:{PLANTED}@redis.internal:6379/0"
 
 
 def pool(**top: Any) -> dict[str, Any]:
@@ -73,11 +75,105 @@ def test_ray_service_sizes_the_cluster_from_the_pool() -> None:
     assert worker["image"] == "registry/moesaic:1"
     assert worker["resources"]["limits"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"}  # 1 + 2 + 0.25 CPUs
     assert worker["env"] == [
-        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "OPENAI_API_KEY"}}}
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "auth_token"}}},
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "OPENAI_API_KEY"}}},
     ]
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"  # no replica or expert on the head
     assert {"containerPort": 8000, "name": "serve"} in head["template"]["spec"]["containers"][0]["ports"]
+
+
+def _secret_ref(secret: str, key: str) -> dict[str, Any]:
+    return {"valueFrom": {"secretKeyRef": {"name": secret, "key": key}}}
+
+
+def _ray_containers(manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    cluster = manifest["spec"]["rayClusterConfig"]
+    groups = [cluster["headGroupSpec"], *cluster["workerGroupSpecs"]]
+    return [container for group in groups for container in group["template"]["spec"]["containers"]]
+
+
+def _render_with_service(tmp_path: Path, service: dict[str, Any], *flags: str) -> subprocess.CompletedProcess[str]:
+    """``moesaic deploy render`` of ``pool()`` with ``service`` as its service config, into tmp_path/out."""
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool()), encoding="utf-8")
+    (tmp_path / "service.yaml").write_text(yaml.safe_dump(service), encoding="utf-8")
+    command = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(tmp_path / "pool.yaml")]
+    command += ["--out", str(tmp_path / "out"), "--service-config", str(tmp_path / "service.yaml"), "--secret", "s"]
+    done = subprocess.run(command + list(flags), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done
+
+
+def test_no_secret_in_any_rendered_file(tmp_path: Path) -> None:
+    service = {"redis": {"url": REDIS_URL, "required": True}, "auth": {"mode": "on"}}
+    done = _render_with_service(tmp_path, service)
+    written = sorted(path for path in (tmp_path / "out").rglob("*") if path.is_file())
+    assert [path.relative_to(tmp_path / "out").as_posix() for path in written] == [
+        "kuberay/rayservice.yaml",
+        "serve.yaml",
+    ]
+    for path in written:
+        assert PLANTED not in path.read_text(encoding="utf-8"), path
+    assert PLANTED not in done.stdout + done.stderr
+    serve_text = (tmp_path / "out" / "serve.yaml").read_text()
+    manifest = yaml.safe_load((tmp_path / "out" / "kuberay" / "rayservice.yaml").read_text())
+    for config in (yaml.safe_load(serve_text), yaml.safe_load(manifest["spec"]["serveConfigV2"])):
+        embedded = config["applications"][0]["args"]["service"]
+        assert embedded["redis"] == {"url_env": "MOESAIC_REDIS_URL", "required": True}
+        assert embedded["auth"] == {"mode": "on"}  # the rest of the config travels as it was
+        build({"pool_spec": load_pool("default").document(), "service": embedded})  # still a valid service config
+    for container in _ray_containers(manifest):  # head and workers read the URL from the Secret
+        assert {"name": "MOESAIC_REDIS_URL", **_secret_ref("s", "MOESAIC_REDIS_URL")} in container["env"]
+    # serve run: the nodes must have the variable; the file and the command say so, and name every Secret key
+    assert "MOESAIC_REDIS_URL" in serve_text.splitlines()[1] and serve_text.splitlines()[1].startswith("#")
+    assert "set MOESAIC_REDIS_URL" in done.stdout
+    assert "--from-literal=auth_token=" in done.stdout and "--from-literal=MOESAIC_REDIS_URL=" in done.stdout
+    assert "--from-literal=OPENAI_API_KEY=" in done.stdout
+
+
+def test_a_url_env_of_the_users_own_is_kept(tmp_path: Path) -> None:
+    _render_with_service(tmp_path, {"redis": {"url_env": "TEAM_REDIS"}})
+    manifest = yaml.safe_load((tmp_path / "out" / "kuberay" / "rayservice.yaml").read_text())
+    embedded = yaml.safe_load(manifest["spec"]["serveConfigV2"])["applications"][0]["args"]["service"]
+    assert embedded == {"redis": {"url_env": "TEAM_REDIS"}}
+    for container in _ray_containers(manifest):
+        assert {"name": "TEAM_REDIS", **_secret_ref("s", "TEAM_REDIS")} in container["env"]
+        assert not any(variable["name"] == "MOESAIC_REDIS_URL" for variable in container["env"])
+
+
+def test_ray_service_refuses_an_inline_redis_url() -> None:
+    spec = parse_pool(pool(), "p.yaml")
+    config = serve_config(spec, "p.yaml", host="0.0.0.0")
+    config["applications"][0]["args"]["service"] = {"redis": {"url": REDIS_URL}}
+    with pytest.raises(ValueError, match="redis.url inline"):
+        ray_service(spec, config, "img", "keys")
+
+
+@pytest.mark.parametrize("ray_client", [False, True])
+def test_the_ray_cluster_answers_only_with_the_token(ray_client: bool) -> None:
+    """KubeRay's operator reaches the dashboard (Serve's REST API), so it listens on the pod network: token auth on."""
+    spec = parse_pool(pool(serve={"http": {"port": 9000}}), "p.yaml")
+    manifest = ray_service(spec, serve_config(spec, "p.yaml", host="0.0.0.0"), "img", "keys", ray_client=ray_client)
+    cluster = manifest["spec"]["rayClusterConfig"]
+    assert cluster["authOptions"] == {"mode": "token", "secretName": "keys"}  # the operator sends the token
+    containers = _ray_containers(manifest)
+    assert [container["name"] for container in containers] == ["ray-head", "ray-worker"]
+    for container in containers:
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
+        assert {"name": "RAY_AUTH_TOKEN", **_secret_ref("keys", "auth_token")} in container["env"]
+    ports = {port["name"]: port["containerPort"] for port in containers[0]["ports"]}
+    expected = {"gcs": 6379, "dashboard": 8265, "serve": 9000} | ({"client": 10001} if ray_client else {})
+    assert ports == expected
+    assert cluster["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+
+
+def test_render_reports_the_secret_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(ROOT)
+    rendered = render("default", tmp_path, secret="prod-keys")
+    assert (rendered.secret, rendered.secret_keys, rendered.node_env) == ("prod-keys", ["auth_token"], [])
+    header = rendered.paths[1].read_text().splitlines()[1]
+    assert header.startswith("# Needs KubeRay >= 1.6.0 and the Secret prod-keys holding the keys auth_token")
 
 
 @pytest.mark.parametrize(

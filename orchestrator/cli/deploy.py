@@ -5,14 +5,23 @@ it needs no file on the cluster: ``serve run serve.yaml`` on a Ray cluster whose
 Moesaic installed. The ``RayService`` (``kuberay/rayservice.yaml``) embeds the same config as its
 ``serveConfigV2`` and sizes a Ray cluster for it: a head pod (Serve's controller and proxy, no
 experts) and a worker group whose pod fits one ingress replica with all its experts (CPUs, GPUs,
-memory summed from the pool), scaled between the ``serve`` section's replica bounds. API keys named
-by ``api_key_env`` come from a Kubernetes Secret.
+memory summed from the pool), scaled between the ``serve`` section's replica bounds.
+
+No secret is written into either file. The service config's ``redis.url`` (it may carry a password) is rendered as
+``redis.url_env: MOESAIC_REDIS_URL``; the RayService's pods read that variable, the provider keys named by
+``api_key_env`` and Ray's cluster token from one Kubernetes Secret (``--secret``), and ``serve.yaml``'s cluster
+needs the variable set on its nodes. The RayService runs with Ray's token authentication on (``authOptions``, and
+``RAY_AUTH_MODE``/``RAY_AUTH_TOKEN`` on every Ray container): KubeRay's operator deploys ``serveConfigV2`` through
+the head's dashboard (port 8265), so the dashboard listens on the pod network, and with the token its job API and
+the GCS refuse anyone without it. The Ray Client port (10001) is declared only with ``--ray-client``.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,7 +38,15 @@ DEFAULT_IMAGE = "moesaic:0.1.0"  # built from deploy/kuberay/Dockerfile
 APP_NAME = "moesaic"
 IMPORT_PATH = "orchestrator.integrations.serve_app:build"
 POD_HOST = "0.0.0.0"
-HEAD_PORTS = [("gcs", 6379), ("dashboard", 8265), ("client", 10001), ("serve", 8000)]
+DEFAULT_SECRET = "moesaic-api-keys"
+# the head's ports on the pod network: workers join the GCS; KubeRay's operator deploys and watches serveConfigV2
+# through the dashboard's REST API (both refuse requests without Ray's token); Serve's proxy ("serve", the pool's
+# http.port) is added per pool. Ray Client (10001) only with --ray-client.
+HEAD_PORTS = [("gcs", 6379), ("dashboard", 8265)]
+CLIENT_PORT = ("client", 10001)
+MIN_KUBERAY = "1.6.0"  # authOptions.secretName: the operator reads the token from our Secret
+RAY_TOKEN_KEY = "auth_token"  # the Secret key KubeRay's authOptions.secretName reads (fixed by KubeRay)
+REDIS_URL_ENV = "MOESAIC_REDIS_URL"  # where the render moves an inline redis.url
 
 
 def serve_config(
@@ -37,13 +54,14 @@ def serve_config(
 ) -> dict[str, Any]:
     """Ray Serve's config for the pool: one application, its ingress deployment set from ``spec.serve``.
 
-    ``host`` overrides the pool's ``serve.http.host`` (the KubeRay manifest listens on 0.0.0.0).
+    ``host`` overrides the pool's ``serve.http.host`` (the KubeRay manifest listens on 0.0.0.0). ``service`` (the
+    service config as read from its file) is embedded without its secrets: see ``service_without_secrets``.
     """
     http = spec.serve.http
     host = host or http.host
     args: dict[str, Any] = {"pool_spec": spec.document(), "pool_source": source, "http_host": host}
     if service is not None:
-        args["service"] = service
+        args["service"] = service_without_secrets(service)
     return {
         "proxy_location": "EveryNode",
         "http_options": {"host": host, "port": http.port},
@@ -59,11 +77,48 @@ def serve_config(
     }
 
 
-def ray_service(spec: PoolSpec, config: dict[str, Any], image: str, secret: str) -> dict[str, Any]:
+def service_without_secrets(service: dict[str, Any]) -> dict[str, Any]:
+    """The service config with its one secret-bearing field, ``redis.url``, replaced by ``redis.url_env``.
+
+    ``redis.url: redis://:PASSWORD@HOST/DB`` becomes ``redis.url_env: MOESAIC_REDIS_URL`` (in the same place); a
+    ``url_env`` of the user's own is kept. API key records hold only sha256 hashes of the keys: not secrets.
+    """
+    redis = service.get("redis")
+    if not isinstance(redis, dict) or redis.get("url") is None:
+        return service
+    moved = {
+        ("url_env" if key == "url" else key): (REDIS_URL_ENV if key == "url" else value) for key, value in redis.items()
+    }
+    return {**service, "redis": moved}
+
+
+def service_env(config: dict[str, Any]) -> list[str]:
+    """The environment variables the Serve config's service section reads (``redis.url_env``)."""
+    return sorted({str(redis["url_env"]) for redis in _service_redis(config) if redis.get("url_env")})
+
+
+def _service_redis(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The ``redis`` section of each application's service config (empty ones left out)."""
+    sections = [((app.get("args") or {}).get("service") or {}).get("redis") for app in config.get("applications", [])]
+    return [section for section in sections if isinstance(section, dict)]
+
+
+def secret_keys(spec: PoolSpec, config: dict[str, Any]) -> list[str]:
+    """The keys the RayService's Secret must hold: Ray's token, then every variable the pods read from it."""
+    return [RAY_TOKEN_KEY, *_secret_names(spec, config)]
+
+
+def ray_service(
+    spec: PoolSpec, config: dict[str, Any], image: str, secret: str, ray_client: bool = False
+) -> dict[str, Any]:
     """A KubeRay ``RayService`` (ray.io/v1) running ``config`` on a cluster sized for the pool.
 
-    ``config`` must listen on 0.0.0.0 (``serve_config(..., host=POD_HOST)``): the Service reaches the pods.
+    ``config`` must listen on 0.0.0.0 (``serve_config(..., host=POD_HOST)``): the Service reaches the pods. Ray's
+    token authentication is on, with the token in ``secret`` (key ``auth_token``); ``ray_client`` also declares
+    the head's Ray Client port.
     """
+    if any(redis.get("url") is not None for redis in _service_redis(config)):
+        raise ValueError("the Serve config carries redis.url inline; build it with serve_config (url_env)")
     serve = spec.serve
     scaling = serve.autoscaling_config
     if scaling is not None:
@@ -71,14 +126,19 @@ def ray_service(spec: PoolSpec, config: dict[str, Any], image: str, secret: str)
         replicas = scaling.initial_replicas if scaling.initial_replicas is not None else max(low, 1)
     else:
         replicas = low = high = serve.num_replicas or 1
-    env = _secret_env(spec, secret)
+    env = _ray_auth_env(secret) + _secret_env(_secret_names(spec, config), secret)
     head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, env)
-    head["ports"] = [{"containerPort": port, "name": name} for name, port in HEAD_PORTS]
+    ports = [*HEAD_PORTS, *([CLIENT_PORT] if ray_client else []), ("serve", serve.http.port)]
+    head["ports"] = [{"containerPort": port, "name": name} for name, port in ports]
     cluster: dict[str, Any] = {
         "rayVersion": RAY_VERSION,
+        # Ray's token authentication (KubeRay >= 1.6.0): the operator reads the token from the Secret to reach the
+        # dashboard, and sets it on the containers it adds (autoscaler, wait-gcs-ready); ours set it themselves
+        "authOptions": {"mode": "token", "secretName": secret},
         "headGroupSpec": {
-            # the head runs Serve's controller and proxy; experts and ingress replicas go to the workers
-            "rayStartParams": {"dashboard-host": "0.0.0.0", "num-cpus": "0"},
+            # the head runs Serve's controller and proxy; experts and ingress replicas go to the workers. The
+            # dashboard listens on the pod network for the operator (Serve's REST API), behind the token
+            "rayStartParams": {"dashboard-host": POD_HOST, "num-cpus": "0"},
             "template": {"spec": {"containers": [head]}},
         },
         "workerGroupSpecs": [
@@ -121,14 +181,27 @@ def _container(name: str, image: str, resources: dict[str, str], env: list[dict[
         "resources": {"limits": dict(resources), "requests": dict(resources)},
     }
     if env:
-        container["env"] = env
+        container["env"] = copy.deepcopy(env)  # each container its own list (no YAML alias, no shared edits)
     return container
 
 
-def _secret_env(spec: PoolSpec, secret: str) -> list[dict[str, Any]]:
-    """One variable per ``api_key_env`` in the pool, read from the Secret ``secret`` (same key name)."""
-    names = sorted({str(e.options["api_key_env"]) for e in spec.experts if e.options.get("api_key_env")})
+def _secret_names(spec: PoolSpec, config: dict[str, Any]) -> list[str]:
+    """The variables the pods read from the Secret: each ``api_key_env`` of the pool and the service's ``url_env``."""
+    names = {str(e.options["api_key_env"]) for e in spec.experts if e.options.get("api_key_env")}
+    return sorted(names | set(service_env(config)))
+
+
+def _secret_env(names: list[str], secret: str) -> list[dict[str, Any]]:
+    """One variable per name, read from the Secret ``secret`` (same key name)."""
     return [{"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": name}}} for name in names]
+
+
+def _ray_auth_env(secret: str) -> list[dict[str, Any]]:
+    """Ray's token authentication on a Ray container (Ray >= 2.52): the mode, and the token from the Secret."""
+    return [
+        {"name": "RAY_AUTH_MODE", "value": "token"},
+        {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": secret, "key": RAY_TOKEN_KEY}}},
+    ]
 
 
 def _shown_path(path: Path) -> str:
@@ -145,7 +218,13 @@ def _k8s_name(text: str) -> str:
 
 
 class _BlockDumper(yaml.SafeDumper):
-    """Multi-line strings (the embedded Serve config) as YAML literal blocks, readable in the manifest."""
+    """Multi-line strings (the embedded Serve config) as YAML literal blocks, readable in the manifest.
+
+    A value used twice (the pods' ``env``) is written out twice, not as a YAML anchor and alias.
+    """
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
 
 
 _BlockDumper.add_representer(
@@ -158,10 +237,25 @@ def _dump(document: dict[str, Any]) -> str:
     return yaml.dump(document, Dumper=_BlockDumper, sort_keys=False, width=120)
 
 
-def render_files(
-    pool: str, out: Path, image: str = DEFAULT_IMAGE, secret: str = "moesaic-api-keys", service: Path | None = None
-) -> list[Path]:
-    """Write ``out/serve.yaml`` and ``out/kuberay/rayservice.yaml`` for ``pool``; return their paths."""
+@dataclass(frozen=True)
+class Rendered:
+    """What ``render`` wrote, and what the cluster must provide: the Secret's keys, the nodes' variables."""
+
+    paths: list[Path]
+    secret: str
+    secret_keys: list[str]  # the RayService's Secret: Ray's token first, then the variables the pods read
+    node_env: list[str]  # serve.yaml: variables every node of the cluster must have (the service config reads them)
+
+
+def render(
+    pool: str,
+    out: Path,
+    image: str = DEFAULT_IMAGE,
+    secret: str = DEFAULT_SECRET,
+    service: Path | None = None,
+    ray_client: bool = False,
+) -> Rendered:
+    """Write ``out/serve.yaml`` and ``out/kuberay/rayservice.yaml`` for ``pool``, no secret in either."""
     spec = load_pool(pool)
     source = _shown_path(resolve_pool_path(pool))
     service_config = None
@@ -172,29 +266,64 @@ def render_files(
         service_config = yaml.safe_load(service.read_text(encoding="utf-8")) or {}
     config = serve_config(spec, source, service_config)
     in_pods = serve_config(spec, source, service_config, host=POD_HOST)  # API keys on (auth auto), see README
+    node_env, keys = service_env(config), secret_keys(spec, in_pods)
     header = f"# Rendered by `moesaic deploy render --pool {pool}` from {source}; edit the pool file, not this.\n"
+    serve_header = header + "".join(
+        f"# The service config reads {name} (redis.url_env): set it in the environment of `ray start` on every node.\n"
+        for name in node_env
+    )
+    service_header = header + (
+        f"# Needs KubeRay >= {MIN_KUBERAY} and the Secret {secret} holding the keys {', '.join(keys)}.\n"
+        f"# Ray's token authentication is on ({RAY_TOKEN_KEY}: the token): the dashboard, which KubeRay's operator "
+        "deploys\n# serveConfigV2 through, and the GCS refuse requests without it. See docs/cluster.md.\n"
+    )
     serve_path, service_path = out / "serve.yaml", out / "kuberay" / "rayservice.yaml"
     service_path.parent.mkdir(parents=True, exist_ok=True)
-    serve_path.write_text(header + _dump(config), encoding="utf-8")
-    service_path.write_text(header + _dump(ray_service(spec, in_pods, image, secret)), encoding="utf-8")
-    return [serve_path, service_path]
+    serve_path.write_text(serve_header + _dump(config), encoding="utf-8")
+    manifest = ray_service(spec, in_pods, image, secret, ray_client=ray_client)
+    service_path.write_text(service_header + _dump(manifest), encoding="utf-8")
+    return Rendered([serve_path, service_path], secret, keys, node_env)
 
 
-@app.command()
-def render(
+def render_files(
+    pool: str, out: Path, image: str = DEFAULT_IMAGE, secret: str = DEFAULT_SECRET, service: Path | None = None
+) -> list[Path]:
+    """Write ``out/serve.yaml`` and ``out/kuberay/rayservice.yaml`` for ``pool``; return their paths."""
+    return render(pool, out, image, secret, service).paths
+
+
+def _secret_command(rendered: Rendered) -> str:
+    """The ``kubectl create secret`` line naming every key (placeholders, never values)."""
+    values = {RAY_TOKEN_KEY: '"$(openssl rand -hex 32)"', REDIS_URL_ENV: "'redis://:PASSWORD@HOST:6379/0'"}
+    literals = " ".join(f"--from-literal={key}={values.get(key, '...')}" for key in rendered.secret_keys)
+    return f"kubectl create secret generic {rendered.secret} {literals}"
+
+
+@app.command("render")
+def render_command(
     pool: str = pool_option(),
     out: Path = typer.Option(Path("deploy"), "--out", help="writes OUT/serve.yaml and OUT/kuberay/rayservice.yaml"),
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="container image with Moesaic installed"),
-    secret: str = typer.Option("moesaic-api-keys", "--secret", help="Kubernetes Secret holding the API keys"),
+    secret: str = typer.Option(
+        DEFAULT_SECRET, "--secret", help="Kubernetes Secret holding Ray's token, the API keys and the Redis URL"
+    ),
     service: Optional[Path] = typer.Option(None, "--service-config", help="service config (Redis, auth, limits)"),
+    ray_client: bool = typer.Option(
+        False, "--ray-client", help="also declare the head's Ray Client port (10001; token authentication applies)"
+    ),
 ) -> None:
-    """Render the pool as a Ray Serve config and a KubeRay RayService manifest."""
+    """Render the pool as a Ray Serve config and a KubeRay RayService manifest (no secret in either)."""
     from orchestrator.server.service.service_config import ServiceConfigError
 
     try:
-        paths = render_files(pool, out, image, secret, service)
+        rendered = render(pool, out, image, secret, service, ray_client)
     except (PoolFileError, ServiceConfigError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
-    for path in paths:
+    serve_path, service_path = rendered.paths
+    for path in rendered.paths:
         typer.echo(f"wrote {path}")
+    for name in rendered.node_env:
+        typer.echo(f"{serve_path}: set {name} (the Redis URL) in the environment of `ray start` on every node")
+    typer.echo(f"{service_path}: needs KubeRay >= {MIN_KUBERAY} and the Secret {secret} with the keys:")
+    typer.echo(f"  {_secret_command(rendered)}")
