@@ -6,7 +6,7 @@ streaming, stop strings and context checks. The model is built by ``experts.moe.
 engine the pool file names in ``options.engine``:
 
 - ``auto`` (default): the Triton kernels on a CUDA device; on CPU the oneDNN-packed path for
-  bf16 weights, the grouped-GEMM path otherwise;
+  bf16 weights where the CPU can pack them (AVX-512 or AVX-NE-CONVERT), the grouped-GEMM path otherwise;
 - ``triton`` / ``packed`` / ``grouped`` / ``reference`` (fp32 per-expert loop, for checking).
 
 Requests may steer the model's routing (``moe_routing``: top-p, weight floor, experts

@@ -13,6 +13,7 @@ Only bf16 on a CPU with oneDNN (``torch.backends.mkldnn``); ``available`` says w
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -26,7 +27,24 @@ def available(dtype: torch.dtype) -> str | None:
         return f"the packed CPU engine runs bf16 weights only, not {dtype}; use engine grouped"
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return "this torch build has no oneDNN (mkldnn) linear packing; use engine grouped"
+    if not _cpu_packs_bf16():
+        return (
+            "this CPU cannot pack bf16 weights for oneDNN (it needs AVX-512 BW/VL/DQ or AVX-NE-CONVERT; "
+            f"torch sees {torch.backends.cpu.get_cpu_capability()}); use engine grouped"
+        )
     return None
+
+
+@functools.cache
+def _cpu_packs_bf16() -> bool:
+    """Whether oneDNN packs bf16 linear weights on this CPU: asked once, by packing a tiny weight (the CPU flags it
+    needs vary by oneDNN version; the packing itself is the test)."""
+    try:
+        with torch.no_grad():
+            torch.ops.mkldnn._reorder_linear_weight(torch.zeros(16, 16, dtype=torch.bfloat16), 1)
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass

@@ -107,15 +107,7 @@ class Admission:
             return
         decision = await self.service.rate_limiter.acquire(principal.key_name, principal.requests_per_minute, None, 0)
         if not decision.allowed:
-            retry = max(1, math.ceil(decision.retry_after_s))
-            raise APIError(
-                429,
-                f"rate limit reached for API key {principal.key_name!r}: {principal.requests_per_minute} requests "
-                f"per minute; retry in {retry} s",
-                "requests",
-                code="rate_limit_exceeded",
-                headers={"Retry-After": str(retry)},
-            )
+            raise self._rate_limited("requests", principal.requests_per_minute, "", decision.retry_after_s)
 
     # -- what the request asks for -----------------------------------------------------------------------------
     def allow(self, models: Iterable[str], param: str = "model") -> None:
@@ -170,19 +162,24 @@ class Admission:
                 principal.key_name, None, principal.tokens_per_minute, estimate.tokens
             )
             if not decision.allowed:
-                retry = max(1, math.ceil(decision.retry_after_s))
-                raise APIError(
-                    429,
-                    f"rate limit reached for API key {principal.key_name!r}: {principal.tokens_per_minute} tokens "
-                    f"per minute (this request counts {estimate.describe()}); retry in {retry} s",
-                    "tokens",
-                    code="rate_limit_exceeded",
-                    headers={"Retry-After": str(retry)},
-                )
+                detail = f" (this request counts {estimate.describe()})"
+                raise self._rate_limited("tokens", principal.tokens_per_minute, detail, decision.retry_after_s)
             self._held_tokens = estimate.tokens
         if principal.budget_usd_per_day is not None:
             await self._reserve_budget(estimate, principal.budget_usd_per_day)
         self.admitted = True
+
+    def _rate_limited(self, limit: str, per_minute: int, detail: str, retry_after_s: float) -> APIError:
+        """The 429 of a spent minute: which limit (``requests`` or ``tokens``, the error's type), and when to retry."""
+        retry = max(1, math.ceil(retry_after_s))
+        return APIError(
+            429,
+            f"rate limit reached for API key {self.principal.key_name!r}: {per_minute} {limit} per minute{detail}; "
+            f"retry in {retry} s",
+            limit,
+            code="rate_limit_exceeded",
+            headers={"Retry-After": str(retry)},
+        )
 
     async def _reserve_budget(self, estimate: WorkEstimate, budget: float) -> None:
         assert self.service is not None

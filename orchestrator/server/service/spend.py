@@ -122,16 +122,7 @@ class SpendTracker:
         correction = actual - reservation.amount
         if correction == 0:
             return await self.spent(key_name)
-        key = self._redis_key(key_name, reservation.day)
-
-        async def correct(client: Any) -> Any:
-            async with client.pipeline(transaction=True) as pipe:
-                pipe.incrbyfloat(key, correction)
-                pipe.expire(key, EXPIRE_S)
-                total, _ = await pipe.execute()
-            return total
-
-        used_redis, total = await self.link.attempt("settle a key's spend", correct)
+        used_redis, total = await self._increment_in_redis(key_name, reservation.day, correction)
         if used_redis:
             return max(0.0, float(total))
         if reservation.day != self.today():
@@ -143,6 +134,14 @@ class SpendTracker:
         if usd <= 0:
             return await self.spent(key_name)
         day = self.today()
+        used_redis, total = await self._increment_in_redis(key_name, day, usd)
+        if used_redis:
+            return float(total)
+        self._forget_past_days(day)
+        return self._add_locally(key_name, day, usd)
+
+    async def _increment_in_redis(self, key_name: str, day: str, usd: float) -> tuple[bool, Any]:
+        """Raise (or lower) a day's counter in Redis and renew its expiry; (False, None) when Redis did not answer."""
         key = self._redis_key(key_name, day)
 
         async def increment(client: Any) -> Any:
@@ -152,11 +151,7 @@ class SpendTracker:
                 total, _ = await pipe.execute()
             return total
 
-        used_redis, total = await self.link.attempt("add to a key's spend", increment)
-        if used_redis:
-            return float(total)
-        self._forget_past_days(day)
-        return self._add_locally(key_name, day, usd)
+        return await self.link.attempt("change a key's spend", increment)
 
     def _add_locally(self, key_name: str, day: str, usd: float) -> float:
         total = max(0.0, self._local.get((key_name, day), 0.0) + usd)
