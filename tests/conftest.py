@@ -38,7 +38,13 @@ def ray_session() -> Iterator[None]:
 
 @pytest.fixture(scope="session")
 def default_pool_spec() -> PoolSpec:
-    return load_pool("default")
+    """The default pool on our engine, whatever ``engine: auto`` picks on this machine (vLLM on a GPU or a CPU with
+    native bf16): the suite's shared pool behaves the same everywhere; tests/test_vllm_engine.py runs it on vLLM."""
+    document = load_pool("default").document()
+    for expert in document["experts"]:
+        if expert["backend"] == "local":
+            expert["options"] = {**expert.get("options", {}), "engine": "native"}
+    return parse_pool(document, "<the default pool on our engine>")
 
 
 @pytest.fixture(scope="session")

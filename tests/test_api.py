@@ -76,6 +76,7 @@ def test_model_cards_carry_context_window_capabilities_and_price(openai_client: 
         "streaming": True, "tools": False, "response_format": True, "logprobs": False, "n": True
     }  # fmt: skip
     assert math["pricing"]["source"] == "self_hosted"
+    assert math["engine"] == "continuous"  # engine auto: ours on a CPU without native bf16 (engine_choice.py)
     pipeline = cards["moesaic"]
     assert pipeline["context_window"] == 2048 and pipeline["capabilities"]["response_format"] is True
     assert pipeline["pricing"] is None

@@ -11,7 +11,7 @@ from experts.actor.batcher import RequestBatcher
 from experts.backends.echo import EchoBackend
 from experts.config.pool_spec import ExpertSpec
 from experts.errors import BackendError
-from experts.types import GenerationRequest, Message, TextDelta
+from experts.types import Completion, GenerationRequest, Message, TextDelta, Usage
 
 
 def request(text: str) -> GenerationRequest:
@@ -103,3 +103,31 @@ async def test_concurrency_bounds_batches_in_flight(concurrency: int) -> None:
     await asyncio.gather(*(batcher.submit(request(str(i))) for i in range(6)))
     assert most == concurrency
     await batcher.close()
+
+
+async def test_a_running_batch_whose_callers_all_left_is_cancelled_and_one_with_a_caller_left_is_not() -> None:
+    started, cancelled = asyncio.Event(), asyncio.Event()
+
+    async def slow(batch, on_delta):  # type: ignore[no-untyped-def]
+        started.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        return [Completion(r.messages[-1].content, "stop", Usage()) for r in batch]
+
+    batcher = RequestBatcher(slow, max_batch_size=1, max_wait_s=0.0)
+    caller = asyncio.create_task(batcher.submit(request("gone")))
+    await asyncio.wait_for(started.wait(), 5)
+    caller.cancel()  # the only caller goes away while its batch runs
+    await asyncio.wait_for(cancelled.wait(), 5)  # the backend call is cancelled (the engine stops for nobody)
+    assert batcher.stats.abandoned == 1 and batcher.stats.failed_batches == 0
+
+    quick = RequestBatcher(echo(delay_s=0.3).generate, max_batch_size=2, max_wait_s=0.05)
+    stays, leaves = (asyncio.create_task(quick.submit(request(text))) for text in ("stays", "leaves"))
+    await asyncio.sleep(0.1)  # both in one running batch now
+    leaves.cancel()
+    assert (await stays).text == "stays" and quick.stats.abandoned == 0  # one caller still waits: it runs on
+    await batcher.close()
+    await quick.close()

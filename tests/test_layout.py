@@ -24,11 +24,12 @@ LAYERS = (
     "orchestrator.cli",
 )
 # Inside one expert's Ray actor (torch, model weights) versus the driver that calls the actors.
-ACTOR_SIDE = ("experts.actor", "experts.backends", "experts.engine", "experts.moe")
+ACTOR_SIDE = ("experts.actor", "experts.backends", "experts.engine", "experts.moe", "experts.vllm")
 DRIVER_SIDE = ("experts.runtime",)
 # The actor-side modules the rest may name: the actor class (to start actors), plain data, weight preparation.
 ACTOR_SIDE_DOORS = {
     "experts.actor.expert_actor": ("experts.runtime.pool",),
+    "experts.vllm.engine_actor": ("experts.runtime.engines",),  # the shared engine's actor class, to start it
     "experts.moe.options": None,  # per-request MoE routing options: plain data that crosses the actor boundary
     "experts.moe.spec": None,
     "experts.engine.embedded": ("orchestrator.cli",),  # `moesaic prepare` dequantises ahead of time

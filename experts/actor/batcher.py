@@ -4,7 +4,9 @@ Requests arrive one at a time; the model is fastest when it sees many at once. A
 takes the first waiting request, keeps collecting for at most ``max_wait_s`` or until
 ``max_batch_size`` are in hand, runs them as one backend call, and answers each caller.
 A request whose caller gave up while it waited (its task was cancelled: the client went
-away, or the pool cancelled the Ray task) is dropped, never generated, and counted.
+away, or the pool cancelled the Ray task) is dropped, never generated, and counted. Once every
+caller of a running batch has gone, the batch's backend call is cancelled too (``abandoned``), so
+an engine stops generating for nobody (vLLM aborts the requests, ours frees their slots).
 Pure asyncio, no Ray: the actor wraps it, the tests drive it directly.
 """
 
@@ -36,6 +38,7 @@ class BatchStats:
     largest_batch: int = 0
     failed_batches: int = 0
     dropped: int = 0  # requests cancelled while queued: never generated
+    abandoned: int = 0  # running batches cancelled because every one of their callers went away
     batch_sizes: list[int] = field(default_factory=list)
 
     def record(self, size: int) -> None:
@@ -95,6 +98,16 @@ class RequestBatcher:
             batch = self._live(batch)  # a cancelled request does not take a place in the batch
         return self._live(batch)
 
+    def _cancel_when_abandoned(self, run: asyncio.Future[list[Completion]], batch: list[_Pending]) -> None:
+        """Cancel ``run`` once every caller of ``batch`` has given up (their futures are cancelled)."""
+
+        def check(_: asyncio.Future[Completion]) -> None:
+            if not run.done() and all(pending.future.cancelled() for pending in batch):
+                run.cancel()
+
+        for pending in batch:
+            pending.future.add_done_callback(check)
+
     async def _next_live(self) -> _Pending:
         assert self._queue is not None
         while True:
@@ -119,12 +132,20 @@ class RequestBatcher:
                 if sink is not None:
                     sink(TextDelta(0, delta.text))
 
+            run = asyncio.ensure_future(
+                self._run_batch([pending.request for pending in batch], route_delta if any(sinks) else None)
+            )
+            self._cancel_when_abandoned(run, batch)
             try:
-                completions = await self._run_batch(
-                    [pending.request for pending in batch], route_delta if any(sinks) else None
-                )
+                completions = await run
                 if len(completions) != len(batch):
                     raise RuntimeError(f"backend returned {len(completions)} completions for {len(batch)} requests")
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise  # the worker itself is being stopped
+                self.stats.abandoned += 1  # every caller of the batch went away: its backend call was cancelled
+                continue
             except Exception as error:  # one failing batch must not kill the worker
                 self.stats.failed_batches += 1
                 for pending in batch:

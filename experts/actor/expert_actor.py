@@ -34,12 +34,21 @@ log = logging.getLogger(__name__)
 class ExpertActor:
     """Hosts one expert: loads its backend, fills in its defaults, batches its requests."""
 
-    def __init__(self, spec_data: dict[str, Any], load_at_start: bool = True, serve_channel: bool = False) -> None:
+    def __init__(
+        self,
+        spec_data: dict[str, Any],
+        load_at_start: bool = True,
+        serve_channel: bool = False,
+        engine_actor: str | None = None,
+        namespace: str | None = None,
+    ) -> None:
+        """``engine_actor``: the shared vLLM engine this (``local``) expert's requests go to, if the pool put it on
+        one (``experts.runtime.engines``); the expert's own actor then holds no model."""
         if _in_ray_actor():  # its own process: log (JSON lines by default) and trace as the serving process does
             configure_from_env()
             configure_tracing("moesaic-expert")
         self.spec = ExpertSpec.model_validate(spec_data)
-        self.backend = create_backend(self.spec)
+        self.backend = create_backend(self.spec, engine_actor, namespace)
         self.lifecycle = ModelLifecycle(self.backend, self.spec)
         self.load_at_start = load_at_start
         self.memory_gb: float | None = None
@@ -47,11 +56,11 @@ class ExpertActor:
         if self.backend.joins_running_batch:
             # batches join one running decode loop: let as many reach it at once as it has slots
             concurrency = max(concurrency, self.backend.max_slots)
+        batch_size, wait_ms = self.spec.batching.max_batch_size, self.spec.batching.max_wait_ms
+        if self.backend.schedules_itself:  # the engine's scheduler batches: hand each request over at once
+            batch_size, wait_ms = 1, 0.0
         self.batcher = RequestBatcher(
-            self._timed_generate,
-            max_batch_size=self.spec.batching.max_batch_size,
-            max_wait_s=self.spec.batching.max_wait_ms / 1000.0,
-            concurrency=concurrency,
+            self._timed_generate, max_batch_size=batch_size, max_wait_s=wait_ms / 1000.0, concurrency=concurrency
         )
         self.state = ExpertState.STARTING
         self.error: str | None = None

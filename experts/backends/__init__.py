@@ -1,6 +1,7 @@
 """Model runtimes behind one protocol (``Backend``), and the factory that picks one.
 
 Runs in: an expert's Ray actor (built there by ``experts.actor``). May import: ``experts.engine`` (``local``),
+``experts.vllm`` (``local`` on a shared vLLM engine),
 ``experts.moe`` (``moe``), litellm (``litellm``, lazily), ``experts.config``, ``experts.types``,
 ``experts.errors``; never the driver side (``experts.runtime``).
 
@@ -15,8 +16,16 @@ from experts.config.pool_spec import ExpertSpec
 from experts.errors import BackendError
 
 
-def create_backend(spec: ExpertSpec) -> Backend:
-    """Build the backend an expert's pool entry asks for (heavy imports happen in ``load``)."""
+def create_backend(spec: ExpertSpec, engine_actor: str | None = None, namespace: str | None = None) -> Backend:
+    """Build the backend an expert's pool entry asks for (heavy imports happen in ``load``).
+
+    ``engine_actor``: a ``local`` expert the pool put on a shared vLLM engine (``experts.runtime.engines``) gets
+    the client of that engine actor instead of our own engine.
+    """
+    if spec.backend == "local" and engine_actor is not None:
+        from experts.vllm.client import VllmBackend
+
+        return VllmBackend(spec, engine_actor, namespace)
     if spec.backend == "local":
         from experts.backends.local import LocalBackend
 

@@ -22,10 +22,14 @@ class Backend(Protocol):
 
     ``load``, ``generate`` and ``describe`` are required. The rest are optional abilities with defaults here,
     so a backend subclasses ``Backend`` and overrides only what it can do: ``joins_running_batch``/``max_slots``
-    (a decode loop that batches join while it runs), ``park`` (move weights to host RAM), ``unload`` (free them).
+    (a decode loop that batches join while it runs), ``schedules_itself`` (an engine with its own scheduler: no
+    batching in the actor), ``park`` (move weights to host RAM), ``unload`` (free them).
     """
 
     max_slots: int = 1  # with joins_running_batch: how many requests the running loop holds at once
+    # the engine batches requests itself (vLLM's scheduler): the actor hands each request over as it comes, a batch
+    # of one, so a caller who goes away cancels exactly its own request in the engine
+    schedules_itself: bool = False
 
     @property
     def joins_running_batch(self) -> bool:

@@ -5,7 +5,8 @@ event loop stays free to queue the next batch. torch's thread count is set here,
 actor, on purpose: on small CPUs several actors with many threads each are much slower
 than one thread each.
 
-Two engines (pool file ``options.engine``, ``local`` backend only):
+Our engine (``options.engine: native``, or ``auto`` where vLLM does not win; the pool puts ``auto`` and ``vllm``
+experts on vLLM's engine instead where it can, ``experts.config.engine_choice``). Two modes (``local`` only):
 
 - ``continuous`` (default): one ``experts.engine.continuous.ContinuousEngine`` per model, a decode
   loop over ``options.max_slots`` slots (default: ``batching.max_batch_size``) of
@@ -43,6 +44,8 @@ from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_te
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
 
 ENGINES = ("continuous", "static")
+# options.engine names that mean our continuous engine here: the pool resolved them (experts.config.engine_choice)
+CONTINUOUS_NAMES = ("auto", "native", "continuous")
 
 
 class LocalBackend(Backend):
@@ -55,9 +58,12 @@ class LocalBackend(Backend):
         self._dtype = "float32"
         self._continuous: Any = None  # ContinuousEngine while the model is resident (continuous engine)
         # options.engine means the MoE kernels to the moe backend; only ``local`` reads it as the decode engine.
-        self._engine_kind = str(spec.options.get("engine", "continuous")) if spec.backend == "local" else "static"
-        if self._engine_kind not in ENGINES:
-            raise BackendError(f"expert {spec.name!r}: options.engine {self._engine_kind!r} is not one of {ENGINES}")
+        asked = str(spec.options.get("engine", "auto")) if spec.backend == "local" else "static"
+        self._engine_kind = "continuous" if asked in CONTINUOUS_NAMES else asked
+        self._wanted_vllm = asked == "vllm"  # the pool put it on no vLLM engine: load says why
+        if self._engine_kind not in ENGINES and not self._wanted_vllm:
+            names = ", ".join(("auto", "vllm", "native", *ENGINES))
+            raise BackendError(f"expert {spec.name!r}: options.engine {asked!r} is not one of {names}")
         self.max_slots = _positive_option(spec, "max_slots", spec.batching.max_batch_size)
         self.grammar_settings = _grammar_settings(spec)
 
@@ -67,6 +73,14 @@ class LocalBackend(Backend):
         return self._engine_kind == "continuous"
 
     async def load(self) -> None:
+        if self._wanted_vllm:
+            from experts.config.engine_choice import PYTHON_VARIABLE, find_engine_environment
+
+            raise BackendError(
+                f"expert {self.spec.name!r} asks for engine vllm, but there is no engine environment "
+                f"({find_engine_environment().source}): run `make engine-env`, or set ${PYTHON_VARIABLE} to a "
+                "Python with vLLM (docs/local-models-and-moe.md)"
+            )
         if self._decoder is not None:  # parked (or already resident): back onto its device, no disk read
             await asyncio.to_thread(self._decoder.model.to, self._device)
             await asyncio.to_thread(self._start_engine)

@@ -34,6 +34,7 @@ from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.health import HealthReport, is_ready
 from experts.runtime.actor_handle import ActorHandle
 from experts.runtime.breaker import BreakerState
+from experts.runtime.engines import SharedEngines
 from experts.runtime.guarded import GuardedExpert
 from experts.runtime.placement import ExpertPlacement
 from experts.types import Completion, GenerationRequest
@@ -66,6 +67,7 @@ class ExpertPool:
         self._owns_ray = False
         self.dispatcher: Any = None  # its one Dispatcher, if any (experts.runtime.dispatch.dispatcher.dispatching)
         self._placement = ExpertPlacement(spec.name)  # placement groups of multi-GPU experts
+        self.engines: SharedEngines | None = None  # the shared vLLM engines, once started
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> dict[str, HealthReport]:
@@ -83,6 +85,8 @@ class ExpertPool:
                 )
             self._owns_ray = True
         self._remote_class = ray.remote(ExpertActor)
+        self.engines = SharedEngines(self.spec)  # local experts on vLLM: one engine actor per model
+        self.engines.start()
         for expert in self.spec.experts:
             handle = ActorHandle(
                 expert.name,
@@ -107,8 +111,13 @@ class ExpertPool:
     def _creator(self, expert: ExpertSpec) -> Callable[[], Any]:
         load_at_start = not self.spec.residency_managed(expert.name)
         options = {**_actor_options(expert), **self._placement.actor_options(expert)}  # multi-GPU: its group
+        assert self.engines is not None
+        options = self.engines.persona_options(expert.name, options)  # on a shared engine: holds no model
         channel = self.spec.transport == "auto"
-        return lambda: self._remote_class.options(**options).remote(expert.model_dump(), load_at_start, channel)
+        engine, namespace = self.engines.engine_of.get(expert.name), self.engines.namespace
+        return lambda: self._remote_class.options(**options).remote(
+            expert.model_dump(), load_at_start, channel, engine, namespace
+        )
 
     def _boot(self, name: str) -> Callable[[Any], Any]:
         async def boot(actor: Any) -> dict[str, Any]:
@@ -130,6 +139,8 @@ class ExpertPool:
         for guarded in self._experts.values():
             await guarded.handle.close()
         self._experts.clear()
+        if self.engines is not None:
+            await self.engines.shutdown()
         self._placement.release()  # multi-GPU experts' reserved GPUs go back to the cluster
         self.dispatcher = None  # its view of the (now gone) actors
         if self._owns_ray and ray.is_initialized():

@@ -31,12 +31,14 @@ class ExpertCatalog:
 
     prices: dict[str, Price] = field(default_factory=dict)
     context_windows: dict[str, int | None] = field(default_factory=dict)
+    engines: dict[str, str | None] = field(default_factory=dict)  # local experts: vllm, continuous or static
 
     @classmethod
     def from_reports(cls, spec: PoolSpec, reports: dict[str, HealthReport]) -> ExpertCatalog:
         return cls(
             prices={expert.name: price_of(expert, reports.get(expert.name)) for expert in spec.experts},
             context_windows={name: report.get("context_window") for name, report in reports.items()},
+            engines={name: _engine(report) for name, report in reports.items()},
         )
 
 
@@ -91,4 +93,11 @@ def _expert_card(expert: ExpertSpec, catalog: ExpertCatalog, created: int) -> Mo
             tools=expert.supports("tools"), response_format=expert.supports("response_format")
         ),
         pricing=ModelPricing(source=source, input_per_1m=per_input, output_per_1m=per_output),
+        engine=catalog.engines.get(expert.name),
     )
+
+
+def _engine(report: HealthReport) -> str | None:
+    """The engine a local expert's report names (``vllm``, ``continuous``, ``static``); None for other backends."""
+    engine = report.get("engine")
+    return str(engine) if report.get("backend") == "local" and engine else None

