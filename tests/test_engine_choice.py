@@ -49,9 +49,11 @@ def test_the_engine_environment_is_found_by_variable_then_beside_this_venv_then_
     assert none.python is None and "vLLM is not installed here" in none.source
 
 
-def test_auto_picks_vllm_on_cuda_and_native_bf16_cpus_and_ours_elsewhere() -> None:
+def test_auto_picks_vllm_on_cuda_native_bf16_cpus_and_shared_models_and_ours_elsewhere() -> None:
     assert choose_engine(local(), THERE, AVX2).engine is Engine.NATIVE
     assert "no faster than ours" in choose_engine(local(), THERE, AVX2).reason
+    shared = choose_engine(local(), THERE, AVX2, sharing=5)
+    assert shared.engine is Engine.VLLM and "5 experts name this model" in shared.reason
     assert choose_engine(local(), THERE, BF16).engine is Engine.VLLM
     assert choose_engine(local(num_gpus=1), THERE, AVX2).engine is Engine.VLLM
     assert choose_engine(local(), NOWHERE, BF16).engine is Engine.NATIVE  # nothing to run vLLM in
@@ -93,6 +95,16 @@ def test_the_default_pools_personas_share_one_engine_and_ask_the_cluster_for_not
     assert runtime_env["py_executable"] == THERE.python and runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
     on_bf16 = SharedEngines(parse_pool(document, "<test>"), THERE, BF16)
     assert {group.settings.dtype for group in on_bf16.groups} == {"bfloat16"}
+
+
+def test_the_default_pool_as_shipped_goes_to_one_shared_vllm_engine_where_there_is_one() -> None:
+    default = load_pool("default")
+    engines = SharedEngines(default, THERE, AVX2)
+    assert len(engines.groups) == 1 and set(engines.groups[0].experts) == {e.name for e in default.experts}
+    assert "5 experts name this model" in engines.describe()["math"]["reason"]
+    assert SharedEngines(default, NOWHERE, AVX2).groups == []  # no engine environment: ours, as before
+    alone = parse_pool({"name": "alone", "experts": [{"name": "x", "backend": "local", "model": "m"}]}, "<test>")
+    assert SharedEngines(alone, THERE, AVX2).groups == []  # one expert on the model: ours
 
 
 def test_an_expert_that_cannot_have_vllm_is_left_to_fail_at_load_with_the_reason() -> None:

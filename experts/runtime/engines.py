@@ -90,9 +90,12 @@ class SharedEngines:
         flags = cpu_flags() if flags is None else flags
         self.flags = flags
         self.choices: dict[str, EngineChoice] = {}
+        keys = {expert.name: self._key(expert) for expert in spec.experts if expert.backend == "local"}
         for expert in spec.experts:
+            sharing = sum(1 for key in keys.values() if key == keys.get(expert.name))
             try:
-                choice = choose_engine(expert, self.environment, flags, spec.residency_managed(expert.name))
+                managed = spec.residency_managed(expert.name)
+                choice = choose_engine(expert, self.environment, flags, managed, sharing)
             except EngineUnavailable as error:  # that expert fails to load, saying this; the others start
                 choice = EngineChoice(Engine.NATIVE, str(error))
             self.choices[expert.name] = choice
@@ -101,13 +104,16 @@ class SharedEngines:
         self._actors: dict[str, Any] = {}
         self.namespace: str | None = None
 
+    def _key(self, expert: ExpertSpec) -> str:
+        """What makes one engine: experts with equal keys can share it."""
+        settings = engine_settings(expert, self.flags)
+        return json.dumps([expert.model, asdict(settings), expert.resources.model_dump()], sort_keys=True)
+
     def _group(self) -> list[EngineGroup]:
         by_key: dict[str, list[ExpertSpec]] = {}
         for expert in self.spec.experts:
             if self.choices[expert.name].engine is Engine.VLLM:
-                settings, resources = engine_settings(expert, self.flags), expert.resources
-                key = json.dumps([expert.model, asdict(settings), resources.model_dump()], sort_keys=True)
-                by_key.setdefault(key, []).append(expert)
+                by_key.setdefault(self._key(expert), []).append(expert)
         run = uuid.uuid4().hex[:6]  # two pools in one Ray namespace (tests) never share a name
         groups = []
         for key, experts in by_key.items():
