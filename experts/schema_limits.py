@@ -131,28 +131,17 @@ class SchemaTooLarge(ValueError):
     ) -> None:
         self.limit, self.value, self.allowed, self.where, self.setting = limit, value, allowed, where, setting
         self.pattern, self.at, self.cost, self.reason = pattern, at, cost, reason
-        super().__init__(
-            describe(limit, value, allowed, where, setting, pattern=pattern, at=at, cost=cost, reason=reason)
-        )
+        super().__init__(describe(self))
 
 
 class PatternUnreadable(ValueError):
     """A pattern that Python's regex parser cannot read (the message is its complaint): its cost is unknown."""
 
 
-def describe(
-    limit: str,
-    value: int,
-    allowed: int,
-    where: str,
-    setting: str,
-    *,
-    pattern: str | None = None,
-    at: str = "",
-    cost: int = 0,
-    reason: str = "",
-) -> str:
+def describe(error: SchemaTooLarge) -> str:
     """The message of a ``SchemaTooLarge``: which limit, by how much, and what to do."""
+    limit, value, allowed, where, setting = error.limit, error.value, error.allowed, error.where, error.setting
+    pattern, at, cost, reason = error.pattern, error.at, error.cost, error.reason
     if limit == "max_pattern_cost":
         shown = json.dumps(pattern if pattern is None or len(pattern) <= 80 else pattern[:77] + "...")
         if reason:

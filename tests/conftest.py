@@ -277,3 +277,7 @@ async def residency_pool(ray_session: None) -> AsyncIterator[Any]:
     assert all(h["state"] == "ready" for h in health.values()), health
     yield dispatching(pool)
     await pool.shutdown()
+
+
+# issue 27's priced echo pool, one per security module; imported last: the module uses ServerThread from here
+from tests.security_setup import security_pool  # noqa: E402, F401 (issue 27's priced echo pool)

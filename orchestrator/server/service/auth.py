@@ -211,6 +211,13 @@ def routed_path(scope: Scope) -> str:
     return path
 
 
+def service_of(scope: Scope) -> Any:
+    """The app's ``ServiceState`` for an HTTP request, or None: not HTTP, or the lifespan has not built it yet."""
+    if scope["type"] != "http" or "app" not in scope:
+        return None
+    return getattr(scope["app"].state, "service", None)
+
+
 def is_guarded(path: str) -> bool:
     """The paths behind API keys and request limits: the OpenAI API (``/v1/*``) and MCP (``/mcp``).
 
@@ -234,7 +241,7 @@ class AuthMiddleware:
         if scope["type"] != "http" or not is_guarded(routed_path(scope)):
             await self.app(scope, receive, send)
             return
-        service = getattr(scope["app"].state, "service", None) if "app" in scope else None
+        service = service_of(scope)
         if service is None:
             refusal = APIError(
                 503,

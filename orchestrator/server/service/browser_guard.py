@@ -26,7 +26,7 @@ from urllib.parse import urlsplit
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from orchestrator.server.errors import APIError
-from orchestrator.server.service.auth import LOOPBACK_NAMES, is_loopback
+from orchestrator.server.service.auth import LOOPBACK_NAMES, is_loopback, service_of
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 ANY = "*"
@@ -74,8 +74,8 @@ class BrowserGuardMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service = getattr(scope["app"].state, "service", None) if "app" in scope else None
-        if scope["type"] != "http" or service is None:
+        service = service_of(scope)
+        if service is None:
             await self.app(scope, receive, send)
             return
         refusal = self.refusal(

@@ -23,7 +23,7 @@ from collections import deque
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from orchestrator.server.errors import APIError
-from orchestrator.server.service.auth import is_guarded, routed_path
+from orchestrator.server.service.auth import is_guarded, routed_path, service_of
 from orchestrator.server.service.service_config import LimitsSection
 
 
@@ -129,8 +129,8 @@ class LimitsMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        service = getattr(scope["app"].state, "service", None) if "app" in scope else None
-        if scope["type"] != "http" or service is None:
+        service = service_of(scope)
+        if service is None:
             await self.app(scope, receive, send)
             return
         limits: RequestLimits = service.limits
