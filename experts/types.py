@@ -89,6 +89,41 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    # token log-probabilities: the sampled token's and this many alternatives' (0-20); None: not asked. Only
+    # experts on vLLM's engine answer them (``ExpertPool.answers_logprobs``); the HTTP edge refuses the others
+    logprobs: int | None = None
+
+
+@dataclass(frozen=True)
+class TopLogprob:
+    """A candidate token at one position of an answer, and its log-probability (OpenAI's ``top_logprobs`` item)."""
+
+    token: str
+    logprob: float
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token, its log-probability, and the most likely candidates at its position (most likely first)."""
+
+    token: str
+    logprob: float
+    top: tuple[TopLogprob, ...] = ()
+
+
+class TextPiece(str):
+    """A piece of streamed text that carries its tokens' log-probabilities (when the request asked for them).
+
+    A ``str``, so everything that passes streamed text along or joins it keeps working unchanged; the chat route,
+    which answers with log-probabilities, reads ``logprobs``.
+    """
+
+    logprobs: tuple[TokenLogprob, ...]
+
+    def __new__(cls, text: str, logprobs: tuple[TokenLogprob, ...] = ()) -> TextPiece:
+        piece = super().__new__(cls, text)
+        piece.logprobs = logprobs
+        return piece
 
 
 @dataclass(frozen=True)
@@ -124,6 +159,7 @@ class Completion:
     error: str | None = None
     error_code: str | None = None  # e.g. "context_length_exceeded": the caller's mistake, not ours
     tool_calls: tuple[ToolCall, ...] = ()  # finish_reason "tool_calls": the model asks the caller to run these
+    logprobs: tuple[TokenLogprob, ...] | None = None  # every generated token's, when the request asked for them
 
     @classmethod
     def failed(cls, message: str, model: str = "", code: str | None = None) -> Completion:
@@ -133,7 +169,9 @@ class Completion:
 
 @dataclass(frozen=True)
 class TextDelta:
-    """A piece of streamed text for the request at ``index`` of a batch."""
+    """A piece of streamed text for the request at ``index`` of a batch (with its tokens' log-probabilities, when
+    the request asked for them)."""
 
     index: int
     text: str
+    logprobs: tuple[TokenLogprob, ...] = ()

@@ -1,5 +1,5 @@
-"""OpenAI's conventions, checked with the official client: ``n`` choices, ``logprobs`` refused with a 400, SSE
-keep-alive comments while a stream is silent.
+"""OpenAI's conventions, checked with the official client: ``n`` choices, ``logprobs`` refused with a 400 where no
+engine has them, SSE keep-alive comments while a stream is silent.
 
 Over a two-expert echo pool (fault-injection backend: it answers with the prompt), so the runs are fast and the
 sums can be checked against each run's own calls.
@@ -109,10 +109,19 @@ def test_what_is_not_available_is_a_400_naming_the_parameter(
 
 
 @pytest.mark.ray
+def test_logprobs_from_an_expert_whose_engine_has_none_is_a_400_that_says_which_do(client: openai.OpenAI) -> None:
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="expert/a", messages=QUESTION, logprobs=True, top_logprobs=2)
+    assert refused.value.body["param"] == "logprobs" and refused.value.body["code"] == "logprobs_unavailable"
+    assert "vLLM" in refused.value.body["message"]
+
+
+@pytest.mark.ray
 def test_cards_say_what_an_echo_expert_cannot_do(client: openai.OpenAI) -> None:
     card = client.models.retrieve("expert/a").model_extra
     assert card["context_window"] is None  # the echo backend has no model
     assert card["capabilities"]["response_format"] is False and card["capabilities"]["tools"] is False
+    assert card["capabilities"]["logprobs"] is False
     assert client.models.retrieve("moesaic").model_extra["capabilities"]["response_format"] is False
 
 

@@ -13,7 +13,7 @@ import asyncio
 import json
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -151,13 +151,59 @@ async def test_a_persona_actor_killed_mid_request_is_replaced_and_the_request_an
     assert again.error is None and again.text
 
 
-def test_the_model_cards_name_each_experts_engine(vllm_pool: ExpertPool) -> None:
-    import httpx
-
+@pytest.fixture(scope="module")
+def vllm_server(vllm_pool: ExpertPool) -> Iterator[str]:
     from orchestrator.server.api.app import create_app
     from tests.conftest import ServerThread
 
     with ServerThread(create_app(orchestrator=Orchestrator(vllm_pool))) as server:
-        cards = {card["id"]: card for card in httpx.get(server.url + "/v1/models", timeout=30).json()["data"]}
+        yield server.url
+
+
+def test_the_model_cards_name_each_experts_engine_and_its_logprobs(vllm_server: str) -> None:
+    import httpx
+
+    cards = {card["id"]: card for card in httpx.get(vllm_server + "/v1/models", timeout=30).json()["data"]}
     assert {cards[f"expert/{name}"]["engine"] for name in PERSONAS} == {"vllm"}
-    assert cards["moesaic"]["engine"] is None  # the pipeline is no one engine
+    assert all(cards[f"expert/{name}"]["capabilities"]["logprobs"] for name in PERSONAS)
+    assert cards["moesaic"]["engine"] is None and cards["moesaic"]["capabilities"]["logprobs"] is False
+
+
+def test_logprobs_come_in_openais_shape(vllm_server: str) -> None:
+    import math
+
+    import openai
+
+    client = openai.OpenAI(base_url=vllm_server + "/v1", api_key="unused", max_retries=0, timeout=120)
+    messages: Any = [{"role": "user", "content": "Write a long story about the sea."}]
+    answer = client.chat.completions.create(
+        model="expert/writer", messages=messages, max_tokens=8, temperature=0, logprobs=True, top_logprobs=3
+    )
+    choice = answer.choices[0]
+    assert choice.logprobs is not None and choice.logprobs.content is not None
+    tokens = choice.logprobs.content
+    assert answer.usage is not None and len(tokens) == answer.usage.completion_tokens == 8
+    assert "".join(token.token for token in tokens) == choice.message.content
+    for token in tokens:
+        assert token.logprob <= 0 and token.bytes == list(token.token.encode("utf-8"))
+        assert len(token.top_logprobs) == 3
+        candidates = [top.logprob for top in token.top_logprobs]
+        assert candidates == sorted(candidates, reverse=True)
+        assert math.isclose(token.logprob, candidates[0], abs_tol=1e-4)  # greedy: the most likely token was chosen
+    short = client.chat.completions.create(
+        model="expert/writer", messages=[{"role": "user", "content": "Name a colour."}], logprobs=True, max_tokens=32
+    )
+    assert short.choices[0].finish_reason == "stop" and short.choices[0].logprobs is not None
+    spelled = "".join(token.token for token in short.choices[0].logprobs.content or [])
+    assert spelled == short.choices[0].message.content  # the end-of-turn token is not one of them
+    asked: Any = {"max_tokens": 8, "temperature": 0, "logprobs": True}
+    streamed = client.chat.completions.create(
+        model="expert/writer", messages=messages, top_logprobs=1, stream=True, **asked
+    )
+    pieces = [chunk.choices[0].logprobs.content for chunk in streamed if chunk.choices and chunk.choices[0].logprobs]
+    streamed_tokens = [token for piece in pieces for token in piece or []]
+    assert [token.token for token in streamed_tokens] == [token.token for token in tokens]  # greedy: the same answer
+    assert all(len(token.top_logprobs) == 1 for token in streamed_tokens)
+    with pytest.raises(openai.BadRequestError) as refused:  # the pipeline combines several answers: none to give
+        client.chat.completions.create(model="moesaic", messages=messages, max_tokens=8, logprobs=True)
+    assert refused.value.body["param"] == "logprobs" and "expert/writer" in refused.value.body["message"]

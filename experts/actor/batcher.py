@@ -13,7 +13,7 @@ Pure asyncio, no Ray: the actor wraps it, the tests drive it directly.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Awaitable, Callable
 
 from experts.backends.base import DeltaSink
@@ -130,7 +130,7 @@ class RequestBatcher:
             def route_delta(delta: TextDelta) -> None:
                 sink = sinks[delta.index]
                 if sink is not None:
-                    sink(TextDelta(0, delta.text))
+                    sink(replace(delta, index=0))
 
             run = asyncio.ensure_future(
                 self._run_batch([pending.request for pending in batch], route_delta if any(sinks) else None)

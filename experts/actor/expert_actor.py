@@ -26,7 +26,7 @@ from experts.health import ExpertState, HealthReport
 from experts.log_format import configure_from_env
 from experts.tracing import configure_from_env as configure_tracing
 from experts.tracing import span
-from experts.types import Completion, GenerationRequest, Message, TextDelta
+from experts.types import Completion, GenerationRequest, Message, TextDelta, TextPiece
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +183,7 @@ class ExpertActor:
         pieces: asyncio.Queue[str] = asyncio.Queue()
 
         def on_delta(delta: TextDelta) -> None:
-            pieces.put_nowait(delta.text)
+            pieces.put_nowait(TextPiece(delta.text, delta.logprobs) if delta.logprobs else delta.text)
 
         task = asyncio.create_task(self._traced(request, on_delta))
         getter: asyncio.Future[str] | None = None

@@ -220,6 +220,11 @@ class ExpertPool:
     async def generate(self, name: str, request: GenerationRequest) -> Completion:
         return await self._guarded(name).generate(request)
 
+    def answers_logprobs(self, name: str) -> bool:
+        """Whether the expert's engine reports token log-probabilities (vLLM's does; ours and hosted APIs here
+        do not)."""
+        return self.engines is not None and name in self.engines.engine_of
+
     async def generate_batch(self, name: str, requests: list[GenerationRequest]) -> list[Completion | Exception]:
         """Several requests to one expert in one actor call (its batcher sees them together); failures in place."""
         return list(await self._guarded(name).generate_batch(requests))

@@ -5,7 +5,8 @@ model's engine actor (``experts.runtime.engines``) and tells each persona its na
 directory (an ``embedded:`` model is dequantised once, as for the native engine) and has the engine load it, and
 ``generate`` streams every request of a batch into the engine at once, where vLLM's scheduler batches them with
 the other personas' requests. A request whose caller goes away is cancelled here, which cancels its engine task, and
-vLLM aborts it. Usage comes from vLLM's token counts, priced at the expert's price.
+vLLM aborts it. Usage comes from vLLM's token counts, priced at the expert's price; token log-probabilities, when
+the request asks for them, come with each piece of text and with the completion.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any
 from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
 from experts.errors import BackendError
-from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
+from experts.types import Completion, GenerationRequest, TextDelta, TokenLogprob, TopLogprob, Usage, as_text_turns
 
 DEFAULT_SLOTS = 64  # requests one persona lets into the engine at once (the engine's own max_num_seqs bounds all)
 
@@ -71,14 +72,17 @@ class VllmBackend(Backend):
         started = time.perf_counter()
         stream = self._engine.generate.remote(payload_of(request))
         pieces: list[str] = []
+        logprobs: list[TokenLogprob] = []
         done: dict[str, Any] = {}
         try:
             async for ref in stream:
                 item = await ref
                 if "text" in item:
+                    tokens = tuple(logprobs_of(item.get("logprobs", ())))
                     pieces.append(item["text"])
+                    logprobs.extend(tokens)
                     if on_delta is not None:
-                        on_delta(TextDelta(index, item["text"]))
+                        on_delta(TextDelta(index, item["text"], tokens))
                 else:
                     done = item
         except asyncio.CancelledError:
@@ -94,6 +98,7 @@ class VllmBackend(Backend):
             model=self.spec.model,
             latency_s=time.perf_counter() - started,
             batch_size=int(done.get("batch_size", 1)),
+            logprobs=tuple(logprobs) if request.logprobs is not None else None,
         )
 
 
@@ -108,4 +113,10 @@ def payload_of(request: GenerationRequest) -> dict[str, Any]:
         "stop": list(request.stop),
         "seed": request.seed,
         "response_format": request.response_format,
+        "logprobs": request.logprobs,
     }
+
+
+def logprobs_of(rows: Any) -> list[TokenLogprob]:
+    """The engine's plain ``[token, logprob, [[token, logprob], ...]]`` rows as ``TokenLogprob``s."""
+    return [TokenLogprob(token, logprob, tuple(TopLogprob(t, lp) for t, lp in top)) for token, logprob, top in rows]

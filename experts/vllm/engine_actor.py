@@ -6,10 +6,10 @@ the driver can name this class without vLLM installed). The pool starts one per 
 model's directory (the first call loads, the others wait for it) and then streams its requests through ``generate``.
 
 vLLM's scheduler is the batcher: requests from every persona join the running batch at the next step, and share
-one KV cache (prefix caching on: the personas' system prompts repeat). ``generate`` streams text deltas and ends
-with the request's usage as vLLM counted it; when the caller goes away (its Ray task is cancelled) the generator
-is closed and vLLM aborts the request, freeing its slot. ``stats`` says how many requests ran at once, which is how
-the tests see that requests share steps.
+one KV cache (prefix caching on: the personas' system prompts repeat). ``generate`` streams text deltas (with each
+token's log-probability, when asked) and ends with the request's usage as vLLM counted it; when the caller goes away
+(its Ray task is cancelled) the generator is closed and vLLM aborts the request, freeing its slot. ``stats`` says how
+many requests ran at once, which is how the tests see that requests share steps.
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ class VllmEngineActor:
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream one request: ``{"text": delta}`` items, then ``{"done": ...}`` with vLLM's counts and finish."""
-        from experts.vllm.sampling import prompt_of, sampling_params
+        from experts.vllm.sampling import prompt_of, sampling_params, token_logprobs
 
         if self._engine is None:
             raise RuntimeError("the engine has not started; call start(model_dir) first")
@@ -143,7 +143,10 @@ class VllmEngineActor:
                 completion_tokens += len(piece.token_ids)  # DELTA outputs: the new tokens of this step
                 finish = piece.finish_reason or finish
                 shared = max(shared, stats.in_flight)
-                if piece.text:
+                if params.logprobs is not None and piece.logprobs:
+                    rows = token_logprobs(self._tokenizer, piece.token_ids, piece.logprobs, params.logprobs)
+                    yield {"text": piece.text, "logprobs": rows}  # text may lag its tokens (stop strings)
+                elif piece.text:
                     yield {"text": piece.text}
             finished = True
         except ValueError as error:  # vLLM's validation: a prompt longer than the context, bad parameters

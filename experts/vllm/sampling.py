@@ -3,8 +3,8 @@
 Runs in: the engine actor (imports vLLM).
 
 Every field of the request is the caller's after the persona's defaults were filled in (``ExpertActor``):
-``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``; ``response_format`` becomes vLLM's structured
-outputs (a JSON schema, or any JSON object), enforced by vLLM's own grammar backend. Streaming is by deltas
+``max_tokens``, ``temperature``, ``top_p``, ``stop``, ``seed``, ``logprobs``; ``response_format`` becomes vLLM's
+structured outputs (a JSON schema, or any JSON object), enforced by vLLM's own grammar backend. Streaming is by deltas
 (``RequestOutputKind.DELTA``): each output carries only the text and tokens new since the last.
 """
 
@@ -47,5 +47,35 @@ def sampling_params(payload: dict[str, Any]) -> Any:
         seed=payload.get("seed"),
         min_tokens=int(payload.get("min_tokens") or 0),  # benchmarks force equal lengths; requests leave it 0
         structured_outputs=structured,
+        logprobs=payload.get("logprobs"),  # None: none; k: the sampled token's and the k most likely
         output_kind=RequestOutputKind.DELTA,
     )
+
+
+def token_logprobs(tokenizer: Any, token_ids: list[int], positions: Any, top: int) -> list[list[Any]]:
+    """vLLM's log-probabilities of new tokens as plain data: ``[token, logprob, [[token, logprob], ...]]`` each,
+    the candidates most likely first, at most ``top`` of them (vLLM adds the sampled token when it is not among
+    them; it is left out of the candidates then, as OpenAI does). Special tokens (the end-of-turn token) are left
+    out, as they are of the answer's text, so the tokens spell the text."""
+    special = set(tokenizer.all_special_ids)
+    rows = []
+    for token_id, position in zip(token_ids, positions):
+        if token_id in special:
+            continue
+        chosen = position[token_id]
+        candidates = sorted(
+            ((tid, entry) for tid, entry in position.items() if entry.rank is not None and entry.rank <= top),
+            key=lambda pair: pair[1].rank,
+        )
+        rows.append(
+            [
+                _text(tokenizer, token_id, chosen),
+                float(chosen.logprob),
+                [[_text(tokenizer, tid, entry), float(entry.logprob)] for tid, entry in candidates],
+            ]
+        )
+    return rows
+
+
+def _text(tokenizer: Any, token_id: int, entry: Any) -> str:
+    return str(entry.decoded_token if entry.decoded_token is not None else tokenizer.decode([token_id]))

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from experts.config.pool_spec import PoolSpec
 from experts.errors import ErrorCode
 from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
-from experts.types import Completion, GenerationRequest
+from experts.types import Completion, GenerationRequest, TextPiece
 from orchestrator.pipeline.graph import AllExpertsFailed
 from orchestrator.pipeline.ledger import CallLedger
 from orchestrator.pipeline.orchestrator import (
@@ -166,6 +166,7 @@ def _generation(body: ChatCompletionRequest) -> GenerationRequest:
         seed=body.seed,
         moe_routing=body.moesaic.moe_routing.to_options() if body.moesaic and body.moesaic.moe_routing else None,
         request_id=current_request_id() or "",  # into every expert call and the actors' logs
+        logprobs=body.logprobs_asked,
         **body.passthrough(),  # tools, tool_choice, response_format: for the experts that can use them
     )
 
@@ -173,6 +174,16 @@ def _generation(body: ChatCompletionRequest) -> GenerationRequest:
 async def _pipeline(
     orchestrator: Orchestrator, body: ChatCompletionRequest, ledger: CallLedger
 ) -> AnswerResponse | AnswerStream:
+    if body.logprobs:
+        having = [name for name in orchestrator.pool.expert_names if orchestrator.pool.answers_logprobs(name)]
+        raise APIError(
+            400,
+            f"model {body.model!r} combines several models' answers, which has no token log-probabilities; ask one "
+            "expert whose engine reports them"
+            + (f" ({', '.join(EXPERT_PREFIX + name for name in having)})" if having else " (none in this pool does)"),
+            param="logprobs",
+            code="logprobs_unavailable",
+        )
     request = _pipeline_request(body, orchestrator, ledger)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     if body.stream:
@@ -285,6 +296,14 @@ async def _direct(
         raise APIError(
             503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy"
         )
+    if body.logprobs and not pool.answers_logprobs(name):
+        raise APIError(
+            400,
+            f"expert {name!r} does not report token log-probabilities (its engine has none: only experts on vLLM's "
+            "engine do, see capabilities.logprobs in GET /v1/models); leave logprobs unset or false",
+            param="logprobs",
+            code="logprobs_unavailable",
+        )
     request = _generation(body)
     response_id, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
     headers = {"x-moesaic-experts": name}
@@ -317,6 +336,7 @@ async def _direct(
             completion_tokens=usage.completion_tokens,
             metadata=metadata,
             tool_calls=completion.tool_calls,
+            logprobs=completion.logprobs if body.logprobs else None,
         ),
         headers=headers,
     )
@@ -346,7 +366,8 @@ async def _direct_chunks(
         async for item in items:
             if isinstance(item, str):
                 ledger.streamed(name, item)  # billed as written if the stream is dropped before its end
-                yield chunk_body(response_id, created, body.model, {"content": item})
+                logprobs = (item.logprobs if isinstance(item, TextPiece) else ()) if body.logprobs else None
+                yield chunk_body(response_id, created, body.model, {"content": str(item)}, logprobs=logprobs)
             else:
                 completion = item
                 ledger.record(CallRecord.of(name, "direct", completion))

@@ -90,7 +90,9 @@ def _expert_card(expert: ExpertSpec, catalog: ExpertCatalog, created: int) -> Mo
         description=f"{expert.backend}:{expert.model}" + (f" - {expert.description}" if expert.description else ""),
         context_window=catalog.context_windows.get(expert.name),
         capabilities=ModelCapabilities(
-            tools=expert.supports("tools"), response_format=expert.supports("response_format")
+            tools=expert.supports("tools"),
+            response_format=expert.supports("response_format"),
+            logprobs=catalog.engines.get(expert.name) == "vllm",
         ),
         pricing=ModelPricing(source=source, input_per_1m=per_input, output_per_1m=per_output),
         engine=catalog.engines.get(expert.name),

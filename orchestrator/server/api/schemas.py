@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from experts.moe.options import RoutingOptions
-from experts.types import Message, ToolCall
+from experts.types import Message, TokenLogprob, ToolCall
 from orchestrator.server.api.tool_schemas import ResponseFormatIn, ToolCallIn, ToolChoice, ToolIn, tool_calls_body
 
 
@@ -186,8 +186,14 @@ class ChatCompletionRequest(BaseModel):
     n: Annotated[int, Field(ge=1, le=MAX_CHOICES)] = Field(
         1, description="how many independent answers (whole runs; usage and cost are their sums)"
     )
-    logprobs: bool | None = Field(None, description="refused when true: no answer here has token log-probabilities")
-    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = None
+    logprobs: bool | None = Field(
+        None,
+        description="token log-probabilities: answered by experts on vLLM's engine (expert/<name>, see their card's "
+        "capabilities); refused for the pipeline, whose answer is combined from several models",
+    )
+    top_logprobs: Annotated[int, Field(ge=0, le=20)] | None = Field(
+        None, description="how many of the most likely tokens to list at each position; needs logprobs true"
+    )
     seed: int | None = None
     user: str | None = None
     moesaic: MoesaicOptions | None = None
@@ -229,21 +235,11 @@ class ChatCompletionRequest(BaseModel):
             return {key: value for key, value in data.items() if key not in ignored}
         return data
 
-    @field_validator("logprobs")
-    @classmethod
-    def _no_logprobs(cls, wanted: bool | None) -> bool | None:
-        if wanted:
-            raise ValueError(
-                "log-probabilities are not available: an answer combined from several experts has none, and no "
-                "expert backend reports them yet; leave logprobs unset or false"
-            )
-        return wanted
-
     @field_validator("top_logprobs")
     @classmethod
-    def _no_top_logprobs(cls, count: int | None) -> int | None:
-        if count:
-            raise ValueError("top_logprobs needs logprobs, which this service does not return; leave it unset or 0")
+    def _top_needs_logprobs(cls, count: int | None, info: Any) -> int | None:
+        if count and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: set logprobs to true as well")
         return count
 
     @field_validator("messages")
@@ -256,6 +252,11 @@ class ChatCompletionRequest(BaseModel):
     @property
     def token_budget(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def logprobs_asked(self) -> int | None:
+        """How many candidates per token the caller wants with the log-probabilities; None: none asked."""
+        return (self.top_logprobs or 0) if self.logprobs else None
 
     @property
     def stop_list(self) -> list[str]:
@@ -280,7 +281,7 @@ class ModelCapabilities(BaseModel):
     streaming: bool = True
     tools: bool = Field(description="tools and tool_choice reach a model that can call them")
     response_format: bool = Field(description="json_object / json_schema answers are enforced or passed on")
-    logprobs: bool = False
+    logprobs: bool = Field(False, description="logprobs and top_logprobs are answered (experts on vLLM's engine)")
     n: bool = True
 
 
@@ -331,6 +332,7 @@ def completion_body(
     completion_tokens: int,
     metadata: dict[str, Any],
     tool_calls: tuple[ToolCall, ...] = (),
+    logprobs: tuple[TokenLogprob, ...] | None = None,
 ) -> dict[str, Any]:
     """A ``chat.completion`` object, plus our ``moesaic`` metadata."""
     message: dict[str, Any] = {"role": "assistant", "content": text}
@@ -340,23 +342,41 @@ def completion_body(
         "index": 0,
         "message": message,
         "finish_reason": openai_finish_reason(finish_reason),
-        "logprobs": None,
+        "logprobs": None if logprobs is None else logprobs_body(logprobs),
     }
     body = _envelope(response_id, created, model, "chat.completion", [choice])
     return {**body, "usage": usage_body(prompt_tokens, completion_tokens), "moesaic": metadata}
 
 
 def chunk_body(
-    response_id: str, created: int, model: str, delta: dict[str, Any], finish_reason: str | None = None
+    response_id: str,
+    created: int,
+    model: str,
+    delta: dict[str, Any],
+    finish_reason: str | None = None,
+    logprobs: tuple[TokenLogprob, ...] | None = None,
 ) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` with a single choice."""
+    """One ``chat.completion.chunk`` with a single choice (and its tokens' log-probabilities, when asked)."""
     choice = {
         "index": 0,
         "delta": delta,
         "finish_reason": openai_finish_reason(finish_reason) if finish_reason else None,
-        "logprobs": None,
+        "logprobs": None if logprobs is None else logprobs_body(logprobs),
     }
     return _envelope(response_id, created, model, "chat.completion.chunk", [choice])
+
+
+def logprobs_body(tokens: tuple[TokenLogprob, ...]) -> dict[str, Any]:
+    """OpenAI's ``choices[].logprobs``: each token with its log-probability, UTF-8 bytes and top candidates."""
+
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
+
+    content = [
+        {**entry(token.token, token.logprob), "top_logprobs": [entry(top.token, top.logprob) for top in token.top]}
+        for token in tokens
+    ]
+    return {"content": content, "refusal": None}
 
 
 def usage_chunk_body(
