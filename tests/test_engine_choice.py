@@ -57,7 +57,10 @@ def test_auto_picks_vllm_on_cuda_native_bf16_cpus_and_shared_models_and_ours_els
     assert choose_engine(local(), THERE, BF16).engine is Engine.VLLM
     assert choose_engine(local(num_gpus=1), THERE, AVX2).engine is Engine.VLLM
     assert choose_engine(local(), NOWHERE, BF16).engine is Engine.NATIVE  # nothing to run vLLM in
-    assert choose_engine(local(), THERE, BF16, residency_managed=True).engine is Engine.NATIVE
+    cpu_managed = choose_engine(local(), THERE, BF16, residency_managed=True)
+    assert cpu_managed.engine is Engine.NATIVE and "no sleep mode" in cpu_managed.reason
+    gpu_managed = choose_engine(local(num_gpus=1), THERE, AVX2, residency_managed=True)
+    assert gpu_managed.engine is Engine.VLLM and "sleep mode" in gpu_managed.reason
     for name in ("native", "continuous", "static"):
         assert choose_engine(local(name), THERE, BF16).engine is Engine.NATIVE
     echo = ExpertSpec(name="e", backend="echo", model="echo")
@@ -105,6 +108,28 @@ def test_the_default_pool_as_shipped_goes_to_one_shared_vllm_engine_where_there_
     assert SharedEngines(default, NOWHERE, AVX2).groups == []  # no engine environment: ours, as before
     alone = parse_pool({"name": "alone", "experts": [{"name": "x", "backend": "local", "model": "m"}]}, "<test>")
     assert SharedEngines(alone, THERE, AVX2).groups == []  # one expert on the model: ours
+
+
+def test_residency_managed_experts_on_vllm_get_an_engine_each_whose_footprint_counts_its_kv_cache() -> None:
+    document = load_pool("default").document()
+    for expert in document["experts"]:
+        expert["options"] = {"engine": "vllm", "kv_cache_gb": 0.5}
+    document["residency"] = {"budget_gb": 2.0}
+    engines = SharedEngines(parse_pool(document, "<test>"), THERE, AVX2)
+    assert len(engines.groups) == len(document["experts"])  # evicting one moves exactly its model
+    assert not any(group.settings.sleep_mode for group in engines.groups)  # vLLM's CPU build has none: it stops
+    from experts.vllm.client import VllmBackend
+
+    spec = parse_pool(document, "<test>")
+    assert VllmBackend(spec.experts[0], "engine").runtime_memory_gb == 0.5  # counted beside the weights
+    gpu = {
+        "name": "g",
+        "residency": {"budget_gb": 20.0},
+        "experts": [{**document["experts"][0], "resources": {"num_gpus": 1}}],
+    }
+    (on_gpu,) = SharedEngines(parse_pool(gpu, "<test>"), THERE, AVX2).groups
+    args = on_gpu.settings.engine_args("/models/x")
+    assert args["enable_sleep_mode"] is True and args["kv_cache_memory_bytes"] == 2**29  # a budget can count on it
 
 
 def test_an_expert_that_cannot_have_vllm_is_left_to_fail_at_load_with_the_reason() -> None:

@@ -207,3 +207,26 @@ def test_logprobs_come_in_openais_shape(vllm_server: str) -> None:
     with pytest.raises(openai.BadRequestError) as refused:  # the pipeline combines several answers: none to give
         client.chat.completions.create(model="moesaic", messages=messages, max_tokens=8, logprobs=True)
     assert refused.value.body["param"] == "logprobs" and "expert/writer" in refused.value.body["message"]
+
+
+async def test_the_engine_stops_when_its_last_persona_unloads_and_is_built_again_on_load(vllm_pool: ExpertPool) -> None:
+    """Residency on vLLM's CPU build (no sleep mode): releasing the model stops the engine, loading rebuilds it.
+    Last in this module: it takes the shared engine down and back up."""
+    before = await engine_stats(vllm_pool)
+    answer = await vllm_pool.generate("math", ask("What is 12 * 7?"))
+    for name in PERSONAS[:-1]:
+        report = await vllm_pool.control(name, "unload")
+        assert report["residency"] == "disk"
+        assert (await engine_stats(vllm_pool))["stops"] == before["stops"]  # another persona still holds it
+    await vllm_pool.control(PERSONAS[-1], "unload")
+    stopped = await engine_stats(vllm_pool)
+    assert stopped["stops"] == before["stops"] + 1
+    health = await vllm_pool.health()
+    assert health["math"]["residency"] == "disk"
+    for name in PERSONAS:
+        await vllm_pool.control(name, "load")
+    loaded = await engine_stats(vllm_pool)
+    assert loaded["loads"] == before["loads"] + 1  # one engine built again for all five
+    again = await vllm_pool.generate("math", ask("What is 12 * 7?"))
+    assert again.error is None and again.text == answer.text
+    assert (await vllm_pool.health())["math"]["engine_loaded"] is True

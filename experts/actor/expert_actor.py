@@ -75,7 +75,9 @@ class ExpertActor:
             if self.load_at_start:
                 await self.lifecycle.load()
             else:
-                self.memory_gb = await asyncio.to_thread(weights_gb, self.spec)
+                weights = await asyncio.to_thread(weights_gb, self.spec)
+                declared = self.spec.residency.memory_gb is not None  # a declared footprint is the whole of it
+                self.memory_gb = weights if declared else weights + self.backend.runtime_memory_gb
         except Exception as error:
             self.state, self.error = ExpertState.FAILED, f"{type(error).__name__}: {error}"
         else:

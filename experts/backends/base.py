@@ -30,6 +30,8 @@ class Backend(Protocol):
     # the engine batches requests itself (vLLM's scheduler): the actor hands each request over as it comes, a batch
     # of one, so a caller who goes away cancels exactly its own request in the engine
     schedules_itself: bool = False
+    # memory the engine takes beyond the weights when loaded (vLLM's KV cache): residency budgets count it
+    runtime_memory_gb: float = 0.0
 
     @property
     def joins_running_batch(self) -> bool:

@@ -4,7 +4,9 @@ A pool file's ``options.engine`` on a ``local`` expert is ``auto`` (the default)
 continuous engine; ``continuous`` and ``static`` name its two modes). ``auto`` takes whichever won
 ``bench/engines.py`` on such a machine:
 
-- on a CUDA device, vLLM (its kernels, CUDA graphs, paged attention);
+- on a CUDA device, vLLM (its kernels, CUDA graphs, paged attention; residency parks it with vLLM's sleep mode);
+- ours for a residency-managed expert on a CPU: vLLM's CPU build has no sleep mode, so every load under a
+  residency budget would build a new engine (tens of seconds here, where ours loads in a few);
 - on a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX), vLLM in bf16: a session measured vLLM's CPU build at
   2.7x our tokens/s at 16 concurrent requests on SmolLM2-135M there (issue 28);
 - on any other CPU, vLLM where several experts name the same model (with the same resources and engine options):
@@ -123,12 +125,16 @@ def choose_engine(
                 f"({environment.source}): run `make engine-env`, or set ${PYTHON_VARIABLE} to a Python with vLLM"
             )
         return EngineChoice(Engine.VLLM, "options.engine vllm")
-    if residency_managed:
-        return EngineChoice(Engine.NATIVE, "auto: residency-managed experts load and unload on our engine")
     if environment.python is None:
         return EngineChoice(Engine.NATIVE, f"auto: no engine environment ({environment.source})")
     if expert.resources.device == "cuda" or expert.resources.num_gpus > 0:
-        return EngineChoice(Engine.VLLM, "auto: a CUDA expert runs on vLLM")
+        return EngineChoice(Engine.VLLM, "auto: a CUDA expert runs on vLLM (residency: its sleep mode)")
+    if residency_managed:
+        return EngineChoice(
+            Engine.NATIVE,
+            "auto: a residency-managed expert on a CPU loads on our engine: vLLM's CPU build has no sleep mode, so "
+            "every load would start a new engine, several times slower than ours (bench/dispatch.py --engine vllm)",
+        )
     if fast_bf16(flags):
         return EngineChoice(Engine.VLLM, "auto: this CPU does bf16 natively, where vLLM's CPU kernels are faster")
     if sharing > 1:

@@ -7,6 +7,10 @@ grouped by what makes an engine (the model, its resources, the engine options), 
 breaker, restarts and usage) but hold no model and ask the cluster for nothing; their requests meet in the engine,
 where vLLM's scheduler batches them.
 
+A residency-managed expert on vLLM gets an engine of its own: evicting it releases the engine, which sleeps (CUDA:
+vLLM's sleep mode, weights to host RAM) or stops (memory freed), and loading it wakes or rebuilds it, under the same
+budgets as any managed expert (its footprint counts the KV cache, ``options.kv_cache_gb``, beside the weights).
+
 The engine actor runs in the engine environment (``runtime_env.py_executable``, with this checkout on its
 ``PYTHONPATH`` so our module imports there) and is restarted by Ray if it dies (``max_restarts``); a persona's
 calls meanwhile fail and go through the pool's retries and breakers like any expert's.
@@ -57,9 +61,12 @@ class EngineGroup:
     threads: int
 
 
-def engine_settings(expert: ExpertSpec, flags: frozenset[str] = frozenset()) -> EngineSettings:
+def engine_settings(
+    expert: ExpertSpec, flags: frozenset[str] = frozenset(), residency_managed: bool = False
+) -> EngineSettings:
     """An expert's engine settings from its pool entry (``options`` and ``resources``); the default dtype is the
-    model's own on CUDA, bf16 on a CPU that does bf16 natively, else fp32."""
+    model's own on CUDA, bf16 on a CPU that does bf16 natively, else fp32. On CUDA, sleep mode is on (parking puts
+    the engine to sleep) and a residency-managed expert's KV cache is pinned to ``kv_cache_gb``."""
     options, resources = expert.options, expert.resources
     cuda = resources.device == "cuda" or resources.num_gpus > 0
     default_dtype = "auto" if cuda else "bfloat16" if fast_bf16(flags) else "float32"
@@ -73,6 +80,8 @@ def engine_settings(expert: ExpertSpec, flags: frozenset[str] = frozenset()) -> 
         tensor_parallel_size=max(1, int(resources.num_gpus)) if cuda else 1,
         enable_prefix_caching=bool(options.get("prefix_caching", True)),
         enforce_eager=bool(options.get("enforce_eager", not cuda)),
+        sleep_mode=cuda and bool(options.get("sleep_mode", True)),
+        kv_cache_pinned=cuda and (residency_managed or "kv_cache_gb" in options),
     )
 
 
@@ -105,9 +114,12 @@ class SharedEngines:
         self.namespace: str | None = None
 
     def _key(self, expert: ExpertSpec) -> str:
-        """What makes one engine: experts with equal keys can share it."""
-        settings = engine_settings(expert, self.flags)
-        return json.dumps([expert.model, asdict(settings), expert.resources.model_dump()], sort_keys=True)
+        """What makes one engine: experts with equal keys can share it. A residency-managed expert has one of its
+        own, so that loading and evicting it moves exactly its model."""
+        managed = self.spec.residency_managed(expert.name)
+        settings = engine_settings(expert, self.flags, managed)
+        own = expert.name if managed else None
+        return json.dumps([expert.model, asdict(settings), expert.resources.model_dump(), own], sort_keys=True)
 
     def _group(self) -> list[EngineGroup]:
         by_key: dict[str, list[ExpertSpec]] = {}
@@ -123,7 +135,7 @@ class SharedEngines:
                 EngineGroup(
                     name=f"moesaic-engine-{self.spec.name}-{digest}-{run}",
                     model=first.model,
-                    settings=engine_settings(first, self.flags),
+                    settings=engine_settings(first, self.flags, self.spec.residency_managed(first.name)),
                     experts=tuple(e.name for e in experts),
                     num_cpus=first.resources.num_cpus,
                     num_gpus=first.resources.num_gpus,

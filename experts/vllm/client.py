@@ -53,10 +53,28 @@ class VllmBackend(Backend):
                 f"expert {self.spec.name!r}: its vLLM engine actor {self.engine_name!r} is not running "
                 "(the pool starts it; see the pool's log for why it did not start)"
             ) from None
-        self._facts = await self._engine.start.remote(str(directory))
+        self._facts = await self._engine.start.remote(str(directory), self.spec.name)
+
+    async def park(self) -> bool:
+        """Put the engine to sleep (weights to host RAM) where it has vLLM's sleep mode and no other persona holds
+        it; False where it has none (the lifecycle unloads instead)."""
+        if self._engine is None or not self._facts.get("sleep_mode"):
+            return False
+        where = await self._engine.release.remote(self.spec.name, True)
+        self._engine, self._facts = None, {**self._facts, "engine_loaded": where == "resident"}
+        return bool(where in ("parked", "resident"))
 
     async def unload(self) -> None:
-        self._engine = None  # the engine is the group's: it stays for the other personas (the pool stops it)
+        """Let go of the model: the engine stops when no other persona holds it (its memory freed)."""
+        if self._engine is not None:
+            engine, self._engine = self._engine, None
+            where = await engine.release.remote(self.spec.name)
+            self._facts = {**self._facts, "engine_loaded": where == "resident"}
+
+    @property
+    def runtime_memory_gb(self) -> float:
+        """What the engine takes beyond the weights: its KV cache (``options.kv_cache_gb``)."""
+        return float(self.spec.options.get("kv_cache_gb", 1.0))
 
     def describe(self) -> dict[str, object]:
         return {"backend": "local", "model": self.spec.model, "engine_actor": self.engine_name, **self._facts}

@@ -4,6 +4,8 @@ Runs in: the model's engine actor, in the engine environment (vLLM imported on `
 the driver can name this class without vLLM installed). The pool starts one per engine group
 (``experts.runtime.engines``) with the group's resources; each persona's ``vllm`` backend calls ``start`` with the
 model's directory (the first call loads, the others wait for it) and then streams its requests through ``generate``.
+A persona whose residency manager evicts it calls ``release``: when no persona holds the model any more, the engine
+sleeps (parked, where vLLM has sleep mode: CUDA) or stops (its memory freed; the next ``start`` builds it again).
 
 vLLM's scheduler is the batcher: requests from every persona join the running batch at the next step, and share
 one KV cache (prefix caching on: the personas' system prompts repeat). ``generate`` streams text deltas (with each
@@ -37,6 +39,8 @@ class EngineSettings:
     tensor_parallel_size: int = 1  # CUDA: GPUs one model spans (the expert's resources.num_gpus)
     enable_prefix_caching: bool = True
     enforce_eager: bool = True  # no graph capture: start-up in seconds (CUDA graphs: set false)
+    sleep_mode: bool = False  # CUDA: parking puts the engine to sleep (weights to host RAM), waking brings it back
+    kv_cache_pinned: bool = False  # CUDA: the KV cache takes exactly kv_cache_gb (residency budgets count on it)
     seed: int = 0
 
     def engine_args(self, model: str) -> dict[str, Any]:
@@ -52,8 +56,12 @@ class EngineSettings:
         }
         if self.device == "cuda":
             args.update(
-                gpu_memory_utilization=self.gpu_memory_utilization, tensor_parallel_size=self.tensor_parallel_size
+                gpu_memory_utilization=self.gpu_memory_utilization,
+                tensor_parallel_size=self.tensor_parallel_size,
+                enable_sleep_mode=self.sleep_mode,
             )
+            if self.kv_cache_pinned:
+                args["kv_cache_memory_bytes"] = int(self.kv_cache_gb * 1024**3)
         return args
 
 
@@ -68,6 +76,9 @@ class EngineStats:
     most_in_flight: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
+    loads: int = 0  # engines built (the first start, and every start after a stop)
+    stops: int = 0  # engines shut down because no persona held the model any more
+    sleeps: int = 0  # times put to sleep (parked) instead
 
 
 class VllmEngineActor:
@@ -80,19 +91,48 @@ class VllmEngineActor:
         self.stats_ = EngineStats()
         self._engine: Any = None
         self._tokenizer: Any = None
-        self._starting = asyncio.Lock()
+        self._starting = asyncio.Lock()  # one start or release at a time
+        self.holders: set[str] = set()  # the personas that have the model loaded
+        self.asleep = False
 
-    async def start(self, model_dir: str) -> dict[str, Any]:
-        """Load ``model_dir`` once (concurrent callers wait for the first); the engine's facts."""
+    async def start(self, model_dir: str, holder: str = "") -> dict[str, Any]:
+        """Have ``model_dir`` loaded for ``holder``: built on the first call (concurrent callers wait for it),
+        woken if it sleeps, rebuilt if it was stopped; the engine's facts."""
         async with self._starting:
+            if self.model_dir is not None and model_dir != self.model_dir:
+                raise ValueError(f"this engine holds {self.model_dir}; it cannot also serve {model_dir}")
             if self._engine is None:
                 started = time.perf_counter()
                 self._engine = await asyncio.to_thread(self._build, model_dir)
                 self._tokenizer = self._engine.get_tokenizer()
                 self.model_dir, self.load_seconds = model_dir, time.perf_counter() - started
-            elif model_dir != self.model_dir:
-                raise ValueError(f"this engine holds {self.model_dir}; it cannot also serve {model_dir}")
+                self.stats_.loads += 1
+            elif self.asleep:
+                await self._engine.wake_up()
+                self.asleep = False
+            self.holders.add(holder)
         return self.describe()
+
+    async def release(self, holder: str, park: bool = False) -> str:
+        """``holder`` no longer needs the model (its residency manager evicted it). While another persona holds
+        it, nothing changes; when none does, it leaves memory: asleep (``park``, where the engine has vLLM's sleep
+        mode: weights to host RAM, back in a moment) or stopped (the next ``start`` loads it from disk). Returns
+        where the model is now: ``resident``, ``parked`` or ``disk``."""
+        async with self._starting:
+            self.holders.discard(holder)
+            if self.holders:
+                return "resident"
+            if self._engine is None:
+                return "disk"
+            if park and self.settings.sleep_mode:
+                if not self.asleep:
+                    await self._engine.sleep(level=1)
+                    self.asleep = True
+                    self.stats_.sleeps += 1
+                return "parked"
+            await self.shutdown()
+            self.stats_.stops += 1
+            return "disk"
 
     def _build(self, model_dir: str) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -105,6 +145,8 @@ class VllmEngineActor:
         """Facts for the personas' health reports."""
         return {
             "engine": "vllm",
+            "engine_loaded": self._engine is not None and not self.asleep,
+            "sleep_mode": self.settings.sleep_mode,
             "engine_model_dir": self.model_dir,
             "engine_load_seconds": self.load_seconds,
             "context_window": self.settings.max_model_len,
@@ -119,8 +161,8 @@ class VllmEngineActor:
         """Stream one request: ``{"text": delta}`` items, then ``{"done": ...}`` with vLLM's counts and finish."""
         from experts.vllm.sampling import prompt_of, sampling_params, token_logprobs
 
-        if self._engine is None:
-            raise RuntimeError("the engine has not started; call start(model_dir) first")
+        if self._engine is None or self.asleep:
+            raise RuntimeError("the engine's model is not loaded (not started, or released): load the expert first")
         stats = self.stats_
         request_id = f"{payload.get('request_id') or 'req'}-{os.urandom(6).hex()}"  # unique within the engine
         try:
@@ -171,9 +213,10 @@ class VllmEngineActor:
         }
 
     async def shutdown(self) -> None:
+        """Stop the engine (its worker process, its memory); ``start`` builds it again."""
         if self._engine is not None:
-            await asyncio.to_thread(self._engine.shutdown)
-            self._engine = None
+            engine, self._engine, self.asleep = self._engine, None, False
+            await asyncio.to_thread(engine.shutdown)
 
 
 def _failed(message: str, code: str | None) -> dict[str, Any]:
