@@ -20,7 +20,20 @@ Prints seconds, loads and the speed-up over naive concurrent (and serial), the o
 latency, and whether the answers match naive serial's (greedy decoding: they should). Every actor
 loads and generates once before the clock starts (its first load imports torch and transformers).
 
+With ``--arrivals RATE`` the requests arrive over time instead, where the dispatcher is meant to help: a
+Poisson stream at RATE requests/s (exponential gaps from ``random.Random(seed)``, the first request at 0),
+and only two modes run, on the same pool and requests: naive concurrent (each request fired at its arrival,
+its experts in parallel, load on demand, LRU eviction) and online (each request submitted to the
+Orchestrator at its arrival). Per mode: loads (and their seconds), seconds from the first arrival to the last
+answer, p50/p95 latency per request from its arrival; then loads naive/online and p95 naive/online against
+issue 28's targets (>= 2x fewer loads, a lower p95), printed as met or not (bench/dispatch_arrivals.py).
+
+``--engine vllm`` runs every expert on vLLM's engine (``options: {engine: vllm, dtype: float32, kv_cache_gb:
+1}``, each in an engine actor of its own, its footprint the weights plus that KV cache; the engine environment is
+found as experts/config/engine_choice.py says).
+
     .venv/bin/python bench/dispatch.py [--requests 64] [--experts 6] [--max-tokens 16] [--seed 0] [--json]
+    .venv/bin/python bench/dispatch.py --arrivals 1.5 --requests 32 [--engine native|vllm] [--json]
 """
 
 from __future__ import annotations
@@ -35,6 +48,8 @@ import sys
 import tempfile
 import time
 from collections import OrderedDict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
+from bench.dispatch_arrivals import Replay, arrival_figures, arrival_times, match, percentile, print_arrivals, replay  # noqa: E402
 from experts.actor.lifecycle import loaded_bytes  # noqa: E402
 from experts.config.pool_spec import PoolSpec, parse_pool  # noqa: E402
 from experts.engine.embedded import prepare_model, resolve_model  # noqa: E402
@@ -80,12 +96,20 @@ def copy_weights(count: int, workdir: Path) -> list[Path]:
     return copies
 
 
-def pool_spec(copies: list[Path], budget_gb: float, max_running: int) -> PoolSpec:
+VLLM_KV_CACHE_GB = 1.0  # each engine's KV cache (the least vLLM's CPU build takes), counted in its footprint
+ENGINE_OPTIONS = {
+    "native": {"engine": "native"},
+    "vllm": {"engine": "vllm", "dtype": "float32", "kv_cache_gb": VLLM_KV_CACHE_GB},
+}
+
+
+def pool_spec(copies: list[Path], budget_gb: float, max_running: int, engine: str = "native") -> PoolSpec:
     experts = [
         {
             "name": f"e{index}",
             "backend": "local",
             "model": str(path),
+            "options": dict(ENGINE_OPTIONS[engine]),
             "system_prompt": f"You are expert number {index}. Answer briefly.",
             "generation": {"max_tokens": 16, "temperature": 0.0},
             "batching": {"max_batch_size": 64, "max_wait_ms": 10},
@@ -117,6 +141,20 @@ def ask(question: str, max_tokens: int) -> GenerationRequest:
 
 async def total_loads(pool: ExpertPool) -> int:
     return sum(facts["loads"] for facts in (await pool.health()).values())
+
+
+async def counting_loads(
+    pool: ExpertPool, run: Awaitable[Replay], then: Callable[[], Awaitable[Any]] | None = None
+) -> Replay:
+    """``run``'s replay (``then`` awaited after it) with the loads over all experts meanwhile, and their seconds."""
+    before = (await pool.health()).values()
+    result = await run
+    if then is not None:
+        await then()
+    after = (await pool.health()).values()
+    result.loads = sum(facts["loads"] for facts in after) - sum(facts["loads"] for facts in before)
+    result.load_s = sum(facts["load_seconds_total"] for facts in after) - sum(f["load_seconds_total"] for f in before)
+    return result
 
 
 async def warm_up(pool: ExpertPool) -> None:
@@ -217,32 +255,45 @@ class OnDemandLRU:
                 self.changed.notify_all()
 
 
+async def naive_on_demand(
+    pool: ExpertPool,
+    work: list[tuple[str, list[str]]],
+    capacity: int,
+    max_running: int,
+    max_tokens: int,
+    arrivals: list[float],
+) -> Replay:
+    """Each request at its arrival offset, its experts in parallel, residency by :class:`OnDemandLRU`."""
+    residency = OnDemandLRU(pool, capacity, max_running)
+
+    async def one(index: int) -> dict[str, str]:
+        question, names = work[index]
+        texts = await asyncio.gather(*(residency.generate(name, ask(question, max_tokens)) for name in names))
+        return dict(zip(names, texts))
+
+    run = await replay(arrivals, one)
+    await residency.unload_all()
+    return run
+
+
 async def naive_concurrent(
     pool: ExpertPool, work: list[tuple[str, list[str]]], capacity: int, max_running: int, max_tokens: int
 ) -> dict[tuple[int, str], str]:
     """Every request at once, each request's experts in parallel, residency by :class:`OnDemandLRU`."""
-    residency = OnDemandLRU(pool, capacity, max_running)
-
-    async def one(index: int, question: str, names: list[str]) -> list[tuple[tuple[int, str], str]]:
-        texts = await asyncio.gather(*(residency.generate(name, ask(question, max_tokens)) for name in names))
-        return [((index, name), text) for name, text in zip(names, texts)]
-
-    pairs = await asyncio.gather(*(one(index, question, names) for index, (question, names) in enumerate(work)))
-    await residency.unload_all()
-    return dict(pair for request in pairs for pair in request)
+    return (await naive_on_demand(pool, work, capacity, max_running, max_tokens, [0.0] * len(work))).answers
 
 
-async def online(orchestrator: Orchestrator, work: list[tuple[str, list[str]]], max_tokens: int) -> tuple[Any, Any]:
-    async def one(question: str, names: list[str]) -> tuple[Any, float]:
-        started = time.perf_counter()
+async def online(
+    orchestrator: Orchestrator, work: list[tuple[str, list[str]]], max_tokens: int, arrivals: list[float] | None = None
+) -> Replay:
+    """Each request submitted to the Orchestrator at its arrival offset (``None``: all at once)."""
+
+    async def one(index: int) -> dict[str, str]:
+        question, names = work[index]
         result = await orchestrator.run(PipelineRequest(ask(question, max_tokens), experts=names))
-        return result, time.perf_counter() - started
+        return {answer.expert: answer.text for answer in result.answers}
 
-    outcomes = await asyncio.gather(*(one(question, names) for question, names in work))
-    answers = {
-        (index, answer.expert): answer.text for index, (result, _) in enumerate(outcomes) for answer in result.answers
-    }
-    return answers, sorted(latency for _, latency in outcomes)
+    return await replay(arrivals or [0.0] * len(work), one)
 
 
 async def batch(orchestrator: Orchestrator, work: list[tuple[str, list[str]]], workdir: Path, max_tokens: int) -> Any:
@@ -256,20 +307,17 @@ async def batch(orchestrator: Orchestrator, work: list[tuple[str, list[str]]], w
     return answers, report
 
 
-def percentile(values: list[float], share: float) -> float:
-    return values[min(len(values) - 1, int(round(share * (len(values) - 1))))]
-
-
-def match(answers: dict[tuple[int, str], str], reference: dict[tuple[int, str], str]) -> float:
-    return round(sum(answers.get(key) == text for key, text in reference.items()) / len(reference), 3)
-
-
-async def measure(requests: int, experts: int, max_tokens: int, seed: int, max_running: int) -> dict[str, Any]:
+@asynccontextmanager
+async def bench_pool(
+    experts: int, max_running: int, engine: str
+) -> AsyncIterator[tuple[ExpertPool, Path, dict[str, Any]]]:
+    """The started, warmed-up pool of ``experts`` weight copies under a budget for two, its work folder, its shape."""
     workdir = Path(tempfile.mkdtemp(prefix="moesaic-bench-dispatch-"))
     try:
         copies = copy_weights(experts, workdir)
         footprint_gb = loaded_bytes(copies[0], 4) / 1024**3  # fp32 on CPU
-        spec = pool_spec(copies, budget_gb=round(2.05 * footprint_gb, 3), max_running=max_running)
+        footprint_gb += VLLM_KV_CACHE_GB if engine == "vllm" else 0.0  # as the actors measure it
+        spec = pool_spec(copies, round(2.05 * footprint_gb, 3), max_running, engine)
         pool = ExpertPool(spec, num_cpus=os.cpu_count())
         try:
             health = await pool.start()
@@ -277,39 +325,46 @@ async def measure(requests: int, experts: int, max_tokens: int, seed: int, max_r
             if failed:
                 raise SystemExit(f"experts did not start: {failed}")
             await warm_up(pool)
-            work = workload(requests, experts, seed)
-            calls = sum(len(names) for _, names in work)
-
-            loads, started = await total_loads(pool), time.perf_counter()
-            naive_answers = await naive_serial(pool, work, capacity=2, max_tokens=max_tokens)
-            serial_s, serial_loads = time.perf_counter() - started, await total_loads(pool) - loads
-
-            loads, started = await total_loads(pool), time.perf_counter()
-            concurrent_answers = await naive_concurrent(pool, work, 2, max_running, max_tokens)
-            naive_s, naive_loads = time.perf_counter() - started, await total_loads(pool) - loads
-
-            orchestrator = Orchestrator(pool)
-            dispatcher = dispatching(pool)
-            loads, started = await total_loads(pool), time.perf_counter()
-            online_answers, latencies = await online(orchestrator, work, max_tokens)
-            online_s = time.perf_counter() - started
-            await dispatcher.release_all()  # type: ignore[union-attr]
-            online_loads = await total_loads(pool) - loads
-
-            loads, started = await total_loads(pool), time.perf_counter()
-            batch_answers, report = await batch(orchestrator, work, workdir, max_tokens)
-            batch_s, batch_loads = time.perf_counter() - started, await total_loads(pool) - loads
+            budget_gb = spec.residency.budget_gb if spec.residency else None
+            shape = {"budget_gb": budget_gb, "expert_gb": round(footprint_gb, 3), "engine": engine}
+            yield pool, workdir, shape
         finally:
             await pool.shutdown()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def measure(
+    requests: int, experts: int, max_tokens: int, seed: int, max_running: int, engine: str = "native"
+) -> dict[str, Any]:
+    async with bench_pool(experts, max_running, engine) as (pool, workdir, shape):
+        work = workload(requests, experts, seed)
+        calls = sum(len(names) for _, names in work)
+        loads, started = await total_loads(pool), time.perf_counter()
+        naive_answers = await naive_serial(pool, work, capacity=2, max_tokens=max_tokens)
+        serial_s, serial_loads = time.perf_counter() - started, await total_loads(pool) - loads
+
+        loads, started = await total_loads(pool), time.perf_counter()
+        concurrent_answers = await naive_concurrent(pool, work, 2, max_running, max_tokens)
+        naive_s, naive_loads = time.perf_counter() - started, await total_loads(pool) - loads
+
+        orchestrator = Orchestrator(pool)
+        dispatcher = dispatching(pool)
+        loads, started = await total_loads(pool), time.perf_counter()
+        online_run = await online(orchestrator, work, max_tokens)
+        online_s, online_answers = time.perf_counter() - started, online_run.answers
+        await dispatcher.release_all()  # type: ignore[union-attr]
+        online_loads = await total_loads(pool) - loads
+
+        loads, started = await total_loads(pool), time.perf_counter()
+        batch_answers, report = await batch(orchestrator, work, workdir, max_tokens)
+        batch_s, batch_loads = time.perf_counter() - started, await total_loads(pool) - loads
     return {
         "requests": requests,
         "expert_calls": calls,
         "experts": experts,
         "max_tokens": max_tokens,
-        "budget_gb": spec.residency.budget_gb if spec.residency else None,
-        "expert_gb": round(footprint_gb, 3),
+        **shape,
         "max_running": max_running,
         "naive_concurrent_s": round(naive_s, 2),
         "naive_serial_s": round(serial_s, 2),
@@ -323,12 +378,42 @@ async def measure(requests: int, experts: int, max_tokens: int, seed: int, max_r
         "batch_speedup": round(naive_s / batch_s, 2),
         "online_speedup_vs_serial": round(serial_s / online_s, 2),
         "batch_speedup_vs_serial": round(serial_s / batch_s, 2),
-        "online_p50_s": round(percentile(latencies, 0.5), 2),
-        "online_p95_s": round(percentile(latencies, 0.95), 2),
+        "online_p50_s": round(percentile(online_run.latencies, 0.5), 2),
+        "online_p95_s": round(percentile(online_run.latencies, 0.95), 2),
         "batch_failed_items": report.failed,
         "answers_match_naive_concurrent": match(concurrent_answers, naive_answers),
         "answers_match_online": match(online_answers, naive_answers),
         "answers_match_batch": match(batch_answers, naive_answers),
+    }
+
+
+async def measure_arrivals(
+    requests: int, experts: int, max_tokens: int, seed: int, max_running: int, rate: float, engine: str
+) -> dict[str, Any]:
+    """Naive concurrent load-on-demand against the Orchestrator over the Dispatcher, requests arriving at ``rate``/s."""
+    async with bench_pool(experts, max_running, engine) as (pool, _, shape):
+        work, arrivals = workload(requests, experts, seed), arrival_times(requests, rate, seed)
+
+        naive = await counting_loads(pool, naive_on_demand(pool, work, 2, max_running, max_tokens, arrivals))
+        orchestrator, dispatcher = Orchestrator(pool), dispatching(pool)
+        online_run = await counting_loads(
+            pool,
+            online(orchestrator, work, max_tokens, arrivals),
+            dispatcher.release_all,  # type: ignore[union-attr]
+        )
+        stats = list(dispatcher.stats.values())  # type: ignore[union-attr]
+    figures = arrival_figures(rate, arrivals, naive, online_run)
+    figures["online_batches"] = sum(expert.batches for expert in stats)  # runs of an expert over all queued for it
+    figures["online_queue_wait_s"] = round(sum(e.wait_seconds_total for e in stats) / sum(e.requests for e in stats), 2)
+    return {
+        "requests": requests,
+        "expert_calls": sum(len(names) for _, names in work),
+        "experts": experts,
+        "max_tokens": max_tokens,
+        **shape,
+        "max_running": max_running,
+        "seed": seed,
+        "arrivals": figures,
     }
 
 
@@ -355,8 +440,19 @@ def main() -> None:
     parser.add_argument("--max-running", type=int, default=2, help="experts generating at once (residency)")
     parser.add_argument("--no-continuous", action="store_true", help="skip bench/continuous.py's figures")
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object on the last line")
+    parser.add_argument(
+        "--arrivals", type=float, metavar="RATE", help="requests arrive as a Poisson stream at RATE/s: naive vs online"
+    )
+    parser.add_argument("--engine", choices=tuple(ENGINE_OPTIONS), default="native", help="the experts' engine")
     args = parser.parse_args()
-    figures = asyncio.run(measure(args.requests, args.experts, args.max_tokens, args.seed, args.max_running))
+    sizes = (args.requests, args.experts, args.max_tokens, args.seed, args.max_running)
+    if args.arrivals is not None:
+        figures = asyncio.run(measure_arrivals(*sizes, rate=args.arrivals, engine=args.engine))
+        print_arrivals(figures)
+        if args.json:
+            print(json.dumps(figures))
+        return
+    figures = asyncio.run(measure(*sizes, engine=args.engine))
     if not args.no_continuous:
         figures.update(continuous_figures())
     print(f"{'mode':<18}{'seconds':>10}{'loads':>8}{'vs naive concurrent':>21}{'vs serial':>11}")

@@ -86,6 +86,20 @@ async def test_the_next_expert_is_prefetched_while_another_runs() -> None:
     assert when[("batch", "b")] - when[("done", "a")] < 0.04  # so b started without waiting for a load
 
 
+async def test_a_request_for_a_running_expert_joins_its_run_without_waiting_for_it_to_end() -> None:
+    pool = FakePool(residency_spec("ab", budget_gb=1.0, max_running=1), load_s=0.05, run_s=0.3)
+    dispatcher = Dispatcher(pool)  # type: ignore[arg-type]
+    first = asyncio.create_task(dispatcher.generate("a", ask("first")))
+    await asyncio.sleep(0.1)  # a is loaded and generating
+    late = await dispatcher.generate("a", ask("late"))
+    await first
+    batches = [(at, size) for at, kind, name, size in pool.events if kind == "batch" and name == "a"]
+    done_first = next(at for at, kind, name, _ in pool.events if kind == "done")
+    assert len(batches) == 2 and batches[1][0] < done_first  # sent while the first batch ran, not after it
+    assert pool.actions("load") == ["a"] and late.text == "a: late"
+    assert dispatcher.stats["a"].requests == 2
+
+
 async def test_a_request_past_the_latency_bound_makes_its_expert_run_next() -> None:
     pool = FakePool(residency_spec("ab", budget_gb=1.0, latency_bound_s=0.15), load_s=0.01, run_s=0.03)
     dispatcher = Dispatcher(pool)  # type: ignore[arg-type]

@@ -121,7 +121,8 @@ def test_residency_managed_experts_on_vllm_get_an_engine_each_whose_footprint_co
     from experts.vllm.client import VllmBackend
 
     spec = parse_pool(document, "<test>")
-    assert VllmBackend(spec.experts[0], "engine").runtime_memory_gb == 0.5  # counted beside the weights
+    assert VllmBackend(spec.experts[0], "engine").runtime_memory_gb == 1.0  # whole GiB on CPU, beside the weights
+    assert {group.settings.kv_cache_gb for group in engines.groups} == {1.0}
     gpu = {
         "name": "g",
         "residency": {"budget_gb": 20.0},

@@ -39,7 +39,7 @@ from experts.config.engine_choice import (
     find_engine_environment,
 )
 from experts.config.pool_spec import ExpertSpec, PoolSpec
-from experts.vllm.engine_actor import EngineSettings, VllmEngineActor
+from experts.vllm.engine_actor import EngineSettings, VllmEngineActor, kv_cache_gb
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def engine_settings(
         device="cuda" if cuda else "cpu",
         max_model_len=int(options.get("max_len", 2048)),
         max_num_seqs=int(options.get("max_num_seqs", 64)),
-        kv_cache_gb=float(options.get("kv_cache_gb", 1.0)),
+        kv_cache_gb=kv_cache_gb(float(options.get("kv_cache_gb", 1.0)), "cuda" if cuda else "cpu"),
         gpu_memory_utilization=float(options.get("gpu_memory_utilization", 0.85)),
         tensor_parallel_size=max(1, int(resources.num_gpus)) if cuda else 1,
         enable_prefix_caching=bool(options.get("prefix_caching", True)),
@@ -181,7 +181,7 @@ class SharedEngines:
             "PYTHONPATH": str(CODE_ROOT),  # our engine actor's module, in the engine environment
             "OMP_NUM_THREADS": str(group.threads),
             "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # Ray places the actor; threads as resources.torch_threads
-            "VLLM_CPU_KVCACHE_SPACE": f"{group.settings.kv_cache_gb:g}",
+            "VLLM_CPU_KVCACHE_SPACE": str(int(group.settings.kv_cache_gb)),  # whole GiB (kv_cache_gb rounds up)
             "HF_HUB_OFFLINE": "1",
             "VLLM_NO_USAGE_STATS": "1",
             "VLLM_LOGGING_LEVEL": "WARNING",  # its INFO lines would flood the serving process (Ray forwards them)

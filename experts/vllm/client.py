@@ -19,6 +19,7 @@ from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
 from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, TextDelta, TokenLogprob, TopLogprob, Usage, as_text_turns
+from experts.vllm.engine_actor import kv_cache_gb
 
 DEFAULT_SLOTS = 64  # requests one persona lets into the engine at once (the engine's own max_num_seqs bounds all)
 
@@ -73,8 +74,8 @@ class VllmBackend(Backend):
 
     @property
     def runtime_memory_gb(self) -> float:
-        """What the engine takes beyond the weights: its KV cache (``options.kv_cache_gb``)."""
-        return float(self.spec.options.get("kv_cache_gb", 1.0))
+        """What the engine takes beyond the weights: its KV cache (``options.kv_cache_gb``; whole GiB on CPU)."""
+        return kv_cache_gb(float(self.spec.options.get("kv_cache_gb", 1.0)), "cuda" if self.spec.on_gpu else "cpu")
 
     def describe(self) -> dict[str, object]:
         return {"backend": "local", "model": self.spec.model, "engine_actor": self.engine_name, **self._facts}

@@ -17,6 +17,7 @@ many requests ran at once, which is how the tests see that requests share steps.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import time
 from collections.abc import AsyncIterator
@@ -63,6 +64,12 @@ class EngineSettings:
             if self.kv_cache_pinned:
                 args["kv_cache_memory_bytes"] = int(self.kv_cache_gb * 1024**3)
         return args
+
+
+def kv_cache_gb(asked: float, device: str) -> float:
+    """The KV cache an engine takes for ``asked`` GiB: as asked on CUDA; on CPU whole GiB, at least one (vLLM's CPU
+    build reads ``VLLM_CPU_KVCACHE_SPACE`` as an integer), a fraction rounded up."""
+    return float(asked) if device == "cuda" else float(max(1, math.ceil(asked)))
 
 
 @dataclass

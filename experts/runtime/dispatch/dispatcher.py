@@ -4,9 +4,10 @@ When the pool holds more local models than fit in memory, running requests in ar
 spends the time loading. The dispatcher instead lets routed requests wait in one queue per
 expert, runs an expert over everything queued for it as one batch (Symbolic-MoE: group work
 by assigned expert so each model loads once), picks the next expert with
-``experts.runtime.dispatch.scheduler`` (overdue first, then resident, then most work), and tells the
-``ResidencyManager`` what is queued, so eviction keeps the experts needed next and the next
-expert is prefetched while another one runs (Read-ME, Pre-gated MoE).
+``experts.runtime.dispatch.scheduler`` (overdue first, then resident, then most work), lets a request for an
+expert already running join its run (the actor batches it in), and tells the ``ResidencyManager`` what is
+queued, so eviction keeps the experts needed next and the next expert is prefetched while another one runs
+(Read-ME, Pre-gated MoE).
 
 It offers the pool's interface (``generate``, ``stream``, health), so the orchestrator uses
 it in place of the pool when the pool file has a ``residency`` section (``dispatching``).
@@ -69,6 +70,7 @@ class Dispatcher:
         self._queues: dict[str, deque[_Job]] = {}
         self._running: set[str] = set()
         self._acquiring: set[str] = set()  # runs started that do not hold their expert in memory yet
+        self._serving: dict[str, set[asyncio.Task[None]]] = {}  # runs sending work: requests that joined them
         self._expected: Counter[str] = Counter()  # calls known to come later (batch mode: the aggregator's)
         self._tasks: set[asyncio.Task[None]] = set()
         self._pump_task: asyncio.Task[None] | None = None
@@ -214,7 +216,8 @@ class Dispatcher:
         return scheduler.order(views, now, self.latency_bound_s)
 
     def _launch(self) -> None:
-        """Start runs while slots are free; then prefetch the expert in line after them."""
+        """Let requests join their expert's run; start runs while slots are free; prefetch the expert in line."""
+        self._join_runs()
         while len(self._running) < self.max_running:
             if self.residency is not None and self.residency.waiting_for_room:
                 break  # a run waits for memory: starting others would only pin what it needs evicted
@@ -231,6 +234,27 @@ class Dispatcher:
             if upcoming is not None and self.residency.state(upcoming) in ("disk", "parked"):
                 self.residency.prefetch(upcoming)
 
+    def _join_runs(self) -> None:
+        """A request for an expert that is running (in memory, generating) joins its run at once: the actor takes it
+        into its running batch, where waiting for the run to end would cost a whole turn. Unless another expert's
+        request is overdue: then the run ends with what it has, so the overdue one gets its turn."""
+        for name, joined in self._serving.items():
+            if not self.queue_depth(name) or self._overdue_elsewhere(name):
+                continue
+            task = asyncio.create_task(self._send(name, self._take(name)))
+            for tracked in (joined, self._tasks):
+                tracked.add(task)
+                task.add_done_callback(tracked.discard)
+
+    def _overdue_elsewhere(self, name: str) -> bool:
+        if self.latency_bound_s is None:
+            return False
+        now = self.clock()
+        return any(
+            other != name and any(now - job.enqueued > self.latency_bound_s for job in queue if not job.future.done())
+            for other, queue in self._queues.items()
+        )
+
     async def _run(self, name: str) -> None:
         try:
             if self.residency is not None:
@@ -244,11 +268,15 @@ class Dispatcher:
                 finally:
                     self._acquiring.discard(name)
                     self._kick()  # room is settled: the pump may prefetch the next expert
+            joined = self._serving[name] = set()
             try:
                 jobs = self._take(name)
                 if jobs:
                     await self._send(name, jobs)
+                while joined:  # requests that joined while it ran (more may join while these finish)
+                    await asyncio.gather(*list(joined), return_exceptions=True)
             finally:
+                del self._serving[name]
                 if self.residency is not None:
                     self.residency.release(name)
         finally:
