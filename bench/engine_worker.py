@@ -1,4 +1,5 @@
-"""One engine under load, for ``bench/engines.py``: our continuous engine or vLLM's, in a process of its own.
+"""One engine under load, for ``bench/engines.py``: our continuous engine or vLLM's, in a process of its own
+(and for ``bench/moe_engines.py``: ``moe``, our ``moe`` backend on an MoE checkpoint, against vLLM's).
 
 Started by ``bench/engines.py`` with the interpreter each engine needs (this venv for ``native``, the engine
 environment for ``vllm``), it loads the model once, prints ``{"ready": ...}`` and then answers one JSON command
@@ -6,8 +7,9 @@ per line on stdin — ``{"concurrency": 16, "max_tokens": 32}`` — with one JSO
 request's time to its first token, and the resident memory of the engine's processes (vLLM runs its engine core in
 child processes: they are counted). Both engines get the same prompts (``bench/prompts.py``), greedy decoding,
 exactly ``max_tokens`` tokens per answer (end-of-sequence held back until then), fp32 and one CPU thread.
+``moe`` runs its static batches: the requests of one command are one batch, as the actor would hand them over.
 
-    python bench/engine_worker.py native|vllm MODEL_DIR [VLLM_DTYPE]
+    python bench/engine_worker.py native|vllm|moe MODEL_DIR [DTYPE]   # DTYPE: vllm's and moe's (float32)
 """
 
 from __future__ import annotations
@@ -82,6 +84,41 @@ class Native:
         self.engine.close()
 
 
+class MoE:
+    """Our ``moe`` backend (``experts/backends/moe.py``, engine auto) on an MoE checkpoint, one torch thread."""
+
+    def __init__(self, directory: str, dtype: str = "float32") -> None:
+        from experts.backends.moe import MoEBackend
+        from experts.config.pool_spec import parse_pool
+
+        class Exact(MoEBackend):  # every answer exactly max_tokens long, as vLLM is asked (min_tokens)
+            def _params(self, request: Any, output_format: Any, grammar: Any = None) -> Any:
+                params = super()._params(request, output_format, grammar)
+                params.min_tokens = params.max_tokens
+                return params
+
+        resources = {"num_cpus": 0, "torch_threads": 1, "device": "cpu"}
+        entry = {"name": "moe", "backend": "moe", "model": directory, "resources": resources}
+        spec = parse_pool({"name": "bench", "experts": [{**entry, "options": {"dtype": dtype}}]}, "<bench>")
+        self.backend = Exact(spec.experts[0])
+        asyncio.get_event_loop().run_until_complete(self.backend.load())
+
+    async def run(self, prompts: list[str], max_tokens: int) -> list[tuple[int, float]]:
+        from experts.types import GenerationRequest, Message, TextDelta
+
+        started, firsts = time.perf_counter(), [0.0] * len(prompts)
+
+        def first(delta: TextDelta) -> None:
+            firsts[delta.index] = firsts[delta.index] or time.perf_counter() - started
+
+        batch = [GenerationRequest([Message("user", p)], max_tokens=max_tokens, temperature=0.0) for p in prompts]
+        done = await self.backend.generate(batch, first)
+        return [(answer.usage.completion_tokens, firsts[i]) for i, answer in enumerate(done)]
+
+    def close(self) -> None:
+        asyncio.get_event_loop().run_until_complete(self.backend.unload())
+
+
 class Vllm:
     """vLLM's ``AsyncLLM`` through our engine actor class (in process: no Ray), fp32, one OMP thread."""
 
@@ -123,12 +160,14 @@ def protocol_stdout() -> Any:
 def main() -> None:
     kind, directory = sys.argv[1], sys.argv[2]
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("VLLM_NO_USAGE_STATS", "1")
     out = protocol_stdout()
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     started = time.perf_counter()
     dtype = sys.argv[3] if len(sys.argv) > 3 else "float32"
-    engine: Native | Vllm = Native(directory) if kind == "native" else Vllm(directory, dtype)
+    others: dict[str, type[Vllm | MoE]] = {"vllm": Vllm, "moe": MoE}
+    engine: Native | Vllm | MoE = Native(directory) if kind == "native" else others[kind](directory, dtype)
     loop.run_until_complete(engine.run(PROMPTS[:2], 4))  # warm-up
     print(json.dumps({"ready": True, "load_s": time.perf_counter() - started}), file=out, flush=True)
     for line in sys.stdin:
