@@ -49,7 +49,9 @@ class BatchDecoder:
         rows = [self.rows.start(index, p, len(ids)) for index, (ids, p) in enumerate(zip(prompts, params))]
         input_ids, attention_mask = self._left_pad(prompts)
         positions = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True)
+        out = self.model(  # the prefill scores only the last position: the others' logits would go unused
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=positions, use_cache=True, logits_to_keep=1
+        )
         cache = out.past_key_values
         active = list(rows)
         last_positions = positions[:, -1:]
