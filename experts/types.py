@@ -90,7 +90,7 @@ class GenerationRequest:
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
     # token log-probabilities: the sampled token's and this many alternatives' (0-20); None: not asked. Only
-    # experts on vLLM's engine answer them (``ExpertPool.answers_logprobs``); the HTTP edge refuses the others
+    # experts on vLLM's engine answer them (``ExpertPool.honours``); the HTTP edge refuses the others
     logprobs: int | None = None
 
 

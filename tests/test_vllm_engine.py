@@ -209,6 +209,81 @@ def test_logprobs_come_in_openais_shape(vllm_server: str) -> None:
     assert refused.value.body["param"] == "logprobs" and "expert/writer" in refused.value.body["message"]
 
 
+TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+                "additionalProperties": False,
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "The time in a time zone",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string"}},
+                "required": ["zone"],
+                "additionalProperties": False,
+            },
+        },
+    },
+]
+
+
+def test_a_forced_tool_call_is_well_formed_and_names_an_offered_function(vllm_server: str) -> None:
+    import openai
+
+    client = openai.OpenAI(base_url=vllm_server + "/v1", api_key="unused", max_retries=0, timeout=120)
+    card = client.models.retrieve("expert/writer").model_extra
+    assert card is not None and card["capabilities"]["tools"] is True
+    messages: Any = [{"role": "user", "content": "What is the weather in Paris?"}]
+    named: Any = {"type": "function", "function": {"name": "get_weather"}}
+    answer = client.chat.completions.create(
+        model="expert/writer", messages=messages, tools=TOOLS, tool_choice=named, max_tokens=40, temperature=0
+    )
+    (choice,) = answer.choices
+    assert choice.finish_reason == "tool_calls" and choice.message.tool_calls
+    (call,) = choice.message.tool_calls
+    assert call.function.name == "get_weather" and call.id.startswith("call_")
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city"} and isinstance(arguments["city"], str)
+    required = client.chat.completions.create(
+        model="expert/math", messages=messages, tools=TOOLS, tool_choice="required", max_tokens=60, temperature=0
+    )
+    calls = required.choices[0].message.tool_calls or []
+    assert required.choices[0].finish_reason == "tool_calls" and calls
+    for call in calls:
+        wanted = {"get_weather": {"city"}, "get_time": {"zone"}}[call.function.name]
+        assert set(json.loads(call.function.arguments)) == wanted
+    auto = client.chat.completions.create(  # SmolLM2's template shows no tools and no parser is set: text
+        model="expert/writer", messages=messages, tools=TOOLS, max_tokens=16, temperature=0
+    )
+    assert auto.choices[0].finish_reason in ("stop", "length") and not auto.choices[0].message.tool_calls
+    assert auto.choices[0].message.content
+    routed = client.chat.completions.create(  # the pipeline returns the best-ranked expert's call
+        model="moesaic",
+        messages=messages,
+        tools=TOOLS,
+        tool_choice=named,
+        max_tokens=40,
+        extra_body={"moesaic": {"experts": ["math", "coder"]}},
+    )
+    assert routed.choices[0].finish_reason == "tool_calls"
+    assert (
+        routed.choices[0].message.tool_calls and routed.choices[0].message.tool_calls[0].function.name == "get_weather"
+    )
+    assert routed.model_extra is not None and routed.model_extra["moesaic"]["passthrough"]["not_supported_by"] == []
+
+
 async def test_the_engine_stops_when_its_last_persona_unloads_and_is_built_again_on_load(vllm_pool: ExpertPool) -> None:
     """Residency on vLLM's CPU build (no sleep mode): releasing the model stops the engine, loading rebuilds it.
     Last in this module: it takes the shared engine down and back up."""

@@ -81,6 +81,7 @@ def engine_settings(
         enable_prefix_caching=bool(options.get("prefix_caching", True)),
         enforce_eager=bool(options.get("enforce_eager", not cuda)),
         sleep_mode=cuda and bool(options.get("sleep_mode", True)),
+        tool_parser=str(options["tool_parser"]) if options.get("tool_parser") else None,
         kv_cache_pinned=cuda and (residency_managed or "kv_cache_gb" in options),
     )
 

@@ -220,10 +220,14 @@ class ExpertPool:
     async def generate(self, name: str, request: GenerationRequest) -> Completion:
         return await self._guarded(name).generate(request)
 
-    def answers_logprobs(self, name: str) -> bool:
-        """Whether the expert's engine reports token log-probabilities (vLLM's does; ours and hosted APIs here
-        do not)."""
-        return self.engines is not None and name in self.engines.engine_of
+    def honours(self, name: str, field: str) -> bool:
+        """Whether the expert acts on the request's ``field``: ``ExpertSpec.supports`` says what its backend does;
+        an expert on vLLM's engine also calls tools (``experts/vllm/tools.py``) and reports log-probabilities,
+        which ours and the hosted APIs here do not."""
+        on_vllm = self.engines is not None and name in self.engines.engine_of
+        if field == "logprobs":
+            return on_vllm
+        return self.spec.expert(name).supports(field) or (on_vllm and field in ("tools", "tool_choice"))
 
     async def generate_batch(self, name: str, requests: list[GenerationRequest]) -> list[Completion | Exception]:
         """Several requests to one expert in one actor call (its batcher sees them together); failures in place."""

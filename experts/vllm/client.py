@@ -6,19 +6,30 @@ directory (an ``embedded:`` model is dequantised once, as for the native engine)
 ``generate`` streams every request of a batch into the engine at once, where vLLM's scheduler batches them with
 the other personas' requests. A request whose caller goes away is cancelled here, which cancels its engine task, and
 vLLM aborts it. Usage comes from vLLM's token counts, priced at the expert's price; token log-probabilities, when
-the request asks for them, come with each piece of text and with the completion.
+the request asks for them, come with each piece of text and with the completion; tool calls (``tools.py``, in the
+engine) come with the completion.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from typing import Any
 
 from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
 from experts.errors import BackendError
-from experts.types import Completion, GenerationRequest, TextDelta, TokenLogprob, TopLogprob, Usage, as_text_turns
+from experts.types import (
+    Completion,
+    GenerationRequest,
+    TextDelta,
+    TokenLogprob,
+    ToolCall,
+    TopLogprob,
+    Usage,
+    as_text_turns,
+)
 from experts.vllm.engine_actor import kv_cache_gb
 
 DEFAULT_SLOTS = 64  # requests one persona lets into the engine at once (the engine's own max_num_seqs bounds all)
@@ -110,15 +121,21 @@ class VllmBackend(Backend):
         if done.get("error"):
             return Completion.failed(f"expert {self.spec.name!r}: {done['error']}", self.spec.model, done["error_code"])
         prompt, written = int(done.get("prompt_tokens", 0)), int(done.get("completion_tokens", 0))
+        calls = tuple(ToolCall(_call_id(), name, args) for name, args in done.get("tool_calls", []))
         return Completion(
             text="".join(pieces),
             finish_reason=done.get("finish_reason", "stop"),
+            tool_calls=calls,
             usage=Usage(prompt, written, self.spec.cost_of(prompt, written) or 0.0),
             model=self.spec.model,
             latency_s=time.perf_counter() - started,
             batch_size=int(done.get("batch_size", 1)),
             logprobs=tuple(logprobs) if request.logprobs is not None else None,
         )
+
+
+def _call_id() -> str:
+    return f"call_{uuid.uuid4().hex[:24]}"
 
 
 def payload_of(request: GenerationRequest) -> dict[str, Any]:
@@ -132,6 +149,8 @@ def payload_of(request: GenerationRequest) -> dict[str, Any]:
         "stop": list(request.stop),
         "seed": request.seed,
         "response_format": request.response_format,
+        "tools": request.tools,
+        "tool_choice": request.tool_choice,
         "logprobs": request.logprobs,
     }
 

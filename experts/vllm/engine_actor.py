@@ -42,6 +42,7 @@ class EngineSettings:
     enforce_eager: bool = True  # no graph capture: start-up in seconds (CUDA graphs: set false)
     sleep_mode: bool = False  # CUDA: parking puts the engine to sleep (weights to host RAM), waking brings it back
     kv_cache_pinned: bool = False  # CUDA: the KV cache takes exactly kv_cache_gb (residency budgets count on it)
+    tool_parser: str | None = None  # vLLM's tool parser for tool_choice auto (hermes, llama3_json, ...): tools.py
     seed: int = 0
 
     def engine_args(self, model: str) -> dict[str, Any]:
@@ -145,6 +146,14 @@ class VllmEngineActor:
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
+        from experts.vllm.tools import known_parser
+
+        if self.settings.tool_parser and not known_parser(self.settings.tool_parser):
+            raise ValueError(
+                f"options.tool_parser {self.settings.tool_parser!r} is not one of vLLM's tool parsers "
+                "(see vllm/tool_parsers: hermes, llama3_json, mistral, qwen3_xml, ...)"
+            )
+
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights come from disk only
         return AsyncLLM.from_engine_args(AsyncEngineArgs(**self.settings.engine_args(model_dir)))
 
@@ -158,6 +167,7 @@ class VllmEngineActor:
             "engine_load_seconds": self.load_seconds,
             "context_window": self.settings.max_model_len,
             "prefix_caching": self.settings.enable_prefix_caching,
+            "tool_parser": self.settings.tool_parser,
             **{f"engine_{key}": value for key, value in asdict(self.settings).items() if key in ("dtype", "device")},
         }
 
@@ -167,17 +177,22 @@ class VllmEngineActor:
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream one request: ``{"text": delta}`` items, then ``{"done": ...}`` with vLLM's counts and finish."""
         from experts.vllm.sampling import prompt_of, sampling_params, token_logprobs
+        from experts.vllm.tools import calls_of, plan_tools
 
         if self._engine is None or self.asleep:
             raise RuntimeError("the engine's model is not loaded (not started, or released): load the expert first")
         stats = self.stats_
         request_id = f"{payload.get('request_id') or 'req'}-{os.urandom(6).hex()}"  # unique within the engine
         try:
-            prompt = prompt_of(self._tokenizer, payload["messages"])
-            params = sampling_params(payload)
-        except ValueError as error:  # e.g. a response_format vLLM cannot enforce
-            yield _failed(str(error), ErrorCode.INVALID_RESPONSE_FORMAT)
+            plan = plan_tools(payload, self.settings.tool_parser, self._tokenizer)
+            prompt = prompt_of(self._tokenizer, payload["messages"], plan.tools if plan else None)
+            params = sampling_params(payload, plan.schema if plan else None)
+            params.skip_special_tokens = plan.skip_special_tokens if plan else True
+        except ValueError as error:  # e.g. a response_format vLLM cannot enforce, a tool_choice naming no tool
+            code = ErrorCode.INVALID_RESPONSE_FORMAT if payload.get("response_format") else None
+            yield _failed(str(error), code)
             return
+        held: list[str] = []  # a tool plan reads its calls out of the whole answer: its text comes at the end
         stats.requests += 1
         stats.in_flight += 1
         stats.most_in_flight = max(stats.most_in_flight, stats.in_flight)
@@ -192,7 +207,9 @@ class VllmEngineActor:
                 completion_tokens += len(piece.token_ids)  # DELTA outputs: the new tokens of this step
                 finish = piece.finish_reason or finish
                 shared = max(shared, stats.in_flight)
-                if params.logprobs is not None and piece.logprobs:
+                if plan is not None:
+                    held.append(piece.text)
+                elif params.logprobs is not None and piece.logprobs:
                     rows = token_logprobs(self._tokenizer, piece.token_ids, piece.logprobs, params.logprobs)
                     yield {"text": piece.text, "logprobs": rows}  # text may lag its tokens (stop strings)
                 elif piece.text:
@@ -210,9 +227,19 @@ class VllmEngineActor:
                 stats.aborted += 1  # the caller went away: vLLM aborted the request when its generator closed
             stats.prompt_tokens += prompt_tokens
             stats.completion_tokens += completion_tokens
+        calls: list[list[str]] = []
+        if plan is not None:
+            try:
+                text, calls = calls_of(plan, "".join(held), self._tokenizer)
+            except ValueError as error:  # a forced call cut off by max_tokens is not JSON
+                yield _failed(f"the model's tool call could not be read ({error}); allow more max_tokens", None)
+                return
+            if text:
+                yield {"text": text}
         yield {
             "done": True,
-            "finish_reason": "length" if finish == "length" else "stop",
+            "tool_calls": calls,
+            "finish_reason": "length" if finish == "length" else "tool_calls" if calls else "stop",
             "prompt_tokens": prompt_tokens,
             "completion_tokens": completion_tokens,
             "latency_s": time.perf_counter() - started,

@@ -14,22 +14,26 @@ import json
 from typing import Any
 
 
-def prompt_of(tokenizer: Any, messages: list[dict[str, str]]) -> str:
-    """The conversation through the model's chat template, ready for the assistant's turn."""
+def prompt_of(tokenizer: Any, messages: list[dict[str, str]], tools: list[dict[str, Any]] | None = None) -> str:
+    """The conversation through the model's chat template, ready for the assistant's turn (with the offered tools,
+    for a template that shows them to the model; others leave them out)."""
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the model's tokenizer has no chat template; local experts need a chat model")
-    return str(tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True))
 
 
-def sampling_params(payload: dict[str, Any]) -> Any:
-    """vLLM's ``SamplingParams`` for one request (``ValueError`` for a format it cannot enforce)."""
+def sampling_params(payload: dict[str, Any], tool_schema: dict[str, Any] | None = None) -> Any:
+    """vLLM's ``SamplingParams`` for one request (``ValueError`` for a format it cannot enforce). ``tool_schema``: a
+    forced tool call's schema (``tools.py``), which the answer is held to instead of any ``response_format``."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
     structured = None
     response_format = payload.get("response_format") or {}
     kind = response_format.get("type")
-    if kind == "json_object":
+    if tool_schema is not None:
+        structured = StructuredOutputsParams(json=json.dumps(tool_schema), disable_any_whitespace=True)
+    elif kind == "json_object":
         structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
     elif kind == "json_schema":
         schema = (response_format.get("json_schema") or {}).get("schema")

@@ -92,6 +92,9 @@ class Dispatcher:
     def healthy_names(self) -> list[str]:
         return self.pool.healthy_names()
 
+    def honours(self, name: str, field: str) -> bool:
+        return self.pool.honours(name, field)
+
     def breaker_states(self) -> dict[str, str]:
         """The pool's circuit breakers ("closed", "open", "half_open" per expert)."""
         return self.pool.breaker_states()

@@ -6,12 +6,11 @@ import logging
 import time
 import uuid
 from dataclasses import asdict
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import APIRouter, Request
 from pydantic import ValidationError
 
-from experts.config.pool_spec import PoolSpec
 from experts.errors import ErrorCode
 from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest, TextPiece
@@ -175,7 +174,7 @@ async def _pipeline(
     orchestrator: Orchestrator, body: ChatCompletionRequest, ledger: CallLedger
 ) -> AnswerResponse | AnswerStream:
     if body.logprobs:
-        having = [name for name in orchestrator.pool.expert_names if orchestrator.pool.answers_logprobs(name)]
+        having = [name for name in orchestrator.pool.expert_names if orchestrator.pool.honours(name, "logprobs")]
         raise APIError(
             400,
             f"model {body.model!r} combines several models' answers, which has no token log-probabilities; ask one "
@@ -194,7 +193,7 @@ async def _pipeline(
             raise _pipeline_error(error) from None
         assert isinstance(first, DecisionEvent)
         headers = {"x-moesaic-experts": ",".join(first.decision.experts)}
-        chunks = _pipeline_chunks(events, body, response_id, created, orchestrator.pool.spec, first.decision)
+        chunks = _pipeline_chunks(events, body, response_id, created, orchestrator.pool.honours, first.decision)
         return AnswerStream(chunks, headers=headers)
     try:
         result = await orchestrator.run(request)
@@ -210,7 +209,7 @@ async def _pipeline(
         prompt_tokens=result.usage.prompt_tokens,
         completion_tokens=result.usage.completion_tokens,
         metadata=with_passthrough(
-            result.metadata(), orchestrator.pool.spec, result.decision.experts, body.passthrough()
+            result.metadata(), orchestrator.pool.honours, result.decision.experts, body.passthrough()
         ),
         tool_calls=result.verdict.tool_calls,
     )
@@ -238,7 +237,7 @@ async def _pipeline_chunks(
     body: ChatCompletionRequest,
     response_id: str,
     created: int,
-    spec: PoolSpec,
+    honours: Callable[[str, str], bool],
     decision: RoutingDecision,
 ) -> AsyncIterator[dict[str, Any]]:
     passed = body.passthrough()
@@ -270,7 +269,7 @@ async def _pipeline_chunks(
                     calls = tool_calls_delta(result.verdict.tool_calls)
                     yield chunk_body(response_id, created, body.model, calls)
                 final = chunk_body(response_id, created, body.model, {}, result.finish_reason)
-                final["moesaic"] = with_passthrough(result.metadata(), spec, result.decision.experts, passed)
+                final["moesaic"] = with_passthrough(result.metadata(), honours, result.decision.experts, passed)
                 yield final
                 if body.stream_options and body.stream_options.include_usage:
                     usage = result.usage
@@ -296,7 +295,7 @@ async def _direct(
         raise APIError(
             503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy"
         )
-    if body.logprobs and not pool.answers_logprobs(name):
+    if body.logprobs and not pool.honours(name, "logprobs"):
         raise APIError(
             400,
             f"expert {name!r} does not report token log-probabilities (its engine has none: only experts on vLLM's "
@@ -324,7 +323,7 @@ async def _direct(
         raise _direct_error(ExpertCallFailed(completion.error, completion.error_code))
     usage = completion.usage
     metadata = {"expert": name, "calls": [asdict(record)], "cost": usage.cost}
-    metadata = with_passthrough(metadata, pool.spec, [name], body.passthrough())
+    metadata = with_passthrough(metadata, pool.honours, [name], body.passthrough())
     return AnswerResponse(
         completion_body(
             response_id=response_id,
@@ -383,7 +382,7 @@ async def _direct_chunks(
         record_calls(body.model, [record])
         final["moesaic"] = with_passthrough(
             {"expert": name, "calls": [asdict(record)], "cost": completion.usage.cost},
-            orchestrator.pool.spec,
+            orchestrator.pool.honours,
             [name],
             body.passthrough(),
         )

@@ -9,6 +9,7 @@ recruited); it honours ``response_format`` when every routable expert does, and 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,22 +67,24 @@ def model_cards(app: FastAPI) -> list[ModelCard]:
     orchestrator: Orchestrator = app.state.orchestrator
     catalog: ExpertCatalog = app.state.catalog
     spec, created = orchestrator.pool.spec, app.state.started
-    routable = spec.routable_experts
+    routable, honours = spec.routable_experts, orchestrator.pool.honours
     pipeline: dict[str, Any] = {
         "created": created,
         "context_window": min((w for e in routable if (w := catalog.context_windows.get(e.name))), default=None),
         "capabilities": ModelCapabilities(
-            tools=any(e.supports("tools") for e in routable),
-            response_format=all(e.supports("response_format") for e in routable),
+            tools=any(honours(e.name, "tools") for e in routable),
+            response_format=all(honours(e.name, "response_format") for e in routable),
         ),
     }
     cards = [ModelCard(id=PIPELINE_MODEL, description=f"routed pipeline over pool {spec.name!r}", **pipeline)]
     for policy in orchestrator.router.policies:
         cards.append(ModelCard(id=f"{PIPELINE_MODEL}/{policy}", description=f"pipeline, {policy} policy", **pipeline))
-    return cards + [_expert_card(expert, catalog, created) for expert in spec.experts]
+    return cards + [_expert_card(expert, catalog, created, honours) for expert in spec.experts]
 
 
-def _expert_card(expert: ExpertSpec, catalog: ExpertCatalog, created: int) -> ModelCard:
+def _expert_card(
+    expert: ExpertSpec, catalog: ExpertCatalog, created: int, honours: Callable[[str, str], bool]
+) -> ModelCard:
     price = catalog.prices.get(expert.name) or price_of(expert)
     source, per_input, per_output = price.source.value, price.input_per_1m, price.output_per_1m
     return ModelCard(
@@ -90,9 +93,9 @@ def _expert_card(expert: ExpertSpec, catalog: ExpertCatalog, created: int) -> Mo
         description=f"{expert.backend}:{expert.model}" + (f" - {expert.description}" if expert.description else ""),
         context_window=catalog.context_windows.get(expert.name),
         capabilities=ModelCapabilities(
-            tools=expert.supports("tools"),
-            response_format=expert.supports("response_format"),
-            logprobs=catalog.engines.get(expert.name) == "vllm",
+            tools=honours(expert.name, "tools"),
+            response_format=honours(expert.name, "response_format"),
+            logprobs=honours(expert.name, "logprobs"),
         ),
         pricing=ModelPricing(source=source, input_per_1m=per_input, output_per_1m=per_output),
         engine=catalog.engines.get(expert.name),
