@@ -6,7 +6,8 @@ continuous engine; ``continuous`` and ``static`` name its two modes). ``auto`` t
 
 - on a CUDA device, vLLM (its kernels, CUDA graphs, paged attention; residency parks it with vLLM's sleep mode);
 - ours for a residency-managed expert on a CPU: vLLM's CPU build has no sleep mode, so every load under a
-  residency budget would build a new engine (tens of seconds here, where ours loads in a few);
+  residency budget would build a new engine (37-44 s here, where ours reloads cached weights in about 0.4 s:
+  ``bench/dispatch.py --arrivals``);
 - on a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX), vLLM in bf16: a session measured vLLM's CPU build at
   2.7x our tokens/s at 16 concurrent requests on SmolLM2-135M there (issue 28);
 - on any other CPU, vLLM where several experts name the same model (with the same resources and engine options):
@@ -133,7 +134,7 @@ def choose_engine(
         return EngineChoice(
             Engine.NATIVE,
             "auto: a residency-managed expert on a CPU loads on our engine: vLLM's CPU build has no sleep mode, so "
-            "every load would start a new engine, several times slower than ours (bench/dispatch.py --engine vllm)",
+            "every load would build a new engine, tens of seconds against under one for ours (bench/dispatch.py)",
         )
     if fast_bf16(flags):
         return EngineChoice(Engine.VLLM, "auto: this CPU does bf16 natively, where vLLM's CPU kernels are faster")
