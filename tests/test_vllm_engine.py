@@ -72,6 +72,7 @@ async def test_the_personas_share_one_engine(vllm_pool: ExpertPool) -> None:
     health = await vllm_pool.health()
     assert {health[name]["engine"] for name in PERSONAS} == {"vllm"}
     assert health["math"]["engine_actor"] == engines.pop() and health["math"]["prefix_caching"] is True
+    assert (await engine_stats(vllm_pool))["loads"] == 1  # loaded as the pool started, found built by all five
 
 
 async def test_a_greedy_answer_equals_the_native_engines(vllm_pool: ExpertPool, embedded_pool: ExpertPool) -> None:

@@ -38,7 +38,9 @@ from experts.config.engine_choice import (
     fast_bf16,
     find_engine_environment,
 )
+from experts.config.model_source import prepared_directory, resolve_model
 from experts.config.pool_spec import ExpertSpec, PoolSpec
+from experts.errors import BackendError
 from experts.vllm.engine_actor import EngineSettings, VllmEngineActor, kv_cache_gb
 
 log = logging.getLogger(__name__)
@@ -112,6 +114,7 @@ class SharedEngines:
         self.groups = self._group()
         self.engine_of = {name: group.name for group in self.groups for name in group.experts}
         self._actors: dict[str, Any] = {}
+        self._preloads: list[Any] = []  # the engines' early loads (their errors reach the personas' own loads)
         self.namespace: str | None = None
 
     def _key(self, expert: ExpertSpec) -> str:
@@ -147,7 +150,8 @@ class SharedEngines:
         return groups
 
     def start(self) -> None:
-        """Start every group's engine actor (it loads its model when the first persona asks)."""
+        """Start every group's engine actor; one that is not residency-managed loads its model at once where the
+        model is on disk ready to load (else when the first persona has prepared it)."""
         import ray
 
         self.namespace = ray.get_runtime_context().namespace
@@ -168,7 +172,10 @@ class SharedEngines:
             }
             if group.memory_gb:
                 options["memory"] = int(group.memory_gb * 1024**3)
-            self._actors[group.name] = remote.options(**options).remote(asdict(group.settings))
+            actor = self._actors[group.name] = remote.options(**options).remote(asdict(group.settings))
+            directory = self._ready_directory(group)
+            if directory is not None:  # the engine loads while the personas' actors start
+                self._preloads.append(actor.preload.remote(str(directory)))
             log.info(
                 "vLLM engine %s for %s serves %s (%s)",
                 group.name,
@@ -176,6 +183,16 @@ class SharedEngines:
                 ", ".join(group.experts),
                 self.environment.source,
             )
+
+    def _ready_directory(self, group: EngineGroup) -> Path | None:
+        """The model's directory when the engine loads at start (not residency-managed) and the model is on disk
+        ready to load (an ``embedded:`` model dequantised already); else None: the first persona prepares it."""
+        if any(self.spec.residency_managed(name) for name in group.experts):
+            return None
+        try:
+            return prepared_directory(resolve_model(group.model))
+        except BackendError:  # a model that is not there: the personas' loads say so
+            return None
 
     def _runtime_env(self, group: EngineGroup) -> dict[str, Any]:
         env_vars = {

@@ -110,16 +110,27 @@ class VllmEngineActor:
             if self.model_dir is not None and model_dir != self.model_dir:
                 raise ValueError(f"this engine holds {self.model_dir}; it cannot also serve {model_dir}")
             if self._engine is None:
-                started = time.perf_counter()
-                self._engine = await asyncio.to_thread(self._build, model_dir)
-                self._tokenizer = self._engine.get_tokenizer()
-                self.model_dir, self.load_seconds = model_dir, time.perf_counter() - started
-                self.stats_.loads += 1
+                await self._load(model_dir)
             elif self.asleep:
                 await self._engine.wake_up()
                 self.asleep = False
             self.holders.add(holder)
         return self.describe()
+
+    async def preload(self, model_dir: str) -> None:
+        """Build the engine before any persona asks: the pool calls this as it starts the actor (with a model ready
+        on disk), so the engine loads while the personas' actors start. It is held for nobody; the personas'
+        ``start`` finds it built."""
+        async with self._starting:
+            if self._engine is None and self.model_dir in (None, model_dir):
+                await self._load(model_dir)
+
+    async def _load(self, model_dir: str) -> None:
+        started = time.perf_counter()
+        self._engine = await asyncio.to_thread(self._build, model_dir)
+        self._tokenizer = self._engine.get_tokenizer()
+        self.model_dir, self.load_seconds = model_dir, time.perf_counter() - started
+        self.stats_.loads += 1
 
     async def release(self, holder: str, park: bool = False) -> str:
         """``holder`` no longer needs the model (its residency manager evicted it). While another persona holds
