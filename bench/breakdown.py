@@ -49,7 +49,7 @@ from experts.backends.litellm_backend import LiteLLMBackend  # noqa: E402
 from experts.config.pool_spec import parse_pool  # noqa: E402
 from experts.runtime.pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
-from orchestrator.pipeline.graph import PipelineNodes  # noqa: E402
+from orchestrator.pipeline.nodes import PipelineNodes  # noqa: E402
 from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
 from orchestrator.pipeline.state import PipelineRequest, PipelineState  # noqa: E402
 

@@ -24,8 +24,10 @@ from experts.config.pool_spec import RoutingSpec, load_pool
 from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.batch import BatchRunner
-from orchestrator.pipeline.graph import PipelineNodes, build_graph
-from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, build_aggregator
+from orchestrator.pipeline.events import DecisionEvent, DoneEvent
+from orchestrator.pipeline.graph import build_graph
+from orchestrator.pipeline.nodes import PipelineNodes
+from orchestrator.pipeline.orchestrator import Orchestrator, build_aggregator
 from orchestrator.pipeline.state import PipelineRequest
 from orchestrator.server.api.app import create_app
 from router.factory import load_profiles

@@ -16,9 +16,10 @@ from experts.config.pool_spec import PoolSpec, parse_pool
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime.pool import ExpertPool
 from experts.types import Completion, GenerationRequest, Message
-from orchestrator.pipeline.graph import AllExpertsFailed
-from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, TextEvent
+from orchestrator.pipeline.events import DecisionEvent, DoneEvent, TextEvent
+from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
+from orchestrator.pipeline.steps import AllExpertsFailed
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.ray

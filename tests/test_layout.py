@@ -79,7 +79,7 @@ def layer(module: str) -> int:
 def test_the_scan_sees_the_code() -> None:
     found = edges()
     assert len(found) > 200
-    assert Edge("orchestrator.pipeline.graph", "router.factory", 0).target in {e.target for e in found}
+    assert Edge("orchestrator.pipeline.nodes", "router.factory", 0).target in {e.target for e in found}
 
 
 def test_dependencies_point_one_way() -> None:

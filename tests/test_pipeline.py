@@ -8,7 +8,8 @@ import pytest
 
 from experts.runtime.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
 from experts.types import GenerationRequest, Message
-from orchestrator.pipeline.orchestrator import DecisionEvent, DoneEvent, Orchestrator, TextEvent
+from orchestrator.pipeline.events import DecisionEvent, DoneEvent, TextEvent
+from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
 from tests.conftest import echo_pool_spec
 
@@ -114,7 +115,7 @@ async def test_an_expert_that_fails_while_answering(ray_session: None) -> None:
         await pool.start()
         with pytest.raises(ExpertCallFailed, match="expert 'a' failed: BackendError"):
             await pool.generate("a", GenerationRequest([Message("user", "hi")]))
-        from orchestrator.pipeline.graph import AllExpertsFailed
+        from orchestrator.pipeline.steps import AllExpertsFailed
 
         with pytest.raises(AllExpertsFailed, match="every recruited expert failed"):
             await Orchestrator(pool).run(PipelineRequest(GenerationRequest([Message("user", "solve 1 + 1")]), k=2))

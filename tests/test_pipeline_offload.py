@@ -16,8 +16,8 @@ import pytest
 
 from aggregator.strategies import AggregationSettings, Aggregator
 from experts.types import Completion, GenerationRequest, Message, Usage
-from orchestrator.pipeline import graph
-from orchestrator.pipeline.graph import PipelineNodes
+from orchestrator.pipeline import nodes as pipeline_nodes
+from orchestrator.pipeline.nodes import PipelineNodes
 from orchestrator.pipeline.offload import OFFLOAD_CHARS
 from orchestrator.pipeline.state import ExpertAnswer, PipelineRequest
 from router.decision import Escalation, RoutingDecision
@@ -112,7 +112,7 @@ async def test_small_answers_are_aggregated_in_place(monkeypatch: pytest.MonkeyP
 
 async def test_the_synthesisers_large_reply_is_read_off_the_loop(monkeypatch: pytest.MonkeyPatch) -> None:
     threads: list[int] = []
-    monkeypatch.setattr(graph, "step_verdict", slow_and_recorded(graph.step_verdict, threads))
+    monkeypatch.setattr(pipeline_nodes, "step_verdict", slow_and_recorded(pipeline_nodes.step_verdict, threads))
     pipeline = nodes("synthesize", reply=large("C"))
     async with _Heartbeat() as heartbeat:
         result = await pipeline.aggregate(state(["(C)", "(A)"], "synthesize"))  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from experts.backends.local import LocalBackend
 from experts.config.pool_spec import load_pool
 from experts.engine.grammar import ANY_OBJECT, GrammarError, OutputFormat, bounded
 from experts.types import Completion, GenerationRequest, Message, Usage
-from orchestrator.pipeline.graph import model_step_call, step_verdict
+from orchestrator.pipeline.steps import model_step_call, step_verdict
 from tests.conftest import ServerThread
 
 QUESTION = [{"role": "user", "content": "What is 12 * 7? Answer in JSON."}]

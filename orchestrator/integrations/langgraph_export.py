@@ -27,9 +27,9 @@ from langgraph.graph import END, START, MessagesState, StateGraph
 from pydantic import BaseModel, Field
 
 from experts.types import GenerationRequest, Message
-from orchestrator.pipeline.graph import AllExpertsFailed
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest, PipelineResult
+from orchestrator.pipeline.steps import AllExpertsFailed
 from router.recruit import NoExpertAvailable, PolicyUnavailable
 
 Strategy = Literal["passthrough", "vote", "synthesize", "rank"]

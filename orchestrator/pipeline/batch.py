@@ -29,8 +29,8 @@ from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
 from orchestrator.pipeline.escalation import review_first_stage
-from orchestrator.pipeline.graph import candidates, model_step_call, step_fallback, step_verdict
 from orchestrator.pipeline.orchestrator import Orchestrator
+from orchestrator.pipeline.steps import candidates, model_step_call, step_fallback, step_verdict
 from router.decision import RoutingDecision
 from router.recruit import NoExpertAvailable
 

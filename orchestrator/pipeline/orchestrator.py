@@ -8,8 +8,8 @@ directly (``model: expert/<name>``).
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Union
+from dataclasses import replace
+from typing import Any, AsyncIterator
 
 from aggregator.strategies import AggregationSettings, Aggregator
 from aggregator.synthesize import Sampling
@@ -17,51 +17,12 @@ from experts.config.pool_spec import PoolSpec
 from experts.runtime.client import ExpertClient
 from experts.runtime.dispatch.dispatcher import dispatching
 from experts.types import Completion, GenerationRequest
-from orchestrator.pipeline.graph import PipelineNodes, build_graph
-from orchestrator.pipeline.state import CallRecord, ExpertAnswer, PipelineRequest, PipelineResult, PipelineState
-from router.decision import Escalation, RoutingDecision
+from orchestrator.pipeline.events import DoneEvent, PipelineEvent
+from orchestrator.pipeline.graph import build_graph
+from orchestrator.pipeline.nodes import PipelineNodes
+from orchestrator.pipeline.state import PipelineRequest, PipelineResult, PipelineState
+from router.decision import RoutingDecision
 from router.factory import build_router, load_aggregator_choice
-
-
-@dataclass(frozen=True)
-class DecisionEvent:
-    decision: RoutingDecision
-
-
-@dataclass(frozen=True)
-class TextEvent:
-    text: str
-
-
-@dataclass(frozen=True)
-class ExpertTextEvent:
-    """A piece of one expert's own answer as it writes it (``PipelineRequest.expert_deltas``): progress only."""
-
-    expert: str
-    text: str
-
-
-@dataclass(frozen=True)
-class AnswerEvent:
-    """One expert's answer (or failure) as it lands, with its call's record."""
-
-    answer: ExpertAnswer
-    call: CallRecord
-
-
-@dataclass(frozen=True)
-class EscalationEvent:
-    """The review of an escalation's first stage (``decision.escalation`` with ``escalated`` set)."""
-
-    escalation: Escalation
-
-
-@dataclass(frozen=True)
-class DoneEvent:
-    result: PipelineResult
-
-
-PipelineEvent = Union[DecisionEvent, TextEvent, ExpertTextEvent, AnswerEvent, EscalationEvent, DoneEvent]
 
 
 class Orchestrator:
@@ -91,16 +52,8 @@ class Orchestrator:
         ):
             if mode == "values":
                 final_state = payload
-            elif payload["kind"] == "decision":
-                yield DecisionEvent(payload["decision"])
-            elif payload["kind"] == "delta" and payload["text"]:
-                yield TextEvent(payload["text"])
-            elif payload["kind"] == "expert_delta" and payload["text"]:
-                yield ExpertTextEvent(payload["expert"], payload["text"])
-            elif payload["kind"] == "answer":
-                yield AnswerEvent(payload["answer"], payload["call"])
-            elif payload["kind"] == "escalation" and payload["escalation"] is not None:
-                yield EscalationEvent(payload["escalation"])
+            else:  # the nodes write the pipeline's events themselves (events.emit)
+                yield payload
         yield DoneEvent(_result(final_state, started))
 
     def route(

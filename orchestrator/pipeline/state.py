@@ -195,8 +195,3 @@ class ExpertTask(TypedDict):
     stream: bool
     reserve: Any  # the request's Reserve, shared by its expert calls
     stage: int  # 1, or 2 for an escalation's second stage
-
-
-def stream_event(kind: str, **data: Any) -> dict[str, Any]:
-    """A custom LangGraph stream event: ``{"kind": "decision"|"delta"|"expert_delta"|"answer"|"escalation", ...}``."""
-    return {"kind": kind, **data}

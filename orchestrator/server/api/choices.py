@@ -13,7 +13,8 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
-from orchestrator.server.api.schemas import ChatCompletionRequest, StreamOptions, usage_body
+from orchestrator.server.api.chat_render import usage_body
+from orchestrator.server.api.schemas import ChatCompletionRequest, StreamOptions
 
 T = TypeVar("T")
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.body import parse_json_object
-from orchestrator.server.api.chat import policy_of
+from orchestrator.server.api.chat_translate import policy_of
 from orchestrator.server.api.gate import admission_for
 from orchestrator.server.api.model_names import PIPELINE_MODEL
 from orchestrator.server.api.openapi import json_body

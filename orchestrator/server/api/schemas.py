@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from experts.moe.options import RoutingOptions
-from experts.types import Message, TokenLogprob, ToolCall
-from orchestrator.server.api.tool_schemas import ResponseFormatIn, ToolCallIn, ToolChoice, ToolIn, tool_calls_body
+from experts.types import Message
+from orchestrator.server.api.tool_schemas import ResponseFormatIn, ToolCallIn, ToolChoice, ToolIn
 
 
 class TextPart(BaseModel):
@@ -315,85 +315,3 @@ class ErrorBody(BaseModel):
 
 class ErrorResponse(BaseModel):
     error: ErrorBody
-
-
-def _envelope(response_id: str, created: int, model: str, kind: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-    return {"id": response_id, "object": kind, "created": created, "model": model, "choices": choices}
-
-
-def completion_body(
-    *,
-    response_id: str,
-    created: int,
-    model: str,
-    text: str,
-    finish_reason: str,
-    prompt_tokens: int,
-    completion_tokens: int,
-    metadata: dict[str, Any],
-    tool_calls: tuple[ToolCall, ...] = (),
-    logprobs: tuple[TokenLogprob, ...] | None = None,
-) -> dict[str, Any]:
-    """A ``chat.completion`` object, plus our ``moesaic`` metadata."""
-    message: dict[str, Any] = {"role": "assistant", "content": text}
-    if tool_calls:
-        message["tool_calls"] = tool_calls_body(tool_calls)
-    choice = {
-        "index": 0,
-        "message": message,
-        "finish_reason": openai_finish_reason(finish_reason),
-        "logprobs": None if logprobs is None else logprobs_body(logprobs),
-    }
-    body = _envelope(response_id, created, model, "chat.completion", [choice])
-    return {**body, "usage": usage_body(prompt_tokens, completion_tokens), "moesaic": metadata}
-
-
-def chunk_body(
-    response_id: str,
-    created: int,
-    model: str,
-    delta: dict[str, Any],
-    finish_reason: str | None = None,
-    logprobs: tuple[TokenLogprob, ...] | None = None,
-) -> dict[str, Any]:
-    """One ``chat.completion.chunk`` with a single choice (and its tokens' log-probabilities, when asked)."""
-    choice = {
-        "index": 0,
-        "delta": delta,
-        "finish_reason": openai_finish_reason(finish_reason) if finish_reason else None,
-        "logprobs": None if logprobs is None else logprobs_body(logprobs),
-    }
-    return _envelope(response_id, created, model, "chat.completion.chunk", [choice])
-
-
-def logprobs_body(tokens: tuple[TokenLogprob, ...]) -> dict[str, Any]:
-    """OpenAI's ``choices[].logprobs``: each token with its log-probability, UTF-8 bytes and top candidates."""
-
-    def entry(token: str, logprob: float) -> dict[str, Any]:
-        return {"token": token, "logprob": logprob, "bytes": list(token.encode("utf-8"))}
-
-    content = [
-        {**entry(token.token, token.logprob), "top_logprobs": [entry(top.token, top.logprob) for top in token.top]}
-        for token in tokens
-    ]
-    return {"content": content, "refusal": None}
-
-
-def usage_chunk_body(
-    response_id: str, created: int, model: str, prompt_tokens: int, completion_tokens: int
-) -> dict[str, Any]:
-    """The chunk sent when ``stream_options.include_usage``: no choices, the whole request's usage."""
-    body = _envelope(response_id, created, model, "chat.completion.chunk", [])
-    return {**body, "usage": usage_body(prompt_tokens, completion_tokens)}
-
-
-def usage_body(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
-
-
-def openai_finish_reason(reason: str) -> str:
-    return reason if reason in ("length", "tool_calls") else "stop"
