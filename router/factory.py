@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Union
 
 from aggregator.choice import AggregatorChoice
-from experts.config.pool_spec import PoolSpec, ProfileSource
+from experts.config import PoolSpec, ProfileSource
 from router.profiled import ProfiledRouter, ProfileMismatch
 from router.profiles import ProfileSet
 from router.recruit import SkillRouter

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from experts.config.pool_spec import PoolSpec
+from experts.config import PoolSpec
 from router.competence import CompetenceEstimates, CompetenceEstimator
 from router.decision import Escalation, ExpertScore, PlanScore, RoutingDecision
 from router.plans import PlanData, PlanEstimate, PlanModel, fit_escalate_threshold

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 
-from experts.config.pool_spec import PoolSpec
+from experts.config import PoolSpec
 from router.decision import ExpertScore, RoutingDecision
 from router.lexical import LexicalSkillScorer, SkillEstimate
 

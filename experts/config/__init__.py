@@ -12,10 +12,20 @@ from experts.config.pool_spec import (
     ExpertSpec,
     PoolFileError,
     PoolSpec,
+    ProfileSource,
     RoutingSpec,
     load_pool,
     parse_pool,
     resolve_pool_path,
 )
 
-__all__ = ["ExpertSpec", "PoolFileError", "PoolSpec", "RoutingSpec", "load_pool", "parse_pool", "resolve_pool_path"]
+__all__ = [
+    "ExpertSpec",
+    "PoolFileError",
+    "PoolSpec",
+    "ProfileSource",
+    "RoutingSpec",
+    "load_pool",
+    "parse_pool",
+    "resolve_pool_path",
+]

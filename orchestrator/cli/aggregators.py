@@ -10,7 +10,7 @@ import typer
 from rich.table import Table
 
 from aggregator.choice import AggregatorChoice, SyntheticCase
-from experts.config.pool_spec import PoolSpec
+from experts.config import PoolSpec
 from experts.health import is_ready
 from orchestrator.cli.options import pool_option, ray_address_option
 from orchestrator.cli.output import console, fail
@@ -36,7 +36,7 @@ def bench_aggregators(
     import asyncio
 
     from aggregator.choice import build_cases
-    from experts.config.pool_spec import PoolFileError, load_pool
+    from experts.config import PoolFileError, load_pool
     from router.dataset import load_dataset, read_results
     from router.outcomes import OutcomeFileError
 
@@ -89,7 +89,7 @@ async def _measure(
 
     from aggregator.choice import measure
     from aggregator.synthesize import Sampling
-    from experts.runtime.pool import ExpertPool
+    from experts.runtime import ExpertPool
 
     pool = ExpertPool(spec, ray_address=ray)
     try:

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
+from experts.config import PoolFileError, PoolSpec, load_pool
 from experts.health import is_ready
 from orchestrator.cli.options import pool_option, ray_address_option
 from orchestrator.cli.output import console, errors
@@ -62,8 +62,7 @@ async def _run(
     temperature: Optional[float],
     ray_address: Optional[str],
 ) -> BatchReport:
-    from experts.runtime.dispatch.dispatcher import dispatching
-    from experts.runtime.pool import ExpertPool
+    from experts.runtime import ExpertPool, dispatching
     from orchestrator.pipeline.orchestrator import Orchestrator
 
     pool = ExpertPool(spec, ray_address=ray_address)

@@ -28,7 +28,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool, resolve_pool_path
+from experts.config import PoolFileError, PoolSpec, load_pool, resolve_pool_path
 from orchestrator.cli.options import pool_option
 
 app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the KubeRay RayService.")

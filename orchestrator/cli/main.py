@@ -11,7 +11,7 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
-from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
+from experts.config import PoolFileError, PoolSpec, load_pool
 from experts.health import is_ready
 from experts.tracing import configure_from_env as configure_tracing
 from orchestrator.cli.options import pool_option, ray_address_option, version_text
@@ -192,7 +192,7 @@ def ask(
 
 
 async def _ask(spec: PoolSpec, question: str, k, policy, strategy, max_tokens, temperature, ray_address):  # type: ignore[no-untyped-def]
-    from experts.runtime.pool import ExpertPool
+    from experts.runtime import ExpertPool
     from experts.types import GenerationRequest, Message
     from orchestrator.pipeline.orchestrator import Orchestrator
     from orchestrator.pipeline.state import PipelineRequest

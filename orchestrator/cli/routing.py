@@ -82,9 +82,9 @@ def _profile_dataset(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from experts.config.pool_spec import PoolFileError, load_pool
+    from experts.config import PoolFileError, load_pool
     from experts.engine.embedded import cache_root
-    from experts.runtime.pool import ExpertPool
+    from experts.runtime import ExpertPool
     from router.dataset import load_dataset, read_results, results_table, run_profiling
     from router.outcomes import OutcomeFileError
 
@@ -220,7 +220,7 @@ def route(
     as_json: bool = typer.Option(False, "--json", help="print the decision as one JSON object"),
 ) -> None:
     """Show which experts would answer a question, and why (no model is called)."""
-    from experts.config.pool_spec import PoolFileError, load_pool
+    from experts.config import PoolFileError, load_pool
     from router.factory import RouterSetupError, build_router
     from router.recruit import PolicyUnavailable
 

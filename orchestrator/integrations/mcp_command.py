@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from experts.config.pool_spec import PoolFileError, PoolSpec, load_pool
+from experts.config import PoolFileError, PoolSpec, load_pool
 from experts.health import is_ready
 from orchestrator.integrations.mcp_server import HTTP_PATH, SessionsEndpoint, build_server, transport_security
 from orchestrator.pipeline.orchestrator import Orchestrator
@@ -100,7 +100,7 @@ async def serve_mcp(
     config: ServiceConfig | None = None,
 ) -> None:
     """Start the pool, serve MCP on ``transport`` until the client leaves (stdio) or a signal (http), stop."""
-    from experts.runtime.pool import ExpertPool
+    from experts.runtime import ExpertPool
 
     service = await http_service(config or ServiceConfig(), host, spec) if transport == "http" else None
     pool = ExpertPool(spec, ray_address=ray_address)

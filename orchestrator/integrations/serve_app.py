@@ -20,7 +20,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from ray import serve
 
-from experts.config.pool_spec import PoolSpec, load_pool, parse_pool, resolve_pool_path
+from experts.config import PoolSpec, load_pool, parse_pool, resolve_pool_path
 from experts.health import ExpertState, HealthReport, is_ready
 from experts.tracing import configure_from_env as configure_tracing
 
@@ -65,7 +65,7 @@ class MoesaicIngress:
     """One replica: the pool's experts in actors, and the API over them (``__serve_build_asgi_app__``)."""
 
     async def __init__(self, pool_data: dict[str, Any], pool_source: str, service: dict[str, Any] | None, host: str):
-        from experts.runtime.pool import ExpertPool
+        from experts.runtime import ExpertPool
         from orchestrator.pipeline.orchestrator import Orchestrator
 
         configure_tracing("moesaic")  # a replica's spans, when OTEL_EXPORTER_OTLP_ENDPOINT is set

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from aggregator.strategies import ModelStep, Verdict
-from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
+from experts.runtime import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
 from orchestrator.pipeline.escalation import review_first_stage

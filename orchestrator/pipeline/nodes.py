@@ -25,8 +25,7 @@ from langgraph.types import Send
 from aggregator.choice import AggregatorChoice
 from aggregator.strategies import Aggregator, ModelStep, Verdict
 from experts.errors import ExpertCallFailed, ExpertUnavailable
-from experts.runtime.client import ExpertClient
-from experts.runtime.retry import is_client_mistake
+from experts.runtime import ExpertClient, is_client_mistake
 from experts.tracing import traceparent
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.escalation import review_first_stage

@@ -13,9 +13,8 @@ from typing import Any, AsyncIterator
 
 from aggregator.strategies import AggregationSettings, Aggregator
 from aggregator.synthesize import Sampling
-from experts.config.pool_spec import PoolSpec
-from experts.runtime.client import ExpertClient
-from experts.runtime.dispatch.dispatcher import dispatching
+from experts.config import PoolSpec
+from experts.runtime import ExpertClient, dispatching
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.events import DoneEvent, PipelineEvent
 from orchestrator.pipeline.graph import build_graph

@@ -17,10 +17,9 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from experts.config.pool_spec import PoolSpec, load_pool
+from experts.config import PoolSpec, load_pool
 from experts.pricing import unpriced, unpriced_warning
-from experts.runtime.client import ExpertClient
-from experts.runtime.pool import ExpertPool
+from experts.runtime import ExpertClient, ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.chat import router as chat_router
 from orchestrator.server.api.metrics_endpoint import router as metrics_router

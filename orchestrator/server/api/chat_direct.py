@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
-from experts.runtime.pool import ExpertCallFailed, ExpertUnavailable
+from experts.runtime import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest, TextPiece
 from orchestrator.pipeline.ledger import CallLedger
 from orchestrator.pipeline.orchestrator import Orchestrator

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
-from experts.config.pool_spec import ExpertSpec, PoolSpec
+from experts.config import ExpertSpec, PoolSpec
 from experts.pricing import Price
 from orchestrator.pipeline.ledger import CHARS_PER_TOKEN, PriceLookup
 from orchestrator.server.api.schemas import ChatCompletionRequest

@@ -27,7 +27,7 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from experts.config.pool_spec import PoolSpec
+from experts.config import PoolSpec
 from experts.pricing import Price
 from orchestrator.pipeline.ledger import Bill, CallLedger
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream, close_iterator

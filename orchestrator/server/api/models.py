@@ -15,7 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
-from experts.config.pool_spec import ExpertSpec, PoolSpec
+from experts.config import ExpertSpec, PoolSpec
 from experts.health import HealthReport
 from experts.pricing import Price, price_of
 from orchestrator.pipeline.orchestrator import Orchestrator

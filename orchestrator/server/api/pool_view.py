@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
 from experts.health import HealthReport
-from experts.runtime.client import ExpertClient
+from experts.runtime import ExpertClient
 from orchestrator.server.observability.metrics import ServiceMetrics
 
 router = APIRouter()

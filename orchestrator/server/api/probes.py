@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from experts.runtime.client import ExpertClient
+from experts.runtime import ExpertClient
 from orchestrator.server.api.openapi import HEALTH_RESPONSES, READY_RESPONSES
 
 router = APIRouter()

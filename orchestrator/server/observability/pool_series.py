@@ -13,8 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from experts.health import is_ready
-from experts.runtime.client import ExpertClient
-from experts.runtime.dispatch.dispatcher import Dispatcher
+from experts.runtime import Dispatcher, ExpertClient
 from orchestrator.server.observability.exposition import Snapshot
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
