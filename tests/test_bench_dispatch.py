@@ -132,4 +132,5 @@ def test_engine_option_reaches_every_expert() -> None:
     copies = [Path(f"/models/expert-{index}") for index in range(3)]
     assert {e.options["engine"] for e in dispatch.pool_spec(copies, 1.0, 2).experts} == {"native"}
     vllm = dispatch.pool_spec(copies, 1.0, 2, engine="vllm")
-    assert all(expert.options == {"engine": "vllm", "dtype": "float32"} for expert in vllm.experts)
+    wanted = {"engine": "vllm", "dtype": "float32", "kv_cache_gb": dispatch.VLLM_KV_CACHE_GB}
+    assert all(expert.options == wanted for expert in vllm.experts)
