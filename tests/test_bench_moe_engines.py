@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,7 @@ import pytest
 from bench_scripts import BENCH, load_bench
 
 from experts.config.engine_choice import find_engine_environment
+from tests.engine_env import engine_environment
 
 moe_engines = load_bench("moe_engines")
 ENVIRONMENT = find_engine_environment()
@@ -47,10 +47,7 @@ def test_a_worker_that_cannot_start_is_kept_with_its_error(tmp_path: Path) -> No
 
 @pytest.mark.model
 def test_both_engines_side_by_side_smallest_run() -> None:
-    if ENVIRONMENT.python is None:
-        if os.environ.get("MOESAIC_REQUIRE_VLLM") == "1":
-            raise RuntimeError(f"MOESAIC_REQUIRE_VLLM=1 but there is no engine environment: {ENVIRONMENT.source}")
-        pytest.skip(f"no vLLM engine environment ({ENVIRONMENT.source}): `make engine-env`")
+    engine_environment(module_level=False)
     arguments = ["--rounds", "1", "--max-tokens", "4", "--concurrency", "1,2", "--json"]
     done = subprocess.run(
         [sys.executable, str(BENCH / "moe_engines.py"), *arguments], capture_output=True, text=True, timeout=300

@@ -11,26 +11,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
 
-from experts.config.engine_choice import find_engine_environment
 from experts.config.pool_spec import PoolSpec, load_pool, parse_pool
 from experts.runtime.pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
+from tests.engine_env import engine_environment
 
 pytestmark = [pytest.mark.ray, pytest.mark.model]
-ENVIRONMENT = find_engine_environment()
-if ENVIRONMENT.python is None:
-    if os.environ.get("MOESAIC_REQUIRE_VLLM") == "1":
-        raise RuntimeError(f"MOESAIC_REQUIRE_VLLM=1 but there is no engine environment: {ENVIRONMENT.source}")
-    pytest.skip(f"no vLLM engine environment ({ENVIRONMENT.source}): `make engine-env`", allow_module_level=True)
+ENVIRONMENT = engine_environment()
 
 PERSONAS = ("math", "coder", "writer", "generalist", "conductor")
 

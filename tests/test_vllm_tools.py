@@ -13,14 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from experts.config.engine_choice import find_engine_environment
+from tests.engine_env import engine_environment
 
 pytestmark = [pytest.mark.model]
-ENVIRONMENT = find_engine_environment()
-if ENVIRONMENT.python is None:
-    if os.environ.get("MOESAIC_REQUIRE_VLLM") == "1":
-        raise RuntimeError(f"MOESAIC_REQUIRE_VLLM=1 but there is no engine environment: {ENVIRONMENT.source}")
-    pytest.skip(f"no vLLM engine environment ({ENVIRONMENT.source}): `make engine-env`", allow_module_level=True)
+ENVIRONMENT = engine_environment()
 
 ROOT = Path(__file__).resolve().parent.parent
 CHECKS = r"""
