@@ -34,6 +34,7 @@ class ErrorCode(StrEnum):
     CONTEXT_LENGTH_EXCEEDED = "context_length_exceeded"
     INVALID_MOE_ROUTING = "invalid_moe_routing"
     INVALID_RESPONSE_FORMAT = "invalid_response_format"  # a JSON schema our engine cannot enforce
+    INVALID_TOOLS = "invalid_tools"  # tools whose parameters' schema is over the expert's limits, or cannot be called
 
 
 def code_for_status(status: int) -> ErrorCode | None:

@@ -327,3 +327,26 @@ def test_a_pattern_that_cannot_be_read_is_refused() -> None:
     long = "x" * 100
     with pytest.raises(SchemaTooLarge, match=re.escape(f'pattern "{long[:77]}..." cannot be read')):
         check_schema(with_pattern(long + "("), WHERE, SchemaLimits())  # shown cut short
+
+
+def test_an_expert_on_vllm_refuses_schemas_over_its_limits_before_they_reach_the_shared_engine() -> None:
+    from experts.config.pool_spec import ExpertSpec
+    from experts.errors import ErrorCode
+    from experts.types import GenerationRequest, Message
+    from experts.vllm.client import VllmBackend
+
+    spec = ExpertSpec(name="e", backend="local", model="embedded:x", options={"schema_max_depth": 3})
+    backend = VllmBackend(spec, "engine")
+    deep: dict[str, Any] = {"type": "object"}
+    for _ in range(5):
+        deep = {"type": "object", "properties": {"a": deep}}
+    tool = {"type": "function", "function": {"name": "f", "parameters": deep}}
+    ask = [Message("user", "hi")]
+    refused = backend.over_limits(GenerationRequest(ask, tools=[tool]))
+    assert refused is not None and refused.error_code == ErrorCode.INVALID_TOOLS
+    assert "tools[0].function.parameters" in str(refused.error) and "options.schema_max_depth" in str(refused.error)
+    response_format = {"type": "json_schema", "json_schema": {"name": "x", "schema": deep}}
+    as_format = backend.over_limits(GenerationRequest(ask, response_format=response_format))
+    assert as_format is not None and as_format.error_code == ErrorCode.INVALID_RESPONSE_FORMAT
+    small = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+    assert backend.over_limits(GenerationRequest(ask, tools=[small])) is None

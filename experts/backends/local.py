@@ -65,7 +65,7 @@ class LocalBackend(Backend):
             names = ", ".join(("auto", "vllm", "native", *ENGINES))
             raise BackendError(f"expert {spec.name!r}: options.engine {asked!r} is not one of {names}")
         self.max_slots = _positive_option(spec, "max_slots", spec.batching.max_batch_size)
-        self.grammar_settings = _grammar_settings(spec)
+        self.grammar_settings = grammar_settings(spec)
 
     @property
     def joins_running_batch(self) -> bool:
@@ -332,7 +332,7 @@ def _positive_option(spec: ExpertSpec, name: str, default: int, most: int | None
 MOST_SCHEMA_DEPTH = 128
 
 
-def _grammar_settings(spec: ExpertSpec) -> Any:
+def grammar_settings(spec: ExpertSpec) -> Any:
     """The expert's structured-output settings (``GrammarSettings``) from its options, with their defaults."""
     from experts.engine.grammar import GrammarSettings
     from experts.schema_limits import SchemaLimits

@@ -32,7 +32,12 @@ TRANSIENT_CODES = frozenset(
     }
 )
 CLIENT_MISTAKE_CODES = frozenset(
-    {ErrorCode.CONTEXT_LENGTH_EXCEEDED, ErrorCode.INVALID_MOE_ROUTING, ErrorCode.INVALID_RESPONSE_FORMAT}
+    {
+        ErrorCode.CONTEXT_LENGTH_EXCEEDED,
+        ErrorCode.INVALID_MOE_ROUTING,
+        ErrorCode.INVALID_RESPONSE_FORMAT,
+        ErrorCode.INVALID_TOOLS,
+    }
 )
 
 

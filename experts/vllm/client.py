@@ -19,7 +19,8 @@ from typing import Any
 
 from experts.backends.base import Backend, DeltaSink
 from experts.config.pool_spec import ExpertSpec
-from experts.errors import BackendError
+from experts.errors import BackendError, ErrorCode
+from experts.schema_limits import SchemaLimits, SchemaTooLarge, check_schema
 from experts.types import (
     Completion,
     GenerationRequest,
@@ -45,6 +46,7 @@ class VllmBackend(Backend):
         self.max_slots = int(spec.options.get("max_slots", DEFAULT_SLOTS))
         self._engine: Any = None
         self._facts: dict[str, Any] = {}
+        self.limits = schema_limits_of(spec)  # checked here: the shared engine compiles schemas into grammars
 
     schedules_itself = True  # vLLM's scheduler is the batcher: the actor hands requests over one by one
 
@@ -99,6 +101,10 @@ class VllmBackend(Backend):
     async def _one(self, index: int, request: GenerationRequest, on_delta: DeltaSink | None) -> Completion:
         import ray
 
+        refused = self.over_limits(request)
+        if refused is not None:
+            return refused
+
         started = time.perf_counter()
         stream = self._engine.generate.remote(payload_of(request))
         pieces: list[str] = []
@@ -132,6 +138,31 @@ class VllmBackend(Backend):
             batch_size=int(done.get("batch_size", 1)),
             logprobs=tuple(logprobs) if request.logprobs is not None else None,
         )
+
+    def over_limits(self, request: GenerationRequest) -> Completion | None:
+        """A response_format schema or a tool's parameters over the expert's ``options.schema_max_*`` limits,
+        refused before it reaches the engine, as our engine refuses them (requests reach experts from batch mode and
+        Python callers too, not only through the HTTP edge's own limits)."""
+        schema = ((request.response_format or {}).get("json_schema") or {}).get("schema")
+        checks = [("response_format.json_schema.schema", schema, ErrorCode.INVALID_RESPONSE_FORMAT)]
+        for index, tool in enumerate(request.tools or []):
+            where = f"tools[{index}].function.parameters"
+            checks.append((where, (tool.get("function") or {}).get("parameters"), ErrorCode.INVALID_TOOLS))
+        for where, schema, code in checks:
+            if schema is None:
+                continue
+            try:
+                check_schema(schema, where, self.limits, setting_prefix="options.schema_")
+            except SchemaTooLarge as error:
+                return Completion.failed(f"expert {self.spec.name!r}: {error}", self.spec.model, code)
+        return None
+
+
+def schema_limits_of(spec: ExpertSpec) -> SchemaLimits:
+    """The expert's schema limits (``options.schema_max_*``), as our engine reads them."""
+    from experts.backends.local import grammar_settings
+
+    return grammar_settings(spec).limits
 
 
 def _call_id() -> str:

@@ -200,7 +200,7 @@ class VllmEngineActor:
             params = sampling_params(payload, plan.schema if plan else None)
             params.skip_special_tokens = plan.skip_special_tokens if plan else True
         except ValueError as error:  # e.g. a response_format vLLM cannot enforce, a tool_choice naming no tool
-            code = ErrorCode.INVALID_RESPONSE_FORMAT if payload.get("response_format") else None
+            code = ErrorCode.INVALID_TOOLS if payload.get("tools") else ErrorCode.INVALID_RESPONSE_FORMAT
             yield _failed(str(error), code)
             return
         held: list[str] = []  # a tool plan reads its calls out of the whole answer: its text comes at the end

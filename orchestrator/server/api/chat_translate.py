@@ -20,6 +20,7 @@ CLIENT_ERROR_PARAMS = {
     ErrorCode.CONTEXT_LENGTH_EXCEEDED: "messages",
     ErrorCode.INVALID_MOE_ROUTING: "moesaic.moe_routing",
     ErrorCode.INVALID_RESPONSE_FORMAT: "response_format",
+    ErrorCode.INVALID_TOOLS: "tools",
 }
 
 
