@@ -269,7 +269,7 @@ def embedded_residency_spec(budget_gb: float = 1.1) -> PoolSpec:
 
 @pytest.fixture(scope="session")
 async def residency_pool(ray_session: None) -> AsyncIterator[Any]:
-    """The embedded residency pool's ``Dispatcher`` (one per pool: it owns the view of what is resident)."""
+    """The embedded residency pool's ``Dispatcher``, shared by the tests (it owns the view of what is resident)."""
     from experts.runtime.dispatch.dispatcher import dispatching
 
     pool = ExpertPool(embedded_residency_spec())

@@ -33,7 +33,6 @@ class FakePool:
 
     def __init__(self, spec: PoolSpec, load_s: float = 0.0, run_s: float = 0.0) -> None:
         self.spec, self.load_s, self.run_s = spec, load_s, run_s
-        self.dispatcher: Any = None
         self.events: list[tuple[float, str, str, int]] = []  # (time, action, expert, batch size)
         self.in_memory: set[str] = set()
         self.fail_load: set[str] = set()

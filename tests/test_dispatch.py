@@ -130,11 +130,15 @@ async def test_streaming_through_the_queue_and_failed_loads_are_reported() -> No
     assert (await dispatcher.generate("a", ask("still here"))).text == "a: still here"
 
 
-def test_only_a_pool_with_a_residency_section_gets_a_dispatcher_and_only_one() -> None:
+def test_only_a_pool_with_a_residency_section_gets_a_dispatcher_and_its_caller_owns_it() -> None:
     plain = ExpertPool(echo_pool_spec("plain"))
-    assert dispatching(plain) is plain and dispatching(plain, always=True) is dispatching(plain, always=True)
+    assert dispatching(plain) is plain and isinstance(dispatching(plain, always=True), Dispatcher)
     managed = ExpertPool(residency_spec("ab"))
-    assert isinstance(dispatching(managed), Dispatcher) and dispatching(managed) is dispatching(managed)
+    dispatcher = dispatching(managed)
+    assert isinstance(dispatcher, Dispatcher) and dispatching(dispatcher) is dispatcher
+    assert not hasattr(managed, "dispatcher")  # no back-link: the pool does not know who dispatches for it
+    orchestrator = Orchestrator(dispatcher)
+    assert orchestrator.pool is dispatcher  # an orchestrator over a dispatcher uses it as it is
 
 
 # -- real actors, the embedded model -----------------------------------------------------------
@@ -152,7 +156,7 @@ async def test_end_to_end_three_embedded_experts_with_room_for_two(residency_poo
     with pytest.raises(ExpertCallFailed, match="not loaded .*manages residency"):
         await residency_pool.pool.generate("maths", ask("hi"))  # around the dispatcher: a clear refusal
     before = loads(health)
-    orchestrator = Orchestrator(residency_pool.pool)  # the pool's own dispatcher is found again
+    orchestrator = Orchestrator(residency_pool)  # the fixture's dispatcher: one view of what is resident
     assert orchestrator.pool is residency_pool
     questions = ["What is 2 + 3?", "Name a colour.", "Say hello.", "What is the capital of Italy?"]
     requests = [

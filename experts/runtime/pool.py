@@ -65,7 +65,7 @@ class ExpertPool:
         self._experts: dict[str, GuardedExpert] = {}
         self._remote_class: Any = None
         self._owns_ray = False
-        self.dispatcher: Any = None  # its one Dispatcher, if any (experts.runtime.dispatch.dispatcher.dispatching)
+        self._loaded_on_demand: set[str] = set()  # residency-managed experts told to load and not since released
         self._placement = ExpertPlacement(spec.name)  # placement groups of multi-GPU experts
         self.engines: SharedEngines | None = None  # the shared vLLM engines, once started
 
@@ -122,12 +122,10 @@ class ExpertPool:
     def _boot(self, name: str) -> Callable[[Any], Any]:
         async def boot(actor: Any) -> dict[str, Any]:
             report: dict[str, Any] = await actor.start.remote()
-            # a restarted residency-managed expert the dispatcher counts as resident is loaded again
-            residency = getattr(self.dispatcher, "residency", None)
-            if is_ready(report) and residency is not None and name in residency:
-                if residency.state(name) == "resident":
-                    await actor.load.remote()
-                    report = await actor.health.remote()
+            # a restarted expert that was told to load (and not since to park or unload) is loaded again
+            if is_ready(report) and name in self._loaded_on_demand:
+                await actor.load.remote()
+                report = await actor.health.remote()
             return report
 
         return boot
@@ -142,7 +140,7 @@ class ExpertPool:
         if self.engines is not None:
             await self.engines.shutdown()
         self._placement.release()  # multi-GPU experts' reserved GPUs go back to the cluster
-        self.dispatcher = None  # its view of the (now gone) actors
+        self._loaded_on_demand.clear()
         if self._owns_ray and ray.is_initialized():
             ray.shutdown()
             self._owns_ray = False
@@ -234,8 +232,16 @@ class ExpertPool:
         return list(await self._guarded(name).generate_batch(requests))
 
     async def control(self, name: str, action: Literal["load", "park", "unload"]) -> dict[str, Any]:
-        """Load, park or unload an expert's model (residency-managed pools); returns the actor's timing report."""
-        return await self._guarded(name).control(action)
+        """Load, park or unload an expert's model (residency-managed pools); returns the actor's timing report.
+
+        The pool remembers what it was told: an actor restarted after a crash is loaded again if its model was.
+        """
+        report = await self._guarded(name).control(action)
+        if action == "load":
+            self._loaded_on_demand.add(name)
+        else:
+            self._loaded_on_demand.discard(name)
+        return report
 
     async def stream(self, name: str, request: GenerationRequest) -> AsyncIterator[str | Completion]:
         """Yield text pieces from the expert's actor, then its ``Completion``."""

@@ -373,15 +373,15 @@ class _PoolControl:
 
 
 def dispatching(pool: ExpertClient, always: bool = False) -> ExpertClient:
-    """The pool's ``Dispatcher`` when its pool file has a ``residency`` section (or ``always``); else the pool.
+    """A new ``Dispatcher`` over the pool when its pool file has a ``residency`` section (or ``always``); else the
+    pool itself (a ``Dispatcher`` is returned as it is).
 
-    One dispatcher per pool, kept on the pool: it owns the view of which experts are resident,
-    so two views of the same actors would book the same memory twice.
+    Its caller owns it (the ``Orchestrator`` does): the dispatcher keeps the view of which experts are resident, so
+    code that needs it uses the orchestrator's (``Orchestrator.pool``) rather than building a second view of the same
+    actors, which would book the same memory twice.
     """
     if not isinstance(pool, ExpertPool):  # a Dispatcher already
         return pool
     if pool.spec.residency is None and not always:
         return pool
-    if pool.dispatcher is None:
-        pool.dispatcher = Dispatcher(pool)
-    return pool.dispatcher
+    return Dispatcher(pool)
