@@ -32,7 +32,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aggregator.vote import weighted_vote  # noqa: E402
-from router.outcomes import OutcomeTable, load_outcomes  # noqa: E402
+from router.offline.outcomes import load_outcomes  # noqa: E402
+from router.outcome_table import OutcomeTable
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
 

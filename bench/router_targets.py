@@ -28,9 +28,11 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from router.competence import CompetenceSettings  # noqa: E402
-from router.evaluate import EvalOptions, Fitted, evaluate  # noqa: E402
-from router.frontier import hull_accuracy, single_model_points  # noqa: E402
-from router.outcomes import NAMED_POOLS, OutcomeTable, load_outcomes  # noqa: E402
+from router.cost_mix import hull_accuracy
+from router.offline.evaluate import EvalOptions, Fitted, evaluate  # noqa: E402
+from router.offline.frontier import single_model_points  # noqa: E402
+from router.offline.outcomes import NAMED_POOLS, load_outcomes  # noqa: E402
+from router.outcome_table import OutcomeTable
 from router.policies import PolicySettings, QueryView, select  # noqa: E402
 from router.profiles import build_profiles  # noqa: E402
 

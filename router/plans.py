@@ -29,7 +29,7 @@ import numpy as np
 
 from aggregator.vote import weighted_vote
 from router.competence import CompetenceSettings
-from router.frontier import CostPoint, Mix, best_mix
+from router.cost_mix import CostPoint, Mix, best_mix
 from router.profiles import ProfileSet
 
 MIN_OUT_OF_FOLD = 40  # fewer profiled questions than this: plan models are fitted on in-sample competence

@@ -23,7 +23,7 @@ from typing import Literal
 
 import numpy as np
 
-from router.frontier import Mix
+from router.cost_mix import Mix
 from router.plans import PlanEstimate, PlanKey, escalation_key
 
 PolicyName = Literal["skills", "category", "cost", "cascade", "escalate"]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from router.outcomes import OutcomeTable
+from router.outcome_table import OutcomeTable
 
 UNCATEGORISED = "general"
 FORMAT_VERSION = 1

@@ -10,7 +10,7 @@ import yaml
 from typer.testing import CliRunner
 
 from aggregator.choice import AggregatorChoice, build_cases, choose, recovers
-from router.dataset import GradedAnswer, LabelledQuestion
+from router.offline.dataset import GradedAnswer, LabelledQuestion
 from router.store import ProfileStore
 
 QUESTIONS = [

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from router.competence import CompetenceEstimator, CompetenceSettings
-from router.outcomes import load_outcomes
+from router.offline.outcomes import load_outcomes
 from router.profiles import build_profiles
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing" / "mmlu_pro_dev.parquet"

@@ -21,8 +21,8 @@ from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import hash_key, new_key
 from orchestrator.server.service.service_config import ServiceConfig
-from router.evaluate import EvalOptions, evaluate_pairs, split_tables
-from router.outcomes import read_outcomes
+from router.offline.evaluate import EvalOptions, evaluate_pairs, split_tables
+from router.offline.outcomes import read_outcomes
 from tests.browser import WAIT_MS, ask, screenshot
 from tests.conftest import ServerThread
 

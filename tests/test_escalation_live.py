@@ -31,7 +31,7 @@ from orchestrator.pipeline.orchestrator import Orchestrator, build_aggregator
 from orchestrator.pipeline.state import PipelineRequest
 from orchestrator.server.api.app import create_app
 from router.factory import load_profiles
-from router.outcomes import load_outcomes
+from router.offline.outcomes import load_outcomes
 from router.profiled import ProfiledRouter
 from router.profiles import build_profiles
 from router.store import export_json

@@ -1,5 +1,5 @@
-"""The cost-quality frontier (``router/frontier.py``): the random-mix hull and pool APGR by hand, then
-``moesaic eval-router --frontier`` on a slice of the shared MMLU-Pro table."""
+"""The cost-quality frontier (``router/cost_mix.py``, ``router/offline/frontier.py``): the random-mix hull and
+pool APGR by hand, then ``moesaic eval-router --frontier`` on a slice of the shared MMLU-Pro table."""
 
 from __future__ import annotations
 
@@ -12,8 +12,9 @@ from test_eval_router import run_json, shared_slice
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
-from router.frontier import CostPoint, FrontierRow, hull_accuracy, pool_apgr, single_model_points
-from router.outcomes import OutcomeTable
+from router.cost_mix import CostPoint, hull_accuracy
+from router.offline.frontier import FrontierRow, pool_apgr, single_model_points
+from router.outcome_table import OutcomeTable
 
 POINTS = [
     CostPoint("cheap", 1.0, 0.40),

@@ -11,9 +11,9 @@ import pytest
 from test_eval_router import run_json, shared_slice
 
 from aggregator.vote import competence_weight
-from router.evaluate import EvalOptions, evaluate
-from router.frontier import Mix
-from router.outcomes import OutcomeTable
+from router.cost_mix import Mix
+from router.offline.evaluate import EvalOptions, evaluate
+from router.outcome_table import OutcomeTable
 from router.plans import PlanData, PlanKey, PlanModel, candidate_keys, fit_escalate_threshold, replay
 from router.policies import PolicySettings
 

@@ -17,8 +17,8 @@ from typer.testing import CliRunner
 from experts.config.pool_spec import load_pool
 from experts.runtime.pool import ExpertPool
 from orchestrator.cli.main import app
-from router.dataset import load_dataset, read_results, results_table, run_profiling
-from router.outcomes import OutcomeFileError
+from router.offline.dataset import load_dataset, read_results, results_table, run_profiling
+from router.offline.outcomes import OutcomeFileError
 from router.store import import_json
 
 QUESTIONS = [

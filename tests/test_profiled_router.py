@@ -19,7 +19,7 @@ from orchestrator.cli.main import app as cli
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from router import RouterSetupError, build_router
-from router.outcomes import load_outcomes
+from router.offline.outcomes import load_outcomes
 from router.profiled import ProfiledRouter
 from router.profiles import build_profiles
 from router.store import ProfileStore, export_json

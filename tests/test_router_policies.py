@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.frontier import Mix
+from router.cost_mix import Mix
 from router.plans import PlanEstimate, PlanKey
 from router.policies import PolicySettings, QueryView, select, set_success
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.outcomes import OutcomeFileError, load_outcomes
+from router.offline.outcomes import OutcomeFileError, load_outcomes
 from router.profiles import ProfileSet, build_profiles
 from router.store import ProfileStore, ProfileStoreError, export_json, import_json
 

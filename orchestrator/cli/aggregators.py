@@ -37,8 +37,8 @@ def bench_aggregators(
 
     from aggregator.choice import build_cases
     from experts.config import PoolFileError, load_pool
-    from router.dataset import load_dataset, read_results
-    from router.outcomes import OutcomeFileError
+    from router.offline.dataset import load_dataset, read_results
+    from router.offline.outcomes import OutcomeFileError
 
     try:
         spec = load_pool(pool)

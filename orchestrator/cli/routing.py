@@ -30,7 +30,7 @@ def profile(
     smoothing: float = typer.Option(10.0, help="prior strength, in questions, toward overall accuracy"),
 ) -> None:
     """Build expert profiles from an outcome table, or by running the pool on labelled questions."""
-    from router.outcomes import OutcomeFileError, load_outcomes
+    from router.offline.outcomes import OutcomeFileError, load_outcomes
     from router.profiles import build_profiles
 
     if (outcomes is None) == (dataset is None):
@@ -85,8 +85,8 @@ def _profile_dataset(
     from experts.config import PoolFileError, load_pool
     from experts.engine.embedded import cache_root
     from experts.runtime import ExpertPool
-    from router.dataset import load_dataset, read_results, results_table, run_profiling
-    from router.outcomes import OutcomeFileError
+    from router.offline.dataset import load_dataset, read_results, results_table, run_profiling
+    from router.offline.outcomes import OutcomeFileError
 
     try:
         spec = load_pool(pool_name)
@@ -159,8 +159,8 @@ def eval_router(
     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
 ) -> None:
     """Route a labelled test table with profiles from a training table; no model is called."""
-    from router.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
-    from router.outcomes import OutcomeFileError, load_outcomes
+    from router.offline.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
+    from router.offline.outcomes import OutcomeFileError, load_outcomes
     from router.policies import POLICIES, PolicySettings
 
     if policy not in POLICIES:

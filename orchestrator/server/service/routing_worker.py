@@ -34,7 +34,7 @@ from enum import StrEnum
 from multiprocessing.connection import Connection
 from typing import Any
 
-from router.outcomes import TableLimits
+from router.offline.outcomes import TableLimits
 
 START_TIMEOUT_S = 120.0  # imports on a loaded machine; a worker slower than this is given up
 MEMORY_POLL_S = 0.2  # how often the worker's resident memory is read while it works
@@ -73,7 +73,7 @@ class JobError(StrEnum):
 
 @dataclass(frozen=True)
 class JobResult:
-    """What the worker answers: ``figures`` (``router.evaluate.json_figures``), or an ``error`` about the table."""
+    """What the worker answers: ``figures`` (``router.offline``'s ``json_figures``), or an ``error`` about the table."""
 
     figures: dict[str, Any] | None = None
     error: JobError | None = None
@@ -377,14 +377,14 @@ def _preload() -> None:
     import sklearn.feature_extraction.text  # noqa: F401
     import sklearn.linear_model  # noqa: F401
 
-    import router.evaluate  # noqa: F401
+    import router.offline.evaluate  # noqa: F401
 
 
 def evaluate(job: RoutingJob) -> JobResult:
-    """``moesaic eval-router --frontier --json`` on the job's table (``router.evaluate.evaluate_pairs``)."""
+    """``moesaic eval-router --frontier --json`` on the job's table (``router.offline.evaluate.evaluate_pairs``)."""
     from router.competence import CompetenceSettings
-    from router.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
-    from router.outcomes import OutcomeFileError, TableTooLarge, read_outcomes
+    from router.offline.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
+    from router.offline.outcomes import OutcomeFileError, TableTooLarge, read_outcomes
     from router.policies import PolicySettings
 
     settings = PolicySettings(max_experts=job.max_experts, k=job.k)

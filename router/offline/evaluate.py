@@ -10,18 +10,19 @@ the per-question oracle. Strong/weak tables add RouteLLM's APGR and CPT.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 
 from aggregator.vote import majority_vote, weighted_vote
 from router.competence import CompetenceEstimator, CompetenceSettings
-from router.frontier import measure_frontier
-from router.outcomes import OutcomeTable
+from router.cost_mix import hull_accuracy, hull_curve
+from router.offline.frontier import DEFAULT_BUDGETS, FrontierRow, pool_apgr, single_model_points
+from router.offline.quality_metrics import apgr, cpt, quality_curve
+from router.outcome_table import OutcomeTable
 from router.plans import PlanData, PlanKey, PlanModel, fit_escalate_threshold, replay
 from router.policies import PolicySettings, QueryView, select
 from router.profiles import ProfileSet, build_profiles
-from router.quality_metrics import apgr, cpt, quality_curve
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,7 @@ class EvalOptions:
 
 @dataclass
 class Fitted:
-    """What ``evaluate`` fits on the training table once, reused across budgets (``router/frontier.py``)."""
+    """What ``evaluate`` fits on the training table once, reused across budgets (``measure_frontier``)."""
 
     train: OutcomeTable
     profiles: ProfileSet
@@ -250,3 +251,29 @@ def _outcome(value: float) -> float:
 def _mean(values: object) -> float:
     array = np.asarray(values, dtype=float)
     return float(np.nanmean(array)) if array.size and not np.all(np.isnan(array)) else float("nan")
+
+
+def measure_frontier(
+    train: OutcomeTable, test: OutcomeTable, options: EvalOptions, budgets: tuple[float, ...] = DEFAULT_BUDGETS
+) -> dict[str, object]:
+    """The policy of ``options`` at each budget, the hull at its cost, and the summary.
+
+    Each budget F caps the policy's mean cost at F x the best single model's mean cost on the training questions
+    (``evaluate``'s ``budget_factor``); the hull is read at the cost the policy actually spent on the test questions.
+    """
+    points = single_model_points(test)
+    fitted = Fitted.on(train, options.competence)
+    rows: list[FrontierRow] = []
+    for budget in budgets:
+        report = evaluate(train, test, replace(options, budget_factor=budget), fitted)
+        spent = float(report["mean_cost"])  # type: ignore[arg-type]
+        accuracy = float(report["accuracy"])  # type: ignore[arg-type]
+        rows.append(FrontierRow(budget, accuracy, spent, hull_accuracy(points, spent)))
+    oracle = float(np.nan_to_num(test.correct).max(axis=1).mean())
+    return {
+        "frontier": [asdict(row) for row in rows],
+        "pool_apgr": pool_apgr(rows, oracle),
+        "single_models": [asdict(point) for point in points],
+        "hull": [asdict(point) for point in hull_curve(points)],
+        "frontier_oracle_accuracy": oracle,
+    }

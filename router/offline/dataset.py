@@ -24,7 +24,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aggregator.extract import EXTRACTORS, is_correct
-from router.outcomes import OutcomeFileError, OutcomeTable
+from router.offline.outcomes import OutcomeFileError
+from router.outcome_table import OutcomeTable
 
 INSTRUCTIONS = {
     "choice": "Answer with the letter of the correct option, as 'The answer is (X)'.",
