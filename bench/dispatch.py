@@ -30,7 +30,7 @@ issue 28's targets (>= 2x fewer loads, a lower p95), printed as met or not (benc
 
 ``--engine vllm`` runs every expert on vLLM's engine (``options: {engine: vllm, dtype: float32, kv_cache_gb:
 1}``, each in an engine actor of its own, its footprint the weights plus that KV cache; the engine environment is
-found as experts/config/engine_choice.py says).
+found as experts/config/_engine_choice.py says).
 
     .venv/bin/python bench/dispatch.py [--requests 64] [--experts 6] [--max-tokens 16] [--seed 0] [--json]
     .venv/bin/python bench/dispatch.py --arrivals 1.5 --requests 32 [--engine native|vllm] [--json]
@@ -59,10 +59,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 from bench.dispatch_arrivals import Replay, arrival_figures, arrival_times, match, percentile, print_arrivals, replay  # noqa: E402
 from experts.actor.lifecycle import loaded_bytes  # noqa: E402
-from experts.config.pool_spec import PoolSpec, parse_pool  # noqa: E402
+from experts.config._pool_spec import PoolSpec, parse_pool  # noqa: E402
 from experts.engine.embedded import prepare_model, resolve_model  # noqa: E402
-from experts.runtime.dispatch.dispatcher import dispatching  # noqa: E402
-from experts.runtime.pool import ExpertPool  # noqa: E402
+from experts.runtime._pool import ExpertPool  # noqa: E402
+from experts.runtime.dispatch._dispatcher import dispatching  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
 from orchestrator.pipeline.batch import BatchRunner  # noqa: E402
 from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402

@@ -89,7 +89,7 @@ class MoE:
 
     def __init__(self, directory: str, dtype: str = "float32") -> None:
         from experts.backends.moe import MoEBackend
-        from experts.config.pool_spec import parse_pool
+        from experts.config._pool_spec import parse_pool
 
         class Exact(MoEBackend):  # every answer exactly max_tokens long, as vLLM is asked (min_tokens)
             def _params(self, request: Any, output_format: Any, grammar: Any = None) -> Any:

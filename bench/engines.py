@@ -7,7 +7,7 @@ once) the same prompts, greedy, exactly ``--max-tokens`` tokens per answer, fp32
 vLLM in bf16), one CPU thread each. Figures:
 tokens/s (generated tokens over the round's wall time, prefill included; the median of the rounds), time to first
 token p50/p95 (over every request of every round), and resident memory of the engine's processes after the run.
-The ratio column is vLLM over ours. This is what ``engine: auto`` rests on (``experts/config/engine_choice.py``).
+The ratio column is vLLM over ours. This is what ``engine: auto`` rests on (``experts/config/_engine_choice.py``).
 
     .venv/bin/python bench/engines.py [--rounds 3] [--max-tokens 32] [--concurrency 1,16,64] [--json]
 
@@ -83,7 +83,7 @@ def percentile(values: list[float], share: float) -> float:
 
 
 def measure(rounds: int, max_tokens: int, levels: list[int], vllm_dtype: str = "float32") -> dict[str, Any]:
-    from experts.config.engine_choice import cpu_flags, fast_bf16, find_engine_environment
+    from experts.config._engine_choice import cpu_flags, fast_bf16, find_engine_environment
     from experts.engine.embedded import prepare_model, resolve_model
 
     environment = find_engine_environment()

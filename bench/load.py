@@ -219,7 +219,7 @@ async def measure(targets: list[Target], args: argparse.Namespace) -> None:
 def echo_backend_ms(calls: int = 2000) -> float:
     """The echo backend's own time per request (the part of an echo target's latency that is not overhead)."""
     from experts.backends.echo import EchoBackend
-    from experts.config.pool_spec import parse_pool
+    from experts.config._pool_spec import parse_pool
     from experts.types import GenerationRequest, Message
 
     backend = EchoBackend(parse_pool(echo_pool(1), "<load>").expert("m"))

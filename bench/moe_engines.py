@@ -122,7 +122,7 @@ def measure(
     one_core: bool = True,
     **size: int,
 ) -> dict[str, Any]:
-    from experts.config.engine_choice import find_engine_environment
+    from experts.config._engine_choice import find_engine_environment
 
     environment = find_engine_environment()
     if environment.python is None:

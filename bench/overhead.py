@@ -4,7 +4,7 @@ The echo backend answers instantly (it exists for this kind of measurement), so 
 left is ours: LangGraph steps, routing, actor calls, batching waits, aggregation.
 Baselines in the same run: the same backend called directly in this process, a bare async
 Ray actor call, and the same pool with ``transport: ray`` (every call through Ray instead of
-the same-node channel, ``experts/channel.py``).
+the same-node channel, ``experts/_channel.py``).
 
     .venv/bin/python bench/overhead.py [--requests 50] [--json]
 """
@@ -22,8 +22,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from experts.backends.echo import EchoBackend  # noqa: E402
-from experts.config.pool_spec import parse_pool  # noqa: E402
-from experts.runtime.pool import ExpertPool  # noqa: E402
+from experts.config._pool_spec import parse_pool  # noqa: E402
+from experts.runtime._pool import ExpertPool  # noqa: E402
 from experts.types import GenerationRequest, Message  # noqa: E402
 from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
 from orchestrator.pipeline.state import PipelineRequest  # noqa: E402

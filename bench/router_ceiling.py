@@ -31,9 +31,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aggregator.vote import weighted_vote  # noqa: E402
-from router.offline.outcomes import load_outcomes  # noqa: E402
-from router.outcome_table import OutcomeTable
+from aggregator._vote import weighted_vote  # noqa: E402
+from router._outcome_table import OutcomeTable
+from router.offline._outcomes import load_outcomes  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
 

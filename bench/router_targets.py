@@ -27,14 +27,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.competence import CompetenceSettings  # noqa: E402
-from router.cost_mix import hull_accuracy
-from router.offline.evaluate import EvalOptions, Fitted, evaluate  # noqa: E402
-from router.offline.frontier import single_model_points  # noqa: E402
-from router.offline.outcomes import NAMED_POOLS, load_outcomes  # noqa: E402
-from router.outcome_table import OutcomeTable
-from router.policies import PolicySettings, QueryView, select  # noqa: E402
-from router.profiles import build_profiles  # noqa: E402
+from router._competence import CompetenceSettings  # noqa: E402
+from router._cost_mix import hull_accuracy
+from router._outcome_table import OutcomeTable
+from router._policies import PolicySettings, QueryView, select  # noqa: E402
+from router._profiles import build_profiles  # noqa: E402
+from router.offline._evaluate import EvalOptions, Fitted, evaluate  # noqa: E402
+from router.offline._frontier import single_model_points  # noqa: E402
+from router.offline._outcomes import NAMED_POOLS, load_outcomes  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
 
@@ -234,8 +234,8 @@ def decision_latency(seed: int) -> dict[str, float]:
         preds=None if table.preds is None else table.preds[rows],
         cost=None if table.cost is None else table.cost[rows],
     )
-    from router.competence import CompetenceEstimator
-    from router.plans import PlanData, PlanModel
+    from router._competence import CompetenceEstimator
+    from router._plans import PlanData, PlanModel
 
     profiles = build_profiles(big, pool="latency")
     estimator = CompetenceEstimator(profiles)

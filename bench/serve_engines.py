@@ -46,7 +46,7 @@ def pool_file(engine: str, folder: Path) -> Path:
     """The default pool with every local expert on ``engine`` (fp32, as ours runs on CPU)."""
     import yaml
 
-    from experts.config.pool_spec import load_pool
+    from experts.config._pool_spec import load_pool
 
     document = load_pool("default").document()
     document["name"] = f"default-{engine}"
@@ -117,7 +117,7 @@ async def one_round(url: str, requests: int, concurrency: int, max_tokens: int, 
 
 
 def measure(rounds: int, requests: int, concurrency: int, max_tokens: int) -> dict[str, Any]:
-    from experts.config.engine_choice import find_engine_environment
+    from experts.config._engine_choice import find_engine_environment
 
     if find_engine_environment().python is None:
         raise SystemExit("no engine environment: run `make engine-env` first")

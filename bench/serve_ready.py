@@ -29,7 +29,7 @@ TARGET_S = 30.0
 
 
 def measure(runs: int) -> dict[str, Any]:
-    from experts.config.engine_choice import find_engine_environment
+    from experts.config._engine_choice import find_engine_environment
     from experts.engine.embedded import prepare_model, resolve_model
 
     if find_engine_environment().python is None:

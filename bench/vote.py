@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from router.offline.evaluate import EvalOptions, evaluate  # noqa: E402
-from router.offline.outcomes import load_outcomes  # noqa: E402
-from router.policies import PolicySettings  # noqa: E402
+from router._policies import PolicySettings  # noqa: E402
+from router.offline._evaluate import EvalOptions, evaluate  # noqa: E402
+from router.offline._outcomes import load_outcomes  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing"
 

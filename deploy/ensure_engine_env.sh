@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build the engine environment: a virtualenv with vLLM beside the project's (.venv -> .venv-vllm), where `local`
-# experts on vLLM run their engine actor (experts/config/engine_choice.py finds it there): the default pool's five
+# experts on vLLM run their engine actor (experts/config/_engine_choice.py finds it there): the default pool's five
 # personas share one vLLM engine. `make engine-env` runs this, and `make serve` and `make test` through it.
 #
 #   ensure_engine_env.sh VENV

@@ -20,7 +20,7 @@ from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from orchestrator.integrations.langgraph_export import moesaic_subgraph, moesaic_tool
+from orchestrator.frameworks.langgraph_export import moesaic_subgraph, moesaic_tool
 from orchestrator.pipeline.orchestrator import Orchestrator
 
 
@@ -68,8 +68,8 @@ def build_tool_agent(orchestrator: Orchestrator) -> Any:
 
 
 async def main(question: str, pool_name: str) -> None:
-    from experts.config.pool_spec import load_pool
-    from experts.runtime.pool import ExpertPool
+    from experts.config._pool_spec import load_pool
+    from experts.runtime._pool import ExpertPool
 
     pool = ExpertPool(load_pool(pool_name))
     await pool.start()

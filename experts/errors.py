@@ -6,7 +6,7 @@
 As the rest of the system sees a call, ``ExpertUnavailable``: the expert was not asked at all (unknown name,
 not started, its circuit breaker is open, its actor is being restarted); routing should pick someone else.
 ``ExpertCallFailed``: the expert was asked and did not answer; ``code`` says what kind of
-failure it was (``experts.runtime.retry`` decides from it whether a retry can help and whether it
+failure it was (``experts.runtime._retry`` decides from it whether a retry can help and whether it
 was the caller's mistake). Both name the expert in their message.
 """
 

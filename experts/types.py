@@ -15,7 +15,7 @@ from experts.moe.options import RoutingOptions
 
 
 class AnswerKind(StrEnum):
-    """How a final answer is read out of an expert's text, for votes and grading (``aggregator/extract.py``).
+    """How a final answer is read out of an expert's text, for votes and grading (``aggregator/_extract.py``).
 
     Named by pool files (``aggregation.answer_kind``, or ``auto``: inferred per query), by labelled data sets,
     and by the aggregator; it lives here, beside the other data every package shares.

@@ -21,8 +21,8 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 # the session's Ray workers log every expert batch (DEBUG), so tests can follow a request id into the actors
 os.environ.setdefault("MOESAIC_LOG_LEVEL", "DEBUG")
 
-from experts.config.pool_spec import PoolSpec, load_pool, parse_pool  # noqa: E402
-from experts.runtime.pool import ExpertPool  # noqa: E402
+from experts.config._pool_spec import PoolSpec, load_pool, parse_pool  # noqa: E402
+from experts.runtime._pool import ExpertPool  # noqa: E402
 from orchestrator.pipeline.orchestrator import Orchestrator  # noqa: E402
 from tests.browser import browser, page  # noqa: E402, F401 (the console's browser fixtures, for every module)
 
@@ -270,7 +270,7 @@ def embedded_residency_spec(budget_gb: float = 1.1) -> PoolSpec:
 @pytest.fixture(scope="session")
 async def residency_pool(ray_session: None) -> AsyncIterator[Any]:
     """The embedded residency pool's ``Dispatcher``, shared by the tests (it owns the view of what is resident)."""
-    from experts.runtime.dispatch.dispatcher import dispatching
+    from experts.runtime.dispatch._dispatcher import dispatching
 
     pool = ExpertPool(embedded_residency_spec())
     health = await pool.start()

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Any, AsyncIterator
 
-from experts.config.pool_spec import PoolSpec, parse_pool
+from experts.config._pool_spec import PoolSpec, parse_pool
 from experts.types import Completion, GenerationRequest, Usage
 
 

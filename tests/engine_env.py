@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from experts.config.engine_choice import EngineEnvironment, find_engine_environment
+from experts.config._engine_choice import EngineEnvironment, find_engine_environment
 
 
 def engine_environment(module_level: bool = True) -> EngineEnvironment:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from experts.schema_limits import SchemaLimits
+from experts._schema_limits import SchemaLimits
 
 WHERE = "response_format.json_schema.schema"
 UNLIMITED_PATTERNS = SchemaLimits(max_pattern_cost=10**12)

@@ -33,9 +33,9 @@ import openai
 import pytest
 import redis
 
-from experts.config.pool_spec import PoolSpec, parse_pool
-from experts.runtime.pool import ExpertPool
-from orchestrator.integrations.mcp_endpoint import McpEndpoint
+from experts.config._pool_spec import PoolSpec, parse_pool
+from experts.runtime._pool import ExpertPool
+from orchestrator.frameworks.mcp_endpoint import McpEndpoint
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import hash_key, new_key

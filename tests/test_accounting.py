@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aggregator.strategies import Verdict
+from aggregator._strategies import Verdict
 from experts.types import Completion, Usage
 from orchestrator.pipeline.state import CallRecord, ExpertAnswer, PipelineResult
-from router.decision import RoutingDecision
+from router._decision import RoutingDecision
 
 
 def completion(prompt: int, done: int, cost: float) -> Completion:

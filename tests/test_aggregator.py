@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from aggregator import AggregationSettings, Aggregator, Candidate, ModelStep, Sampling, Verdict, render_question
-from aggregator.synthesize import MAX_CANDIDATE_CHARS, parse_rank, rank_request, synthesis_request
+from aggregator._synthesize import MAX_CANDIDATE_CHARS, parse_rank, rank_request, synthesis_request
 from experts.types import Message
 
 QUESTION = [Message("system", "be brief"), Message("user", "Which is a mammal?\n(A) shark\n(B) whale\n(C) trout")]

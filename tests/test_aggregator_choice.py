@@ -9,9 +9,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from aggregator.choice import AggregatorChoice, build_cases, choose, recovers
-from router.offline.dataset import GradedAnswer, LabelledQuestion
-from router.store import ProfileStore
+from aggregator._choice import AggregatorChoice, build_cases, choose, recovers
+from router._store import ProfileStore
+from router.offline._dataset import GradedAnswer, LabelledQuestion
 
 QUESTIONS = [
     (
@@ -126,8 +126,8 @@ def test_bench_aggregators_measures_stores_and_the_router_uses_it(
     stored = ProfileStore(redis_url, "choice-live").load_document("aggregators")
     assert stored is not None and stored["default"] == figures["default"] in ("conductor", "generalist")
 
-    from experts.config.pool_spec import load_pool
-    from router.factory import load_aggregator_choice
+    from experts.config._pool_spec import load_pool
+    from router._factory import load_aggregator_choice
 
     spec["aggregation"] = {"choice": {"redis": redis_url}}
     pool_file.write_text(yaml.safe_dump(spec))

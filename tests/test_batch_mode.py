@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from experts.runtime.dispatch.dispatcher import Dispatcher
+from experts.runtime.dispatch._dispatcher import Dispatcher
 from orchestrator.pipeline.batch import BatchRunner
 from orchestrator.pipeline.batch_io import BatchInputError, ProgressLog, read_items
 from orchestrator.pipeline.orchestrator import Orchestrator

@@ -9,7 +9,7 @@ import pytest
 
 from experts.actor.batcher import RequestBatcher
 from experts.backends.echo import EchoBackend
-from experts.config.pool_spec import ExpertSpec
+from experts.config._pool_spec import ExpertSpec
 from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, Message, TextDelta, Usage
 

@@ -18,8 +18,8 @@ from pathlib import Path
 import pytest
 from bench_scripts import load_bench
 
-from experts.config.pool_spec import parse_pool
-from experts.runtime.dispatch.dispatcher import Dispatcher
+from experts.config._pool_spec import parse_pool
+from experts.runtime.dispatch._dispatcher import Dispatcher
 from experts.types import Completion, GenerationRequest, Message, Usage
 from orchestrator.pipeline.orchestrator import Orchestrator
 from tests.dispatch_fakes import FakePool, residency_spec

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from bench_scripts import BENCH, load_bench
 
-from experts.config.engine_choice import find_engine_environment
+from experts.config._engine_choice import find_engine_environment
 from tests.engine_env import engine_environment
 
 moe_engines = load_bench("moe_engines")

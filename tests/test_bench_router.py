@@ -49,7 +49,7 @@ def test_cheapest_mix_picks_the_least_cost_per_group_that_reaches_the_count() ->
 def test_targets_read_the_hull_at_the_cost_the_policy_spent() -> None:
     import numpy as np
 
-    from router.outcome_table import OutcomeTable
+    from router._outcome_table import OutcomeTable
 
     # two models: cheap (cost 1, right on 1 of 2) and dear (cost 3, right on both)
     table = OutcomeTable(

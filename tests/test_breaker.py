@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from experts.config.resilience_spec import BreakerSpec
-from experts.runtime.breaker import CircuitBreaker
+from experts.config._resilience_spec import BreakerSpec
+from experts.runtime._breaker import CircuitBreaker
 
 
 class FakeClock:

@@ -1,4 +1,4 @@
-"""The same-node fast lane (experts/channel.py): real Unix sockets, in-process and to Ray actors."""
+"""The same-node fast lane (experts/_channel.py): real Unix sockets, in-process and to Ray actors."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from experts.channel import ChannelClient, ChannelLost, ChannelServer, RemoteError
-from experts.config.pool_spec import parse_pool
-from experts.runtime.pool import ExpertPool
+from experts._channel import ChannelClient, ChannelLost, ChannelServer, RemoteError
+from experts.config._pool_spec import parse_pool
+from experts.runtime._pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from tests.conftest import echo_pool_spec
 from tests.test_faults import killed
@@ -158,7 +158,7 @@ async def test_cancelling_a_call_or_disconnecting_cancels_the_work_in_the_actor(
 
 _ACTOR_PROCESS = """
 import asyncio, sys
-from experts.channel import ChannelServer
+from experts._channel import ChannelServer
 
 class Slow:
     async def generate(self, text):
@@ -215,7 +215,7 @@ async def _usable_here(client: ChannelClient) -> bool:
 
 
 def test_socket_folders_of_dead_actors_are_swept(tmp_path: Path) -> None:
-    from experts.channel import _sweep_stale_directories
+    from experts._channel import _sweep_stale_directories
 
     dead = 2**22 + 12345  # above the default pid_max: no such process
     stale = Path(tempfile.gettempdir()) / f"moesaic-expert-{dead}-test"

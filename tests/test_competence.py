@@ -8,9 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.competence import CompetenceEstimator, CompetenceSettings
-from router.offline.outcomes import load_outcomes
-from router.profiles import build_profiles
+from router._competence import CompetenceEstimator, CompetenceSettings
+from router._profiles import build_profiles
+from router.offline._outcomes import load_outcomes
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "routing" / "mmlu_pro_dev.parquet"
 

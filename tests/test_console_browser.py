@@ -15,14 +15,14 @@ from typing import Any
 import httpx
 import pytest
 
-from experts.config.pool_spec import parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import parse_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import hash_key, new_key
 from orchestrator.server.service.service_config import ServiceConfig
-from router.offline.evaluate import EvalOptions, evaluate_pairs, split_tables
-from router.offline.outcomes import read_outcomes
+from router.offline._evaluate import EvalOptions, evaluate_pairs, split_tables
+from router.offline._outcomes import read_outcomes
 from tests.browser import WAIT_MS, ask, screenshot
 from tests.conftest import ServerThread
 

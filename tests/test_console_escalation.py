@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from experts.config.pool_spec import load_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import load_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from tests.browser import ask

@@ -233,7 +233,7 @@ def test_eager_attention_takes_the_additive_mask() -> None:
 async def test_local_backend_batches_join_the_running_loop(loaded: Loaded) -> None:
     from experts.actor.expert_actor import ExpertActor
     from experts.backends.local import LocalBackend
-    from experts.config.pool_spec import ExpertSpec
+    from experts.config._pool_spec import ExpertSpec
     from experts.types import GenerationRequest, Message
 
     spec = {"name": "cb", "backend": "local", "model": MODEL, "batching": {"max_batch_size": 4}}
@@ -262,7 +262,7 @@ async def test_local_backend_batches_join_the_running_loop(loaded: Loaded) -> No
 
 def test_engine_option_is_checked() -> None:
     from experts.backends.local import LocalBackend
-    from experts.config.pool_spec import ExpertSpec
+    from experts.config._pool_spec import ExpertSpec
     from experts.errors import BackendError
 
     static = LocalBackend(ExpertSpec(name="s", backend="local", model=MODEL, options={"engine": "static"}))

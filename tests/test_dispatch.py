@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
+from experts.runtime._pool import ExpertCallFailed, ExpertPool
 from experts.runtime.dispatch import scheduler
-from experts.runtime.dispatch.dispatcher import Dispatcher, dispatching
+from experts.runtime.dispatch._dispatcher import Dispatcher, dispatching
 from experts.runtime.dispatch.scheduler import QueueView
-from experts.runtime.pool import ExpertCallFailed, ExpertPool
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest

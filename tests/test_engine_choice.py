@@ -1,5 +1,5 @@
-"""Which engine a local expert runs on (``experts/config/engine_choice.py``) and how experts are grouped onto shared
-vLLM engines (``experts/runtime/engines.py``): pure decisions, no Ray, no vLLM."""
+"""Which engine a local expert runs on (``experts/config/_engine_choice.py``) and how experts are grouped onto shared
+vLLM engines (``experts/runtime/_engines.py``): pure decisions, no Ray, no vLLM."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from experts.config.engine_choice import (
+from experts.config._engine_choice import (
     Engine,
     EngineEnvironment,
     EngineUnavailable,
@@ -16,8 +16,8 @@ from experts.config.engine_choice import (
     cpu_flags,
     find_engine_environment,
 )
-from experts.config.pool_spec import ExpertSpec, load_pool, parse_pool
-from experts.runtime.engines import SharedEngines
+from experts.config._pool_spec import ExpertSpec, load_pool, parse_pool
+from experts.runtime._engines import SharedEngines
 
 THERE = EngineEnvironment("/opt/engine/bin/python", "test")
 NOWHERE = EngineEnvironment(None, "none here")

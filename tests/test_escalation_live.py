@@ -20,8 +20,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from experts.config.pool_spec import RoutingSpec, load_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import RoutingSpec, load_pool
+from experts.runtime._pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.batch import BatchRunner
 from orchestrator.pipeline.events import DecisionEvent, DoneEvent
@@ -30,11 +30,11 @@ from orchestrator.pipeline.nodes import PipelineNodes
 from orchestrator.pipeline.orchestrator import Orchestrator, build_aggregator
 from orchestrator.pipeline.state import PipelineRequest
 from orchestrator.server.api.app import create_app
-from router.factory import load_profiles
-from router.offline.outcomes import load_outcomes
-from router.profiled import ProfiledRouter
-from router.profiles import build_profiles
-from router.store import export_json
+from router._factory import load_profiles
+from router._profiled import ProfiledRouter
+from router._profiles import build_profiles
+from router._store import export_json
+from router.offline._outcomes import load_outcomes
 from tests.conftest import ServerThread
 
 pytestmark = pytest.mark.ray

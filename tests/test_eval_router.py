@@ -96,7 +96,7 @@ def test_cli_errors(tmp_path: Path) -> None:
 
 
 def test_profile_command_stores_in_redis_and_json(tmp_path: Path, redis_url: str) -> None:
-    from router.store import ProfileStore, import_json
+    from router._store import ProfileStore, import_json
 
     path = shared_slice(tmp_path, "mmlu_pro_dev.parquet", 300)
     out = tmp_path / "profiles.json"

@@ -12,9 +12,9 @@ from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, Tool
 from langgraph.checkpoint.memory import InMemorySaver
 from langgraph.graph import START, MessagesState, StateGraph
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from experts.types import Message
-from orchestrator.integrations.langgraph_export import moesaic_subgraph, moesaic_tool, to_moesaic_messages
+from orchestrator.frameworks.langgraph_export import moesaic_subgraph, moesaic_tool, to_moesaic_messages
 from orchestrator.pipeline.orchestrator import Orchestrator
 from tests.conftest import echo_pool_spec
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from aggregator.extract import extract_choice, extract_exact, extract_number, is_correct, strip_reasoning
+from aggregator._extract import extract_choice, extract_exact, extract_number, is_correct, strip_reasoning
 
 
 @pytest.mark.parametrize(
@@ -55,7 +55,7 @@ def test_exact_and_grading() -> None:
 
 
 def test_free_text_and_every_answer_kind_has_one_extractor() -> None:
-    from aggregator.extract import EXTRACTORS, extract_text
+    from aggregator._extract import EXTRACTORS, extract_text
     from experts.types import AnswerKind
 
     assert extract_text("<think>hmm</think> Blue whales.") == extract_text("blue whales") == "blue whales"
@@ -92,6 +92,6 @@ def test_a_pool_file_names_an_unknown_answer_kind() -> None:
     ],
 )
 def test_answer_kind_is_inferred(question: str, answers: list[str], kind: str) -> None:
-    from aggregator.extract import infer_answer_kind
+    from aggregator._extract import infer_answer_kind
 
     assert infer_answer_kind(question, answers) == kind

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from aggregator.extract import (
+from aggregator._extract import (
     MAX_EXTRACT_CHARS,
     OPTION_WINDOW_CHARS,
     extract_choice,
@@ -19,9 +19,9 @@ from aggregator.extract import (
     option_letters,
     strip_reasoning,
 )
-from aggregator.synthesize import parse_rank
+from aggregator._synthesize import parse_rank
 from experts.types import AnswerKind
-from router.keywords import parse_keywords
+from router._keywords import parse_keywords
 
 QUICK_S = 1.0  # generous: each input below takes milliseconds now
 

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from experts.config.pool_spec import PoolSpec, parse_pool
+from experts.config._pool_spec import PoolSpec, parse_pool
 from experts.errors import ExpertCallFailed, ExpertUnavailable
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.events import DecisionEvent, DoneEvent, TextEvent
 from orchestrator.pipeline.orchestrator import Orchestrator
@@ -263,7 +263,7 @@ async def test_a_killed_actor_mid_request_is_restarted_and_the_request_answered(
 
 async def test_a_restarted_residency_managed_expert_is_loaded_again(ray_session: None) -> None:
 
-    from experts.runtime.dispatch.dispatcher import dispatching
+    from experts.runtime.dispatch._dispatcher import dispatching
     from tests.dispatch_fakes import residency_spec
 
     pool = await started(residency_spec("ab", budget_gb=2.0))

@@ -1,4 +1,4 @@
-"""The cost-quality frontier (``router/cost_mix.py``, ``router/offline/frontier.py``): the random-mix hull and
+"""The cost-quality frontier (``router/_cost_mix.py``, ``router/offline/_frontier.py``): the random-mix hull and
 pool APGR by hand, then ``moesaic eval-router --frontier`` on a slice of the shared MMLU-Pro table."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from test_eval_router import run_json, shared_slice
 from typer.testing import CliRunner
 
 from orchestrator.cli.main import app
-from router.cost_mix import CostPoint, hull_accuracy
-from router.offline.frontier import FrontierRow, pool_apgr, single_model_points
-from router.outcome_table import OutcomeTable
+from router._cost_mix import CostPoint, hull_accuracy
+from router._outcome_table import OutcomeTable
+from router.offline._frontier import FrontierRow, pool_apgr, single_model_points
 
 POINTS = [
     CostPoint("cheap", 1.0, 0.40),

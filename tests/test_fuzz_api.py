@@ -29,7 +29,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.service_config import ServiceConfig

@@ -14,11 +14,11 @@ from typing import Any
 
 import pytest
 
+from experts._schema_limits import SchemaLimits
 from experts.backends.local import LocalBackend
-from experts.config.pool_spec import ExpertSpec, load_pool
+from experts.config._pool_spec import ExpertSpec, load_pool
 from experts.engine.grammar import GrammarError, Grammars, GrammarSettings, OutputFormat
 from experts.errors import BackendError
-from experts.schema_limits import SchemaLimits
 from experts.types import GenerationRequest, Message
 from tests.schema_cases import (
     NESTED,

@@ -14,7 +14,7 @@ from typing import Any
 import openai
 import pytest
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from tests.conftest import ServerThread, echo_pool_spec

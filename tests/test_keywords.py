@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from experts.config.pool_spec import parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import parse_pool
+from experts.runtime._pool import ExpertPool
 from experts.types import Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest
-from router.keywords import KeywordExtractor, parse_keywords
+from router._keywords import KeywordExtractor, parse_keywords
 
 VOCABULARY = ["math", "code", "writing", "general_knowledge"]
 

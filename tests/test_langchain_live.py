@@ -21,8 +21,8 @@ from langchain_core.tools import tool
 from langchain_moesaic import ChatMoesaic
 from pydantic import BaseModel
 
-from experts.config.pool_spec import parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import parse_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from tests.conftest import ServerThread

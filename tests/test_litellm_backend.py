@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from experts.backends.litellm_backend import LiteLLMBackend
-from experts.config.pool_spec import ExpertSpec, parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import ExpertSpec, parse_pool
+from experts.runtime._pool import ExpertPool
 from experts.types import GenerationRequest, Message, TextDelta
 from tests.conftest import ServerThread
 

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
 from experts.backends.litellm_backend import LiteLLMBackend
-from experts.config.pool_spec import ExpertSpec
+from experts.config._pool_spec import ExpertSpec
 from experts.errors import ErrorCode
 from experts.types import GenerationRequest, Message
 from tests.conftest import ServerThread, free_port

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from experts.backends.local import LocalBackend
-from experts.config.pool_spec import ExpertSpec
+from experts.config._pool_spec import ExpertSpec
 from experts.engine.embedded import dequantised_dir, resolve_model
 from experts.types import GenerationRequest, Message, TextDelta
 

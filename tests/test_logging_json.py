@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from experts.actor.expert_actor import ExpertActor
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app

@@ -12,9 +12,9 @@ from collections.abc import AsyncIterator, Iterator
 import httpx
 import pytest
 
-from experts.config.pool_spec import parse_pool
-from experts.runtime.pool import ExpertPool
-from orchestrator.integrations.mcp_endpoint import McpEndpoint
+from experts.config._pool_spec import parse_pool
+from experts.runtime._pool import ExpertPool
+from orchestrator.frameworks.mcp_endpoint import McpEndpoint
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import hash_key, new_key

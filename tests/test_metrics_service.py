@@ -15,7 +15,7 @@ import pytest
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import CallRecord
 from orchestrator.server.api.app import create_app

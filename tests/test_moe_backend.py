@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from experts.backends import create_backend
-from experts.config.pool_spec import parse_pool
+from experts.config._pool_spec import parse_pool
 from experts.errors import BackendError
 from experts.moe.options import RoutingOptions
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app

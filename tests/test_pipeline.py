@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from experts.runtime.pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
+from experts.runtime._pool import ExpertCallFailed, ExpertPool, ExpertUnavailable
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.events import DecisionEvent, DoneEvent, TextEvent
 from orchestrator.pipeline.orchestrator import Orchestrator

@@ -14,13 +14,13 @@ from typing import Any
 
 import pytest
 
-from aggregator.strategies import AggregationSettings, Aggregator
+from aggregator._strategies import AggregationSettings, Aggregator
 from experts.types import Completion, GenerationRequest, Message, Usage
 from orchestrator.pipeline import nodes as pipeline_nodes
 from orchestrator.pipeline.nodes import PipelineNodes
 from orchestrator.pipeline.offload import OFFLOAD_CHARS
 from orchestrator.pipeline.state import ExpertAnswer, PipelineRequest
-from router.decision import Escalation, RoutingDecision
+from router._decision import Escalation, RoutingDecision
 
 QUESTION = "Which is a mammal?\n(A) shark\n(B) trout\n(C) whale"
 EXPERTS = ["a", "b", "c"]

@@ -1,4 +1,4 @@
-"""The cost optimiser's plans (``router/plans.py``): candidates, replays, gains, lambda and thresholds by hand;
+"""The cost optimiser's plans (``router/_plans.py``): candidates, replays, gains, lambda and thresholds by hand;
 then the optimiser inside ``evaluate`` on synthetic and shared tables."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 from test_eval_router import run_json, shared_slice
 
-from aggregator.vote import competence_weight
-from router.cost_mix import Mix
-from router.offline.evaluate import EvalOptions, evaluate
-from router.outcome_table import OutcomeTable
-from router.plans import PlanData, PlanKey, PlanModel, candidate_keys, fit_escalate_threshold, replay
-from router.policies import PolicySettings
+from aggregator._vote import competence_weight
+from router._cost_mix import Mix
+from router._outcome_table import OutcomeTable
+from router._plans import PlanData, PlanKey, PlanModel, candidate_keys, fit_escalate_threshold, replay
+from router._policies import PolicySettings
+from router.offline._evaluate import EvalOptions, evaluate
 
 COMPETENCE = np.array([0.3, 0.6, 0.5, 0.2])
 COST = np.array([10.0, 100.0, 40.0, 5.0])

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from experts.config.pool_spec import POOLS_DIR, PoolFileError, load_pool
+from experts.config._pool_spec import POOLS_DIR, PoolFileError, load_pool
 from orchestrator.cli.main import app
 
 GOOD_EXPERT = "  - {name: a, backend: local, model: embedded:smollm2-135m-instruct, skills: [math]}\n"

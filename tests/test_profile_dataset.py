@@ -14,12 +14,12 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from experts.config.pool_spec import load_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import load_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.cli.main import app
-from router.offline.dataset import load_dataset, read_results, results_table, run_profiling
-from router.offline.outcomes import OutcomeFileError
-from router.store import import_json
+from router._store import import_json
+from router.offline._dataset import load_dataset, read_results, results_table, run_profiling
+from router.offline._outcomes import OutcomeFileError
 
 QUESTIONS = [
     {"id": "q1", "question": "Which is right? The answer is (B)", "answer": "B", "category": "logic"},

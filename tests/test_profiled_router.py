@@ -13,16 +13,16 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from experts.config.pool_spec import load_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import load_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.cli.main import app as cli
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from router import RouterSetupError, build_router
-from router.offline.outcomes import load_outcomes
-from router.profiled import ProfiledRouter
-from router.profiles import build_profiles
-from router.store import ProfileStore, export_json
+from router._profiled import ProfiledRouter
+from router._profiles import build_profiles
+from router._store import ProfileStore, export_json
+from router.offline._outcomes import load_outcomes
 from tests.conftest import ServerThread
 
 MATH = [
@@ -130,14 +130,14 @@ def test_profiles_that_miss_an_expert_fail_at_start(profiled_pool_file: Path, tm
 
 
 def test_profiles_from_redis(profiled_pool_file: Path, tmp_path: Path, redis_url: str) -> None:
-    from router.store import import_json
+    from router._store import import_json
 
     ProfileStore(redis_url, "measured-live").save(import_json(profiled_pool_file.parent / "profiles.json"))
     raw = yaml.safe_load(profiled_pool_file.read_text())
     raw["routing"]["profiles"] = {"redis": redis_url, "key_space": "measured-live"}
     (tmp_path / "pool.yaml").write_text(yaml.safe_dump(raw))
     router = build_router(load_pool(tmp_path / "pool.yaml"))
-    assert router.recruit(router.understand("draft a friendly email about the garden"), k=1).experts == ["wordsmith"]
+    assert router._recruit(router.understand("draft a friendly email about the garden"), k=1).experts == ["wordsmith"]
 
 
 def test_cli_route(profiled_pool_file: Path) -> None:

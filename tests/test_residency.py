@@ -9,8 +9,8 @@ import random
 import pytest
 
 from experts.actor.lifecycle import ModelLifecycle, loaded_bytes, weights_gb
-from experts.config.pool_spec import ExpertSpec, PoolFileError, parse_pool
-from experts.runtime.dispatch.residency import ExpertFootprint, ResidencyError, ResidencyManager
+from experts.config._pool_spec import ExpertSpec, PoolFileError, parse_pool
+from experts.runtime.dispatch._residency import ExpertFootprint, ResidencyError, ResidencyManager
 
 
 class FakeActors:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 
-from experts.config.pool_spec import PoolFileError, parse_pool
-from experts.config.resilience_spec import ResilienceSpec, RetrySpec
+from experts.config._pool_spec import PoolFileError, parse_pool
+from experts.config._resilience_spec import ResilienceSpec, RetrySpec
 from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable, code_for_status
-from experts.runtime.guarded import GuardedExpert
-from experts.runtime.retry import Backoff, is_client_mistake, is_transient
+from experts.runtime._guarded import GuardedExpert
+from experts.runtime._retry import Backoff, is_client_mistake, is_transient
 from experts.types import Completion, GenerationRequest, Message, Usage
 
 

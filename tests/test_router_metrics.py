@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.offline.quality_metrics import apgr, cpt, quality_curve
+from router.offline._quality_metrics import apgr, cpt, quality_curve
 
 WEAK = np.array([1, 0, 1, 0])
 STRONG = np.array([1, 1, 0, 1])

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from router.cost_mix import Mix
-from router.plans import PlanEstimate, PlanKey
-from router.policies import PolicySettings, QueryView, select, set_success
+from router._cost_mix import Mix
+from router._plans import PlanEstimate, PlanKey
+from router._policies import PolicySettings, QueryView, select, set_success
 
 RNG = np.random.default_rng(0)
 

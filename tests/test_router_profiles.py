@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from router.offline.outcomes import OutcomeFileError, load_outcomes
-from router.profiles import ProfileSet, build_profiles
-from router.store import ProfileStore, ProfileStoreError, export_json, import_json
+from router._profiles import ProfileSet, build_profiles
+from router._store import ProfileStore, ProfileStoreError, export_json, import_json
+from router.offline._outcomes import OutcomeFileError, load_outcomes
 
 
 def small_frame() -> pd.DataFrame:

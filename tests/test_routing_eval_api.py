@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.cli.main import app as cli
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app

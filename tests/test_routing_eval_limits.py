@@ -23,13 +23,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api import routing_eval
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.routing_worker import RoutingEvaluator
 from orchestrator.server.service.service_config import ServiceConfig
-from router.offline.outcomes import (
+from router.offline._outcomes import (
     NAMED_POOLS,
     OutcomeFileError,
     TableLimits,
@@ -259,7 +259,7 @@ def test_an_evaluation_past_timeout_s_is_stopped_and_the_next_one_works(
     assert again.json() == ready.json()
 
 
-# -- the caps in router.offline.outcomes, without a server -------------------------------------------------------
+# -- the caps in router.offline._outcomes, without a server -------------------------------------------------------
 LIMITS = TableLimits(max_rows=3, max_columns=3, max_table_bytes=10_000, section="s")
 
 

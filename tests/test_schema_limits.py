@@ -1,4 +1,4 @@
-"""Schema size limits (``experts.schema_limits``): bytes, depth, declared properties and the compile cost of regex
+"""Schema size limits (``experts._schema_limits``): bytes, depth, declared properties and the compile cost of regex
 patterns, checked without recursion and stopping at the first limit exceeded. Pure: no model, no xgrammar.
 
 Issue 27, row 5: a 42 KB ``response_format`` took 17.8 s to compile and kept +600 MB in the actor, and a 60-byte
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from experts.schema_limits import PatternUnreadable, SchemaLimits, SchemaTooLarge, check_schema, pattern_cost
+from experts._schema_limits import PatternUnreadable, SchemaLimits, SchemaTooLarge, check_schema, pattern_cost
 from tests.schema_cases import (
     NESTED,
     NESTED_DEEPER,
@@ -330,7 +330,7 @@ def test_a_pattern_that_cannot_be_read_is_refused() -> None:
 
 
 def test_an_expert_on_vllm_refuses_schemas_over_its_limits_before_they_reach_the_shared_engine() -> None:
-    from experts.config.pool_spec import ExpertSpec
+    from experts.config._pool_spec import ExpertSpec
     from experts.errors import ErrorCode
     from experts.types import GenerationRequest, Message
     from experts.vllm.client import VllmBackend

@@ -17,8 +17,8 @@ import openai
 import pytest
 import uvicorn
 
-from experts.config.pool_spec import parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import parse_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.service_config import ServiceConfig

@@ -22,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.server.service.auth import hash_key, new_key
 from orchestrator.server.service.journal import JournalEntry, RequestJournal
 from orchestrator.server.service.redis_link import RedisLink

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from experts.config.engine_choice import find_engine_environment
+from experts.config._engine_choice import find_engine_environment
 from tests.conftest import free_port
 
 pytestmark = [pytest.mark.model, pytest.mark.cluster]

@@ -16,10 +16,10 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
-from experts.config.pool_spec import PoolFileError, load_pool, parse_pool
-from experts.runtime.placement import bundles_for
+from experts.config._pool_spec import PoolFileError, load_pool, parse_pool
+from experts.runtime._placement import bundles_for
 from orchestrator.cli.deploy import ray_service, render, render_files, serve_config
-from orchestrator.integrations.serve_app import INGRESS_NAME, build
+from orchestrator.frameworks.serve_app import INGRESS_NAME, build
 
 ROOT = Path(__file__).resolve().parent.parent
 PLANTED = "PLANTED-s3cret-pw"
@@ -52,7 +52,7 @@ def test_rendered_serve_config_passes_rays_schema() -> None:
     config = serve_config(spec, "p.yaml")
     schema = ServeDeploySchema.model_validate(config)
     [application] = schema.applications
-    assert application.import_path == "orchestrator.integrations.serve_app:build"
+    assert application.import_path == "orchestrator.frameworks.serve_app:build"
     [deployment] = application.deployments
     assert deployment.name == INGRESS_NAME
     assert deployment.autoscaling_config["max_replicas"] == 3
@@ -258,7 +258,7 @@ def test_render_command(tmp_path: Path) -> None:
 def test_placement_group_created_once_and_removed(ray_session: None) -> None:
     from ray.util import placement_group_table
 
-    from experts.runtime.placement import ExpertPlacement
+    from experts.runtime._placement import ExpertPlacement
 
     spec = parse_pool(pool(), "p.yaml")
     placement = ExpertPlacement("prod")
@@ -274,7 +274,7 @@ def test_placement_group_created_once_and_removed(ray_session: None) -> None:
 
 
 def test_a_replica_is_replaced_only_when_every_model_failed_to_load() -> None:
-    from orchestrator.integrations.serve_app import MoesaicIngress, replica_problem
+    from orchestrator.frameworks.serve_app import MoesaicIngress, replica_problem
 
     failed = {"state": "failed", "error": "out of memory"}
     assert replica_problem({"a": failed, "b": {**failed, "error": "no such file"}}) == (

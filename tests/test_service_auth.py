@@ -18,7 +18,7 @@ import pytest
 import redis
 from typer.testing import CliRunner
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.cli.main import app as cli
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app

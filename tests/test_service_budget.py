@@ -18,8 +18,8 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from experts.config.pool_spec import PoolSpec, parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import PoolSpec, parse_pool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import Authenticator, KeyStore, hash_key, new_key

@@ -176,7 +176,7 @@ def test_commands_say_what_to_do_when_something_is_not_there(redis_url: str) -> 
 @pytest.fixture(scope="module")
 async def echo_server(ray_session: None) -> AsyncIterator[ServerThread]:
     """A real server on the echo pool: ``expert/a`` answers with the question's words."""
-    from experts.runtime.pool import ExpertPool
+    from experts.runtime._pool import ExpertPool
     from orchestrator.pipeline.orchestrator import Orchestrator
     from orchestrator.server.api.app import create_app
 

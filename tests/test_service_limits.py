@@ -14,7 +14,7 @@ import httpx
 import openai
 import pytest
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.limits import Overloaded, RequestLimits

@@ -16,7 +16,7 @@ import openai
 import pytest
 import redis
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from orchestrator.server.service.auth import hash_key, new_key

@@ -11,7 +11,7 @@ import httpx
 import openai
 import pytest
 
-from experts.runtime.pool import ExpertPool
+from experts.runtime._pool import ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app
 from tests.conftest import ServerThread, echo_pool_spec

@@ -18,10 +18,10 @@ import openai
 import pytest
 from pydantic import BaseModel
 
-from aggregator.strategies import ModelStep, Verdict
-from aggregator.synthesize import synthesis_request
+from aggregator._strategies import ModelStep, Verdict
+from aggregator._synthesize import synthesis_request
 from experts.backends.local import LocalBackend
-from experts.config.pool_spec import load_pool
+from experts.config._pool_spec import load_pool
 from experts.engine.grammar import ANY_OBJECT, GrammarError, OutputFormat, bounded
 from experts.types import Completion, GenerationRequest, Message, Usage
 from orchestrator.pipeline.steps import model_step_call, step_verdict
@@ -89,7 +89,7 @@ def test_a_synthesis_cut_at_max_tokens_gives_way_to_the_vote_when_json_was_asked
 
 
 def _sampling() -> Any:
-    from aggregator.synthesize import Sampling
+    from aggregator._synthesize import Sampling
 
     return Sampling(max_tokens=32, temperature=0.0)
 

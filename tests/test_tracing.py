@@ -18,9 +18,9 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from experts._tracing import configure_from_env, span, traceparent
 from experts.actor.expert_actor import ExpertActor
-from experts.runtime.pool import ExpertPool
-from experts.tracing import configure_from_env, span, traceparent
+from experts.runtime._pool import ExpertPool
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.app import create_app

@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from experts.config.pool_spec import PoolSpec, load_pool, parse_pool
-from experts.runtime.pool import ExpertPool
+from experts.config._pool_spec import PoolSpec, load_pool, parse_pool
+from experts.runtime._pool import ExpertPool
 from experts.types import GenerationRequest, Message
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.state import PipelineRequest

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from aggregator.vote import competence_weight, majority_vote, weighted_vote
+from aggregator._vote import competence_weight, majority_vote, weighted_vote
 
 
 def test_competence_weight_is_log_odds_plus_the_option_prior() -> None:

@@ -17,15 +17,15 @@ import time
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
+from experts._channel import ChannelServer
+from experts._health import ExpertState, HealthReport
+from experts._log_format import configure_from_env
+from experts._tracing import configure_from_env as configure_tracing
+from experts._tracing import span
 from experts.actor.batcher import RequestBatcher
 from experts.actor.lifecycle import ModelLifecycle, weights_gb
 from experts.backends import create_backend
-from experts.channel import ChannelServer
-from experts.config.pool_spec import ExpertSpec
-from experts.health import ExpertState, HealthReport
-from experts.log_format import configure_from_env
-from experts.tracing import configure_from_env as configure_tracing
-from experts.tracing import span
+from experts.config import ExpertSpec
 from experts.types import Completion, GenerationRequest, Message, TextDelta, TextPiece
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class ExpertActor:
         namespace: str | None = None,
     ) -> None:
         """``engine_actor``: the shared vLLM engine this (``local``) expert's requests go to, if the pool put it on
-        one (``experts.runtime.engines``); the expert's own actor then holds no model."""
+        one (``experts.runtime._engines``); the expert's own actor then holds no model."""
         if _in_ray_actor():  # its own process: log (JSON lines by default) and trace as the serving process does
             configure_from_env()
             configure_tracing("moesaic-expert")
@@ -65,7 +65,7 @@ class ExpertActor:
         self.state = ExpertState.STARTING
         self.error: str | None = None
         self.load_seconds: float | None = None
-        # the same-node fast lane (experts/channel.py); the pool decides whether callers use it
+        # the same-node fast lane (experts/_channel.py); the pool decides whether callers use it
         self.channel = ChannelServer(self) if serve_channel else None
 
     async def start(self) -> dict[str, Any]:

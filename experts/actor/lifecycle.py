@@ -1,6 +1,6 @@
 """One expert's model going in and out of memory inside its actor: load, park, unload, timed and counted.
 
-The residency manager (driver side, ``experts/runtime/dispatch/residency.py``) decides *when* an expert loads
+The residency manager (driver side, ``experts/runtime/dispatch/_residency.py``) decides *when* an expert loads
 or leaves; this object decides *how* for one backend, and keeps the counts that ``/healthz``
 and ``/metrics`` report. Parking means "weights to host RAM, back to the GPU quickly"; it only
 exists for models on a GPU. On a CPU the weights already live in host RAM, so parking would
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from experts.backends.base import Backend
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 
 Residency = Literal["disk", "parked", "resident"]
 

@@ -12,14 +12,14 @@ Public surface: ``Backend`` (the protocol; optional abilities have defaults on t
 from __future__ import annotations
 
 from experts.backends.base import Backend, DeltaSink
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 from experts.errors import BackendError
 
 
 def create_backend(spec: ExpertSpec, engine_actor: str | None = None, namespace: str | None = None) -> Backend:
     """Build the backend an expert's pool entry asks for (heavy imports happen in ``load``).
 
-    ``engine_actor``: a ``local`` expert the pool put on a shared vLLM engine (``experts.runtime.engines``) gets
+    ``engine_actor``: a ``local`` expert the pool put on a shared vLLM engine (``experts.runtime._engines``) gets
     the client of that engine actor instead of our own engine.
     """
     if spec.backend == "local" and engine_actor is not None:

@@ -29,7 +29,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from experts.backends.base import Backend, DeltaSink
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, TextDelta, Usage
 

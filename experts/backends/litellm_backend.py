@@ -16,7 +16,7 @@ from typing import Any
 
 from experts.backends.base import Backend, DeltaSink
 from experts.backends.litellm_errors import error_code
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
 
@@ -76,7 +76,7 @@ class LiteLLMBackend(Backend):
             "model": self.spec.model,
             "api_base": self.spec.options.get("api_base"),
         }
-        if self._litellm is not None:  # experts/pricing.py reads this: None means LiteLLM knows no price
+        if self._litellm is not None:  # experts/_pricing.py reads this: None means LiteLLM knows no price
             facts["price_per_1m"] = self._map_price()
             facts["context_window"] = self._context_window()
         return facts

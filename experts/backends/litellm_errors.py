@@ -2,7 +2,7 @@
 
 LiteLLM raises OpenAI-style exception classes for every provider (``litellm.RateLimitError`` is an
 ``openai.RateLimitError``, ``litellm.Timeout`` an ``openai.APITimeoutError``...), each with the provider's
-``status_code``. The code says whether the pool retries (``experts.runtime.retry``) and whose fault it was.
+``status_code``. The code says whether the pool retries (``experts.runtime._retry``) and whose fault it was.
 """
 
 from __future__ import annotations

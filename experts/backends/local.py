@@ -6,7 +6,7 @@ actor, on purpose: on small CPUs several actors with many threads each are much 
 than one thread each.
 
 Our engine (``options.engine: native``, or ``auto`` where vLLM does not win; the pool puts ``auto`` and ``vllm``
-experts on vLLM's engine instead where it can, ``experts.config.engine_choice``). Two modes (``local`` only):
+experts on vLLM's engine instead where it can, ``experts.config._engine_choice``). Two modes (``local`` only):
 
 - ``continuous`` (default): one ``experts.engine.continuous.ContinuousEngine`` per model, a decode
   loop over ``options.max_slots`` slots (default: ``batching.max_batch_size``) of
@@ -22,7 +22,7 @@ Structured output (``response_format``, ``experts.engine.grammar``), options of 
 
 - ``schema_max_bytes`` (16384), ``schema_max_depth`` (16, at most 128), ``schema_max_properties`` (256),
   ``schema_max_pattern_cost`` (1000): the largest JSON Schema a request may bring, and the most its regex patterns
-  may cost to compile (``experts.schema_limits``); a larger one fails as ``invalid_response_format`` before it is
+  may cost to compile (``experts._schema_limits``); a larger one fails as ``invalid_response_format`` before it is
   compiled;
 - ``grammar_cache_size`` (64) and ``grammar_cache_mb`` (128): how many compiled grammars are kept per model, and
   their memory at most; the least recently used leave first;
@@ -37,14 +37,14 @@ import time
 from typing import Any, Callable
 
 from experts.backends.base import Backend, DeltaSink
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 from experts.errors import BackendError, ErrorCode
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
 TextSinkFn = Callable[[int, str], None]  # (row of the batch, new text), called from the decoding thread
 
 ENGINES = ("continuous", "static")
-# options.engine names that mean our continuous engine here: the pool resolved them (experts.config.engine_choice)
+# options.engine names that mean our continuous engine here: the pool resolved them (experts.config._engine_choice)
 CONTINUOUS_NAMES = ("auto", "native", "continuous")
 
 
@@ -74,7 +74,7 @@ class LocalBackend(Backend):
 
     async def load(self) -> None:
         if self._wanted_vllm:
-            from experts.config.engine_choice import PYTHON_VARIABLE, find_engine_environment
+            from experts.config import PYTHON_VARIABLE, find_engine_environment
 
             raise BackendError(
                 f"expert {self.spec.name!r} asks for engine vllm, but there is no engine environment "
@@ -334,8 +334,8 @@ MOST_SCHEMA_DEPTH = 128
 
 def grammar_settings(spec: ExpertSpec) -> Any:
     """The expert's structured-output settings (``GrammarSettings``) from its options, with their defaults."""
+    from experts._schema_limits import SchemaLimits
     from experts.engine.grammar import GrammarSettings
-    from experts.schema_limits import SchemaLimits
 
     default, limits = GrammarSettings(), SchemaLimits()
     timeout = _number_option(spec, "grammar_compile_timeout_s", default.compile_timeout_s, "seconds", 3600)

@@ -19,7 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from experts.backends.local import LocalBackend, TextSinkFn
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 from experts.errors import BackendError, ErrorCode
 from experts.moe.options import NO_OPTIONS, RoutingOptions
 from experts.types import Completion, GenerationRequest

@@ -2,13 +2,34 @@
 
 Runs in: any process (no Ray, no torch). May import: ``experts.types`` (``AnswerKind`` included), ``experts.errors``.
 
-Public surface: ``PoolSpec``/``ExpertSpec`` and the section models (``pool_spec``), ``load_pool``/``parse_pool``,
-``PoolFileError`` (a pool file's mistakes, with file and field), the ``resilience`` and ``serve`` sections, and
-``ConfigFileError`` (``file_errors``: YAML problems with their line), ``model_source`` (where a local model's files
-and its dequantised copy are), ``engine_choice``.
+Public surface (import it from here; the modules are private): ``PoolSpec``/``ExpertSpec`` and the section models
+(``_pool_spec``), ``load_pool``/``parse_pool``, ``PoolFileError`` (a pool file's mistakes, with file and field), the
+resilience sections (``_resilience_spec``), ``read_yaml``/``describe`` (``_file_errors``: YAML problems with their
+line), where a local model's files and its dequantised copy are (``_model_source``), and which engine runs a local
+expert (``_engine_choice``).
 """
 
-from experts.config.pool_spec import (
+from experts.config._engine_choice import (
+    PYTHON_VARIABLE,
+    Engine,
+    EngineChoice,
+    EngineEnvironment,
+    EngineUnavailable,
+    choose_engine,
+    cpu_flags,
+    fast_bf16,
+    find_engine_environment,
+)
+from experts.config._file_errors import describe, read_yaml
+from experts.config._model_source import (
+    EMBEDDED_MODELS,
+    ModelSource,
+    cache_root,
+    dequantised_dir,
+    prepared_directory,
+    resolve_model,
+)
+from experts.config._pool_spec import (
     ExpertSpec,
     PoolFileError,
     PoolSpec,
@@ -18,14 +39,35 @@ from experts.config.pool_spec import (
     parse_pool,
     resolve_pool_path,
 )
+from experts.config._resilience_spec import BreakerSpec, ResilienceSpec, RetrySpec
 
 __all__ = [
+    "EMBEDDED_MODELS",
+    "PYTHON_VARIABLE",
+    "BreakerSpec",
+    "Engine",
+    "EngineChoice",
+    "EngineEnvironment",
+    "EngineUnavailable",
     "ExpertSpec",
+    "ModelSource",
     "PoolFileError",
     "PoolSpec",
     "ProfileSource",
+    "ResilienceSpec",
+    "RetrySpec",
     "RoutingSpec",
+    "cache_root",
+    "choose_engine",
+    "cpu_flags",
+    "dequantised_dir",
+    "describe",
+    "fast_bf16",
+    "find_engine_environment",
     "load_pool",
     "parse_pool",
+    "prepared_directory",
+    "read_yaml",
+    "resolve_model",
     "resolve_pool_path",
 ]

@@ -15,14 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from experts.config.model_source import (
-    EMBEDDED_MODELS,
-    ModelSource,
-    cache_root,
-    dequantised_dir,
-    prepared_directory,
-    resolve_model,
-)
+from experts.config import EMBEDDED_MODELS, ModelSource, cache_root, dequantised_dir, prepared_directory, resolve_model
 
 __all__ = [
     "EMBEDDED_MODELS",

@@ -12,7 +12,7 @@ the engines share is in ``decoding.py``; this module is its grammar part.
 The schema is the client's, and a compile's time and memory grow with it, so (``GrammarSettings``, from the
 expert's pool-file ``options``, read by ``experts.backends.local``):
 
-- every schema is measured first against ``experts.schema_limits.SchemaLimits`` (bytes, nesting depth, declared
+- every schema is measured first against ``experts._schema_limits.SchemaLimits`` (bytes, nesting depth, declared
   names, the estimated compile cost of its regex patterns), before anything recursive or xgrammar sees it; one over
   a limit is a ``GrammarError`` naming the limit.
   The HTTP server checks the same way, against its own settings; this check is for every other way in (batch mode,
@@ -45,7 +45,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from experts.schema_limits import SchemaLimits, SchemaTooLarge, check_schema
+from experts._schema_limits import SchemaLimits, SchemaTooLarge, check_schema
 
 if TYPE_CHECKING:
     import torch

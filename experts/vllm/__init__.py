@@ -6,7 +6,7 @@ usually lives in a virtualenv of its own, ``<venv>-vllm``); ``client.py`` in eac
 ``vllm`` backend: a thin client that streams its requests into the shared engine). May import: vllm (lazily, in the
 engine actor only), ``experts.types``, ``experts.errors``, the standard library; never the driver side.
 
-Public surface: ``VllmEngineActor`` (the pool starts one per engine group, ``experts.runtime.engines``),
+Public surface: ``VllmEngineActor`` (the pool starts one per engine group, ``experts.runtime._engines``),
 ``EngineSettings``.
 """
 

@@ -1,7 +1,7 @@
 """The ``vllm`` engine of a ``local`` expert, seen from the expert's own actor: a client of the shared engine.
 
 Runs in: a persona's expert actor (the API server's environment; vLLM is not imported here). The pool starts the
-model's engine actor (``experts.runtime.engines``) and tells each persona its name; ``load`` prepares the model's
+model's engine actor (``experts.runtime._engines``) and tells each persona its name; ``load`` prepares the model's
 directory (an ``embedded:`` model is dequantised once, as for the native engine) and has the engine load it, and
 ``generate`` streams every request of a batch into the engine at once, where vLLM's scheduler batches them with
 the other personas' requests. A request whose caller goes away is cancelled here, which cancels its engine task, and
@@ -17,10 +17,10 @@ import time
 import uuid
 from typing import Any
 
+from experts._schema_limits import SchemaLimits, SchemaTooLarge, check_schema
 from experts.backends.base import Backend, DeltaSink
-from experts.config.pool_spec import ExpertSpec
+from experts.config import ExpertSpec
 from experts.errors import BackendError, ErrorCode
-from experts.schema_limits import SchemaLimits, SchemaTooLarge, check_schema
 from experts.types import (
     Completion,
     GenerationRequest,

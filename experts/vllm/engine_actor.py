@@ -2,7 +2,7 @@
 
 Runs in: the model's engine actor, in the engine environment (vLLM imported on ``start``, never at import time, so
 the driver can name this class without vLLM installed). The pool starts one per engine group
-(``experts.runtime.engines``) with the group's resources; each persona's ``vllm`` backend calls ``start`` with the
+(``experts.runtime._engines``) with the group's resources; each persona's ``vllm`` backend calls ``start`` with the
 model's directory (the first call loads, the others wait for it) and then streams its requests through ``generate``.
 A persona whose residency manager evicts it calls ``release``: when no persona holds the model any more, the engine
 sleeps (parked, where vLLM has sleep mode: CUDA) or stops (its memory freed; the next ``start`` builds it again).

@@ -9,9 +9,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from aggregator.choice import AggregatorChoice, SyntheticCase
+from aggregator import AggregatorChoice, SyntheticCase
+from experts import is_ready
 from experts.config import PoolSpec
-from experts.health import is_ready
 from orchestrator.cli.options import pool_option, ray_address_option
 from orchestrator.cli.output import console, fail
 
@@ -35,10 +35,9 @@ def bench_aggregators(
     """Score candidate aggregators on synthetic cases (one right + two wrong answers) and keep the best."""
     import asyncio
 
-    from aggregator.choice import build_cases
+    from aggregator import build_cases
     from experts.config import PoolFileError, load_pool
-    from router.offline.dataset import load_dataset, read_results
-    from router.offline.outcomes import OutcomeFileError
+    from router.offline import OutcomeFileError, load_dataset, read_results
 
     try:
         spec = load_pool(pool)
@@ -87,8 +86,7 @@ async def _measure(
 ) -> AggregatorChoice:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from aggregator.choice import measure
-    from aggregator.synthesize import Sampling
+    from aggregator import Sampling, measure
     from experts.runtime import ExpertPool
 
     pool = ExpertPool(spec, ray_address=ray)
@@ -125,7 +123,7 @@ def _print_table(choice: AggregatorChoice, names: list[str]) -> None:
 
 
 def _store(choice: AggregatorChoice, key_space: str, redis_url: str | None, out: Path | None) -> None:
-    from router.store import ProfileStore, ProfileStoreError
+    from router import ProfileStore, ProfileStoreError
 
     document = choice.to_dict()
     if redis_url is not None:

@@ -9,8 +9,8 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from experts import is_ready
 from experts.config import PoolFileError, PoolSpec, load_pool
-from experts.health import is_ready
 from orchestrator.cli.options import pool_option, ray_address_option
 from orchestrator.cli.output import console, errors
 from orchestrator.pipeline.batch import BatchReport, BatchRunner

@@ -1,6 +1,6 @@
 """``moesaic deploy render``: a pool file as a Ray Serve config and a KubeRay ``RayService`` manifest.
 
-The Serve config (``serve.yaml``) runs ``orchestrator.integrations.serve_app:build`` with the pool inline, so
+The Serve config (``serve.yaml``) runs ``orchestrator.frameworks.serve_app:build`` with the pool inline, so
 it needs no file on the cluster: ``serve run serve.yaml`` on a Ray cluster whose nodes have
 Moesaic installed. The ``RayService`` (``kuberay/rayservice.yaml``) embeds the same config as its
 ``serveConfigV2`` and sizes a Ray cluster for it: a head pod (Serve's controller and proxy, no
@@ -36,7 +36,7 @@ app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the
 RAY_VERSION = "2.60.0"
 DEFAULT_IMAGE = "moesaic:0.1.0"  # built from deploy/kuberay/Dockerfile
 APP_NAME = "moesaic"
-IMPORT_PATH = "orchestrator.integrations.serve_app:build"
+IMPORT_PATH = "orchestrator.frameworks.serve_app:build"
 POD_HOST = "0.0.0.0"
 DEFAULT_SECRET = "moesaic-api-keys"
 # the head's ports on the pod network: workers join the GCS; KubeRay's operator deploys and watches serveConfigV2

@@ -11,9 +11,8 @@ import typer
 from rich.panel import Panel
 from rich.table import Table
 
+from experts import configure_tracing, is_ready
 from experts.config import PoolFileError, PoolSpec, load_pool
-from experts.health import is_ready
-from experts.tracing import configure_from_env as configure_tracing
 from orchestrator.cli.options import pool_option, ray_address_option, version_text
 from orchestrator.cli.output import console, errors
 
@@ -98,7 +97,7 @@ def serve(
 
 def _plugins(service: Any, host: str) -> list[Any]:
     """What ``serve`` mounts beside the API: MCP at /mcp, when the mcp extra is installed and not switched off."""
-    from orchestrator.integrations.mcp_endpoint import McpEndpoint, mcp_available
+    from orchestrator.frameworks.mcp_endpoint import McpEndpoint, mcp_available
 
     return [McpEndpoint(host)] if service.mcp.enabled and mcp_available() else []
 
@@ -141,7 +140,8 @@ def experts(pool: str = PoolOption) -> None:
 @app.command()
 def prepare(pool: str = PoolOption) -> None:
     """Dequantise and cache the pool's GGUF models once, so actors start fast."""
-    from experts.engine.embedded import dequantised_dir, prepare_model, resolve_model
+    from experts.config import dequantised_dir, resolve_model
+    from experts.engine import prepare_model
 
     spec = _load(pool)
     models = sorted({expert.model for expert in spec.experts if expert.backend == "local"})
@@ -172,7 +172,7 @@ def ask(
     ray_address: Optional[str] = RayOption,
 ) -> None:
     """Answer one question with the pool (starts the experts, answers, stops them)."""
-    from aggregator.strategies import STRATEGIES
+    from aggregator import STRATEGIES
 
     spec = _load(pool)
     if strategy is not None and strategy not in STRATEGIES:
@@ -244,7 +244,7 @@ from orchestrator.cli.deploy import app as deploy_app  # noqa: E402
 from orchestrator.cli.journal import app as journal_app  # noqa: E402
 from orchestrator.cli.keys import app as keys_app  # noqa: E402
 from orchestrator.cli.routing import eval_router, profile, route  # noqa: E402
-from orchestrator.integrations.mcp_command import mcp_command  # noqa: E402
+from orchestrator.frameworks.mcp_command import mcp_command  # noqa: E402
 
 app.command("profile")(profile)
 app.command("eval-router")(eval_router)

@@ -10,7 +10,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from experts.health import is_ready
+from experts import is_ready
 from orchestrator.cli.options import pool_option
 from orchestrator.cli.output import console, fail
 
@@ -30,8 +30,8 @@ def profile(
     smoothing: float = typer.Option(10.0, help="prior strength, in questions, toward overall accuracy"),
 ) -> None:
     """Build expert profiles from an outcome table, or by running the pool on labelled questions."""
-    from router.offline.outcomes import OutcomeFileError, load_outcomes
-    from router.profiles import build_profiles
+    from router import build_profiles
+    from router.offline import OutcomeFileError, load_outcomes
 
     if (outcomes is None) == (dataset is None):
         fail("give exactly one of --outcomes FILE or --dataset FILE.jsonl")
@@ -61,7 +61,7 @@ def profile(
 
 
 def _store(profiles: object, key_space: str, redis_url: str | None, out: Path | None) -> None:
-    from router.store import ProfileStore, ProfileStoreError, export_json
+    from router import ProfileStore, ProfileStoreError, export_json
 
     if redis_url is not None:
         try:
@@ -82,11 +82,9 @@ def _profile_dataset(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn, TimeRemainingColumn
 
-    from experts.config import PoolFileError, load_pool
-    from experts.engine.embedded import cache_root
+    from experts.config import PoolFileError, cache_root, load_pool
     from experts.runtime import ExpertPool
-    from router.offline.dataset import load_dataset, read_results, results_table, run_profiling
-    from router.offline.outcomes import OutcomeFileError
+    from router.offline import OutcomeFileError, load_dataset, read_results, results_table, run_profiling
 
     try:
         spec = load_pool(pool_name)
@@ -120,7 +118,7 @@ def _profile_dataset(
 
 
 def _print_profiles(space: str, profiles: object) -> None:
-    from router.profiles import ProfileSet
+    from router import ProfileSet
 
     assert isinstance(profiles, ProfileSet)
     table = Table(title=f"{space}: accuracy per category ({len(profiles.query_ids)} profiled questions)")
@@ -159,9 +157,8 @@ def eval_router(
     as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
 ) -> None:
     """Route a labelled test table with profiles from a training table; no model is called."""
-    from router.offline.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
-    from router.offline.outcomes import OutcomeFileError, load_outcomes
-    from router.policies import POLICIES, PolicySettings
+    from router import POLICIES, PolicySettings
+    from router.offline import EvalOptions, OutcomeFileError, evaluate_pairs, json_figures, load_outcomes, split_tables
 
     if policy not in POLICIES:
         fail(f"--policy {policy!r} is not one of {', '.join(POLICIES)}")
@@ -221,15 +218,14 @@ def route(
 ) -> None:
     """Show which experts would answer a question, and why (no model is called)."""
     from experts.config import PoolFileError, load_pool
-    from router.factory import RouterSetupError, build_router
-    from router.recruit import PolicyUnavailable
+    from router import PolicyUnavailable, RouterSetupError, build_router
 
     try:
         spec = load_pool(pool)
         router = build_router(spec)
         if budget is not None and budget <= 0:
             raise ValueError(f"--budget must be above 0, got {budget}")
-        decision = router.recruit(router.understand(query), k=k, policy=policy, budget=budget)
+        decision = router._recruit(router.understand(query), k=k, policy=policy, budget=budget)
     except (PoolFileError, RouterSetupError, PolicyUnavailable, ValueError) as error:
         fail(str(error))
     if as_json:
@@ -253,7 +249,7 @@ def route(
 
 
 def _print_plans(decision: object) -> None:
-    from router.decision import RoutingDecision
+    from router import RoutingDecision
 
     assert isinstance(decision, RoutingDecision)
     budget = "" if decision.budget is None else f", budget {decision.budget:g}x the best single expert's cost"

@@ -24,15 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aggregator.strategies import ModelStep, Verdict
+from aggregator import ModelStep, Verdict
 from experts.runtime import ExpertCallFailed, ExpertUnavailable
 from experts.types import Completion, GenerationRequest
 from orchestrator.pipeline.batch_io import InputLine, Progress, ProgressLog, read_items, write_output
 from orchestrator.pipeline.escalation import review_first_stage
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.pipeline.steps import candidates, model_step_call, step_fallback, step_verdict
-from router.decision import RoutingDecision
-from router.recruit import NoExpertAvailable
+from router import NoExpertAvailable, RoutingDecision
 
 Advance = Callable[[str, int], None]  # (stage: "experts" | "aggregation", calls finished)
 

@@ -23,7 +23,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from experts.types import Completion, GenerationRequest, Message, Usage
-from router.decision import RoutingDecision
+from router import RoutingDecision
 
 PROGRESS_VERSION = 1
 

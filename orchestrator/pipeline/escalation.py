@@ -1,16 +1,15 @@
 """The review after an escalation's first stage: do its answers settle the question, or is the second stage asked?
 
 One rule for the live graph (``graph.py``'s ``review`` node) and batch mode (``batch.py``), and the same as the
-offline replay (``router/plans.py``): stop only when every first-stage expert answered, their extracted answers are
+offline replay (``router/_plans.py``): stop only when every first-stage expert answered, their extracted answers are
 the same, and their mean estimated competence reaches the decision's threshold.
 """
 
 from __future__ import annotations
 
-from aggregator.strategies import Aggregator
-from aggregator.synthesize import Candidate
+from aggregator import Aggregator, Candidate
 from experts.types import Message
-from router.decision import RoutingDecision
+from router import RoutingDecision
 
 
 def review_first_stage(
@@ -37,7 +36,7 @@ def _verdict(
     if len(answered) < len(decision.experts):
         return True, f"{len(decision.experts) - len(answered)} first-stage expert(s) failed"
     kind, outcome = aggregator.count_votes(messages, answered)
-    if outcome.answer is None or outcome.agreement < 1.0 - 1e-9:  # as router.plans.stage_agrees offline
+    if outcome.answer is None or outcome.agreement < 1.0 - 1e-9:  # as router._plans.stage_agrees offline
         shown = ", ".join(f"{answer!r}: {weight:.2f}" for answer, weight in outcome.totals.items()) or "none"
         return True, f"the first stage did not agree ({kind} answers and their weights: {shown})"
     confidence = sum(candidate.competence for candidate in answered) / len(answered)

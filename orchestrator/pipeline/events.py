@@ -4,7 +4,7 @@ The graph's nodes write them to LangGraph's custom stream as they happen (``emit
 them on and ends with ``DoneEvent``, and each API family renders them to its own chunks
 (``orchestrator/server/api/chat_render.py`` for chat completions). Nothing converts them on the way.
 
-Runs in: the driver (the API server, the CLI). May import: ``orchestrator.pipeline.state``, ``router.decision``.
+Runs in: the driver (the API server, the CLI). May import: ``orchestrator.pipeline.state``, ``router._decision``.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Union
 from langgraph.config import get_stream_writer
 
 from orchestrator.pipeline.state import CallRecord, ExpertAnswer, PipelineResult
-from router.decision import Escalation, RoutingDecision
+from router import Escalation, RoutingDecision
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from typing import Any
 
 from langgraph.graph import END, START, StateGraph
 
-from experts.tracing import span
+from experts import span
 from orchestrator.pipeline.nodes import PipelineNodes
 from orchestrator.pipeline.state import PipelineState
 

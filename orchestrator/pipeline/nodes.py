@@ -22,11 +22,10 @@ from typing import Any, Literal
 
 from langgraph.types import Send
 
-from aggregator.choice import AggregatorChoice
-from aggregator.strategies import Aggregator, ModelStep, Verdict
+from aggregator import Aggregator, AggregatorChoice, ModelStep, Verdict
+from experts import traceparent
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime import ExpertClient, is_client_mistake
-from experts.tracing import traceparent
 from experts.types import Completion, GenerationRequest, Message
 from orchestrator.pipeline.escalation import review_first_stage
 from orchestrator.pipeline.events import (
@@ -60,10 +59,7 @@ from orchestrator.pipeline.steps import (
     with_measured_aggregator,
 )
 from orchestrator.pipeline.tool_calls import tool_call_verdict, tool_caller
-from router.decision import RoutingDecision
-from router.factory import Router
-from router.keywords import KeywordExtractor
-from router.lexical import SkillEstimate
+from router import KeywordExtractor, Router, RoutingDecision, SkillEstimate
 
 
 class PipelineNodes:

@@ -1,6 +1,6 @@
 """Aggregation's CPU work on large texts runs in a worker thread, so one request cannot stall the event loop.
 
-Reading final answers out of the experts' texts (``aggregator/extract.py``) is linear and reads bounded tails,
+Reading final answers out of the experts' texts (``aggregator/_extract.py``) is linear and reads bounded tails,
 but stripping reasoning traces and comparing whole answers still walk every character: tens of ms for a few MB
 of answers, during which the event loop serves no other request. Above ``OFFLOAD_CHARS`` characters that work
 runs in a worker thread (``asyncio.to_thread``); below it, in place: the hop to a thread costs ~0.1 ms, as much

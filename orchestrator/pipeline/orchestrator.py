@@ -11,8 +11,7 @@ import time
 from dataclasses import replace
 from typing import Any, AsyncIterator
 
-from aggregator.strategies import AggregationSettings, Aggregator
-from aggregator.synthesize import Sampling
+from aggregator import AggregationSettings, Aggregator, Sampling
 from experts.config import PoolSpec
 from experts.runtime import ExpertClient, dispatching
 from experts.types import Completion, GenerationRequest
@@ -20,8 +19,7 @@ from orchestrator.pipeline.events import DoneEvent, PipelineEvent
 from orchestrator.pipeline.graph import build_graph
 from orchestrator.pipeline.nodes import PipelineNodes
 from orchestrator.pipeline.state import PipelineRequest, PipelineResult, PipelineState
-from router.decision import RoutingDecision
-from router.factory import build_router, load_aggregator_choice
+from router import RoutingDecision, build_router, load_aggregator_choice
 
 
 class Orchestrator:

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from orchestrator.pipeline.state import Replacement
-from router.decision import RoutingDecision
+from router import RoutingDecision
 
 
 class Reserve:

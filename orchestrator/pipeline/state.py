@@ -10,9 +10,9 @@ import operator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypedDict
 
-from aggregator.strategies import Verdict
+from aggregator import Verdict
 from experts.types import Completion, GenerationRequest, Message, ToolCall, Usage
-from router.decision import RoutingDecision
+from router import RoutingDecision
 
 if TYPE_CHECKING:  # the ledger holds CallRecords, defined below
     from orchestrator.pipeline.ledger import CallLedger

@@ -2,7 +2,7 @@
 experts, answers as the aggregator's candidates, the aggregator's or judge's call and its verdict, the error when
 every expert failed.
 
-Runs in: the driver. May import: ``aggregator``, ``router.decision``, ``experts.types``.
+Runs in: the driver. May import: ``aggregator``, ``router._decision``, ``experts.types``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,9 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Protocol
 
-from aggregator.choice import AggregatorChoice
-from aggregator.strategies import ModelStep, Verdict
-from aggregator.synthesize import Candidate, for_caller
+from aggregator import AggregatorChoice, Candidate, ModelStep, Verdict, for_caller
 from experts.types import Completion, GenerationRequest
-from router.decision import ExpertScore, RoutingDecision
-from router.recruit import NoExpertAvailable
+from router import ExpertScore, NoExpertAvailable, RoutingDecision
 
 UNKNOWN_COMPETENCE = 0.5  # the lexical router measures nothing: equal weights, so the vote is a majority vote
 

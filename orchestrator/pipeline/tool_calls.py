@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aggregator.strategies import Verdict
+from aggregator import Verdict
 from orchestrator.pipeline.state import ExpertAnswer
 
 TOOL_CALLS_STRATEGY = "tool_calls"

@@ -17,8 +17,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from experts import unpriced, unpriced_warning
 from experts.config import PoolSpec, load_pool
-from experts.pricing import unpriced, unpriced_warning
 from experts.runtime import ExpertClient, ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.chat import router as chat_router

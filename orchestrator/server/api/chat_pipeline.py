@@ -25,7 +25,7 @@ from orchestrator.server.api.model_names import EXPERT_PREFIX
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
 from orchestrator.server.observability.metrics import record_pipeline
-from router.recruit import NoExpertAvailable, PolicyUnavailable
+from router import NoExpertAvailable, PolicyUnavailable
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 
+from experts import Price
 from experts.config import ExpertSpec, PoolSpec
-from experts.pricing import Price
 from orchestrator.pipeline.ledger import CHARS_PER_TOKEN, PriceLookup
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.service.admission import WorkEstimate
-from router.keywords import KeywordExtractor
+from router import KeywordExtractor
 
 MESSAGE_OVERHEAD_TOKENS = 4  # role and separators of one chat turn
 

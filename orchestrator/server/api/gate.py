@@ -27,8 +27,8 @@ from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from experts import Price
 from experts.config import PoolSpec
-from experts.pricing import Price
 from orchestrator.pipeline.ledger import Bill, CallLedger
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream, close_iterator
 from orchestrator.server.api.body import parse_json_object

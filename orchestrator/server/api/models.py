@@ -15,9 +15,8 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
 
+from experts import HealthReport, Price, price_of
 from experts.config import ExpertSpec, PoolSpec
-from experts.health import HealthReport
-from experts.pricing import Price, price_of
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.model_names import EXPERT_PREFIX, PIPELINE_MODEL
 from orchestrator.server.api.schemas import ModelCapabilities, ModelCard, ModelList, ModelPricing

@@ -1,7 +1,7 @@
 """What a layer above may add to the API app: routes, and work that runs while the app serves (``AppPlugin``).
 
 The server never imports its callers (integrations, the CLI); they hand plugins to ``create_app``. The MCP endpoint
-(``orchestrator/integrations/mcp_endpoint.py``) mounts ``/mcp`` this way, on the app's own pool, behind its keys.
+(``orchestrator/frameworks/mcp_endpoint.py``) mounts ``/mcp`` this way, on the app's own pool, behind its keys.
 """
 
 from __future__ import annotations

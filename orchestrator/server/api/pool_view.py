@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 
-from experts.health import HealthReport
+from experts import HealthReport
 from experts.runtime import ExpertClient
 from orchestrator.server.observability.metrics import ServiceMetrics
 

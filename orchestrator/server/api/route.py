@@ -16,7 +16,7 @@ from orchestrator.server.api.openapi import json_body
 from orchestrator.server.api.schemas import ChatMessageIn, MoesaicOptions
 from orchestrator.server.errors import APIError, from_validation_error
 from orchestrator.server.service.admission import Admission, Surface, rejected_body
-from router.recruit import NoExpertAvailable, PolicyUnavailable
+from router import NoExpertAvailable, PolicyUnavailable
 
 router = APIRouter()
 

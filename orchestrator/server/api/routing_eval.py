@@ -2,7 +2,7 @@
 
 The console's routing view pastes or uploads an outcome table (CSV, JSON lines, or a Parquet file as base64) and
 names a pool of its experts; this splits it into training and test questions, profiles on the first and routes
-the second, exactly as the CLI does (``router.offline.evaluate.evaluate_pairs``: one implementation), and answers the
+the second, exactly as the CLI does (``router.offline._evaluate.evaluate_pairs``: one implementation), and answers the
 figures with the cost-quality frontier and each single model as a point. No model is called.
 
 The work is arithmetic on the table (seconds to minutes for thousands of questions), bounded by the service
@@ -42,9 +42,8 @@ from orchestrator.server.service.routing_worker import (
     WorkerOutOfMemory,
 )
 from orchestrator.server.service.service_config import Permission, RoutingEvaluationSection
-from router.offline.frontier import DEFAULT_BUDGETS
-from router.offline.outcomes import TableLimits
-from router.policies import POLICIES
+from router import POLICIES
+from router.offline import DEFAULT_BUDGETS, TableLimits
 
 T = TypeVar("T")
 SECTION = "routing_evaluation"  # the service config's section, named in every refusal

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 
-from experts.schema_limits import SchemaLimits, SchemaTooLarge, check_schema
+from experts import SchemaLimits, SchemaTooLarge, check_schema
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
 from orchestrator.server.service.service_config import LimitsSection

@@ -13,7 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from experts.moe.options import RoutingOptions
+from experts.moe import RoutingOptions
 from experts.types import Message
 from orchestrator.server.api.tool_schemas import ResponseFormatIn, ToolCallIn, ToolChoice, ToolIn
 
@@ -266,7 +266,7 @@ class ChatCompletionRequest(BaseModel):
 
 
 class ModelPricing(BaseModel):
-    """What one expert's calls are charged at, in dollars per 1M tokens (``experts/pricing.py``)."""
+    """What one expert's calls are charged at, in dollars per 1M tokens (``experts/_pricing.py``)."""
 
     source: Literal["pool_file", "litellm_price_map", "self_hosted", "none"] = Field(
         description="none: a hosted model with no known price; its calls count $0 against spend budgets"

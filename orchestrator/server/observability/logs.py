@@ -1,7 +1,7 @@
 """Logging for the API process: the shared formatters plus the request id of the current request.
 
 ``configure_logging`` installs one handler on the root logger, so our loggers, uvicorn's and
-the libraries' come out in one format (``experts.log_format``: JSON lines or text). A
+the libraries' come out in one format (``experts._log_format``: JSON lines or text). A
 ``RequestIdFilter`` stamps each record with the id of the request being handled in this
 context, so a line logged anywhere inside a request (a graph node, the aggregator) carries it
 without being told. ``export_for_workers`` hands the same choice to the Ray workers that this
@@ -14,8 +14,8 @@ import logging
 import os
 from typing import TextIO
 
-from experts.log_format import FORMAT_ENV, LEVEL_ENV, LogFormat
-from experts.log_format import configure_logging as configure_handler
+from experts import FORMAT_ENV, LEVEL_ENV, LogFormat
+from experts import configure_logging as configure_handler
 from orchestrator.server.observability.context import current_request_id
 
 ACCESS_LOGGER = "moesaic.access"

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from experts.health import is_ready
+from experts import is_ready
 from experts.runtime import Dispatcher, ExpertClient
 from orchestrator.server.observability.exposition import Snapshot
 

@@ -34,7 +34,7 @@ from enum import StrEnum
 from multiprocessing.connection import Connection
 from typing import Any
 
-from router.offline.outcomes import TableLimits
+from router.offline import TableLimits
 
 START_TIMEOUT_S = 120.0  # imports on a loaded machine; a worker slower than this is given up
 MEMORY_POLL_S = 0.2  # how often the worker's resident memory is read while it works
@@ -377,15 +377,21 @@ def _preload() -> None:
     import sklearn.feature_extraction.text  # noqa: F401
     import sklearn.linear_model  # noqa: F401
 
-    import router.offline.evaluate  # noqa: F401
+    import router.offline  # noqa: F401
 
 
 def evaluate(job: RoutingJob) -> JobResult:
-    """``moesaic eval-router --frontier --json`` on the job's table (``router.offline.evaluate.evaluate_pairs``)."""
-    from router.competence import CompetenceSettings
-    from router.offline.evaluate import EvalOptions, evaluate_pairs, json_figures, split_tables
-    from router.offline.outcomes import OutcomeFileError, TableTooLarge, read_outcomes
-    from router.policies import PolicySettings
+    """``moesaic eval-router --frontier --json`` on the job's table (``router.offline.evaluate_pairs``)."""
+    from router import CompetenceSettings, PolicySettings
+    from router.offline import (
+        EvalOptions,
+        OutcomeFileError,
+        TableTooLarge,
+        evaluate_pairs,
+        json_figures,
+        read_outcomes,
+        split_tables,
+    )
 
     settings = PolicySettings(max_experts=job.max_experts, k=job.k)
     options = EvalOptions(
