@@ -137,7 +137,7 @@ def test_profiles_from_redis(profiled_pool_file: Path, tmp_path: Path, redis_url
     raw["routing"]["profiles"] = {"redis": redis_url, "key_space": "measured-live"}
     (tmp_path / "pool.yaml").write_text(yaml.safe_dump(raw))
     router = build_router(load_pool(tmp_path / "pool.yaml"))
-    assert router._recruit(router.understand("draft a friendly email about the garden"), k=1).experts == ["wordsmith"]
+    assert router.recruit(router.understand("draft a friendly email about the garden"), k=1).experts == ["wordsmith"]
 
 
 def test_cli_route(profiled_pool_file: Path) -> None:

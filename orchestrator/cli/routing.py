@@ -225,7 +225,7 @@ def route(
         router = build_router(spec)
         if budget is not None and budget <= 0:
             raise ValueError(f"--budget must be above 0, got {budget}")
-        decision = router._recruit(router.understand(query), k=k, policy=policy, budget=budget)
+        decision = router.recruit(router.understand(query), k=k, policy=policy, budget=budget)
     except (PoolFileError, RouterSetupError, PolicyUnavailable, ValueError) as error:
         fail(str(error))
     if as_json:
