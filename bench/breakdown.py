@@ -14,8 +14,9 @@ rounds (so a noisy stretch of the machine falls on every line alike):
 
 Each layer's share is its line minus the line before (medians; CPU ms of this process alongside, which
 counts every thread of this process, Ray's included, and none of the actor's or the upstream's). One more
-line, outside the chain, calls the pipeline's own steps one after another by hand (route, the expert call,
-aggregate: the same methods the graph runs), so pipeline minus it is what LangGraph's machinery costs.
+line, outside the chain, calls the pipeline's own steps by hand (the route step, which for one expert without an
+escalation also asks it and aggregates: the same method the graph runs), so pipeline minus it is what LangGraph's
+machinery costs.
 bench/load.py measures the same path over real sockets against the LiteLLM proxy; this script says which
 layer to cut.
 
@@ -135,11 +136,8 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
 
         async def by_hand(index: int) -> None:
             state: PipelineState = {"request": PipelineRequest(generation(index), k=1), "timings_ms": {}}
-            state.update(await nodes.route(state))  # type: ignore[typeddict-item]
-            answers = []
-            for send in await nodes.fan_out(state):
-                answers.extend((await nodes.ask_expert(send.arg))["answers"])
-            await nodes.aggregate({**state, "answers": answers})  # type: ignore[typeddict-item]
+            routed = await nodes.route(state)  # one expert, no escalation: route asks it and aggregates too
+            assert "final" in routed, "a k = 1 plan is answered inside the route step"
 
         async def http_app(index: int) -> None:
             body = {"model": "moesaic", "messages": [{"role": "user", "content": question(index)}], "max_tokens": 16}

@@ -50,6 +50,17 @@ async def test_one_expert_passes_through(orchestrator: Orchestrator) -> None:
     assert len(result.calls) == 1 and result.text == result.answers[0].text
 
 
+async def test_a_single_expert_plan_is_one_graph_step_and_a_fan_out_takes_more(orchestrator: Orchestrator) -> None:
+    def state(k: int) -> dict[str, object]:
+        question = GenerationRequest([Message("user", "Write a haiku about rain.")], max_tokens=8, temperature=0.0)
+        return {"request": PipelineRequest(question, k=k, consensus=None), "timings_ms": {}}
+
+    single = [list(update) async for update in orchestrator.graph.astream(state(1), stream_mode="updates")]
+    assert single == [["route"]]  # asked and aggregated inside the route step: one super-step
+    several = [list(update) async for update in orchestrator.graph.astream(state(2), stream_mode="updates")]
+    assert several == [["route"], ["ask_expert"], ["ask_expert"], ["aggregate"]]
+
+
 async def test_streaming_sends_decision_then_the_aggregators_text(orchestrator: Orchestrator) -> None:
     events = [
         event

@@ -1,5 +1,7 @@
 """The pipeline as a LangGraph ``StateGraph``: route (understand, recruit) -> ask experts -> aggregate.
 
+A plan of one expert without an escalation is answered inside ``route`` (one super-step, then the end); any other
+fans out to ``ask_expert``, one task per expert.
 An escalation (``cost`` or ``escalate`` policy) adds a loop: after the first stage's experts answer, ``review``
 decides from their answers whether they settle it (they agree, competently enough) or the second stage is asked
 (``second_stage``); aggregation then covers every answer received. The nodes are ``nodes.PipelineNodes``'s methods;
@@ -28,7 +30,7 @@ def build_graph(nodes: PipelineNodes) -> Any:
     graph.add_node("aggregate", _traced("aggregate", nodes.aggregate))
     graph.add_node("review", _traced("review", nodes.review))
     graph.add_edge(START, "route")
-    graph.add_conditional_edges("route", nodes.fan_out, ["ask_expert"])
+    graph.add_conditional_edges("route", nodes.after_route, ["ask_expert", END])
     graph.add_conditional_edges("ask_expert", nodes.after_answers, ["review", "aggregate"])
     graph.add_conditional_edges("review", nodes.second_stage, ["ask_expert", "aggregate"])
     graph.add_edge("aggregate", END)

@@ -1,13 +1,15 @@
 """``PipelineNodes``: the steps of one request as the graph's nodes (``graph.py`` wires them).
 
 Each node is a small async method. Understanding the query and recruiting its experts are two methods but one node
-(``route``): one LangGraph super-step costs ~0.3 ms of machinery on this hardware, more than both steps' own work.
-The route step fans out with one ``Send`` per chosen expert, so the experts run concurrently and their answers are
-gathered by the state's reducers. An expert that fails (after the pool's own retries) is replaced at once by the
-next best healthy expert the router ranked (``replacements.py``); the answer is flagged ``partial`` when a recruited
-expert's place stayed empty while others answered. When the caller streams, nodes write the pipeline's events
-(``events.py``): the routing decision first, then text (the single expert's when k = 1, the synthesising
-aggregator's, or the text a vote, the consensus short-cut or the judge chose).
+(``route``): a LangGraph super-step costs more machinery than both steps' own work (``bench/breakdown.py``). For the
+same reason a plan that needs no more, one expert and no escalation, is carried out inside ``route`` (ask, then
+aggregate: the same methods) and the graph ends after one super-step. Any other plan fans out with one ``Send`` per
+chosen expert, so the experts run concurrently and their answers are gathered by the state's reducers. An expert that
+fails (after the pool's own retries) is replaced at once by the next best healthy expert the router ranked
+(``replacements.py``); the answer is flagged ``partial`` when a recruited expert's place stayed empty while others
+answered. When the caller streams, nodes write the pipeline's events (``events.py``): the routing decision first, then
+text (the single expert's when k = 1, the synthesising aggregator's, or the text a vote, the consensus short-cut or
+the judge chose).
 
 Runs in: the driver.
 """
@@ -20,10 +22,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+from langgraph.graph import END
 from langgraph.types import Send
 
 from aggregator import Aggregator, AggregatorChoice, ModelStep, Verdict
-from experts import traceparent
+from experts import span, traceparent
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime import ExpertClient, is_client_mistake
 from experts.types import Completion, GenerationRequest, Message
@@ -141,14 +144,38 @@ class PipelineNodes:
         return with_measured_aggregator(decision, self.aggregators)
 
     async def route(self, state: PipelineState) -> dict[str, Any]:
-        """Understand the query, then recruit its experts (timed as two steps: ``understand``, ``recruit``)."""
+        """Understand the query, then recruit its experts (timed as two steps: ``understand``, ``recruit``).
+
+        A plan of one expert without an escalation is carried out here as well (the expert's answer, then its
+        aggregation: a passthrough), so such a request is a single LangGraph super-step; ``after_route`` then ends.
+        """
         understood = await self.understand(state)
         recruited = await self.recruit({**state, **understood})  # type: ignore[typeddict-item]
-        timings = {**understood["timings_ms"], **recruited["timings_ms"]}
-        return {**understood, **recruited, "timings_ms": timings}
+        routed = {**understood, **recruited, "timings_ms": {**understood["timings_ms"], **recruited["timings_ms"]}}
+        decision = recruited["decision"]
+        if len(decision.experts) != 1 or decision.escalation is not None:
+            return routed
+        request, name = state["request"], decision.experts[0]
+        task = ExpertTask(request=request, expert=name, stream=request.stream, reserve=recruited["reserve"], stage=1)
+        with span("moesaic.ask_expert", {"moesaic.expert": name, "moesaic.stage": 1}):
+            answered = await self.ask_expert(task)
+        with span("moesaic.aggregate", {}):
+            aggregated = await self.aggregate(
+                {**state, **routed, "answers": answered["answers"], "replacements": answered["replacements"]}
+            )
+        return {
+            **routed,
+            **answered,
+            **aggregated,
+            "calls": routed["calls"] + answered["calls"] + aggregated["calls"],
+            "timings_ms": {**routed["timings_ms"], **answered["timings_ms"], **aggregated["timings_ms"]},
+        }
 
-    async def fan_out(self, state: PipelineState) -> list[Send]:
-        """One ``Send`` per recruited expert (async on purpose: LangGraph runs a sync branch in a thread pool)."""
+    async def after_route(self, state: PipelineState) -> list[Send] | str:
+        """Done when ``route`` answered already (one expert, no escalation); else one ``Send`` per recruited expert
+        (async on purpose: LangGraph runs a sync branch in a thread pool)."""
+        if "final" in state:
+            return END
         decision = state["decision"]
         stream_single = state["request"].stream and len(decision.experts) == 1 and decision.escalation is None
         return [
