@@ -46,6 +46,7 @@ class HealthReport(TypedDict, total=False):
     dispatch_queue_depth: int
     residency: str  # disk, parked or resident (pools with a residency section)
     context_window: int | None  # prompt plus answer in tokens, when the backend knows it (model cards)
+    replicas: list[dict[str, Any]]  # a Serve deployment's replicas: node, state, requests, batches (layout experts)
 
 
 def is_ready(report: Mapping[str, Any]) -> bool:

@@ -29,6 +29,7 @@ DRIVER_SIDE = ("experts.runtime",)
 # The actor-side modules the rest may name: the actor class (to start actors), plain data, weight preparation.
 ACTOR_SIDE_DOORS = {
     "experts.actor.expert_actor": ("experts.runtime._pool",),
+    "experts.actor.replica": ("experts.runtime._deployments",),  # the expert's Serve replica class, to deploy it
     "experts.vllm.engine_actor": ("experts.runtime._engines",),  # the shared engine's actor class, to start it
     "experts.moe": None,  # its surface: per-request MoE routing options and the layer's spec, plain data
     "experts.moe.options": None,

@@ -1,8 +1,9 @@
 """A real local Ray cluster: ``ray start --head``, ``moesaic deploy render``, ``serve run``, the openai client.
 
 Everything runs in subprocesses in a process group of its own, with its own temporary directory,
-ports and cluster token, so the session's in-process Ray instance is untouched. The head declares
-two logical GPUs, so the expert that asks for two gets a placement group (nothing uses a GPU: the
+ports and cluster token, so the session's in-process Ray instance is untouched. The pool is served in Serve's
+``experts`` layout: two ingress replicas and one deployment per expert, one replica each. The head declares
+four logical GPUs, so the expert that asks for two gets a placement group (nothing uses a GPU: the
 experts are echo experts). A second application, behind API keys, is served under the route prefix ``/p``:
 Serve hands its replicas the prefix as ``root_path``, and the keys must hold there too. Teardown: Ctrl-C to
 ``serve run`` (it deletes the application: the
@@ -42,6 +43,14 @@ ray.init(address=sys.argv[1], log_to_driver=False)
 groups = [{"name": g["name"], "strategy": g["strategy"], "state": g["state"], "bundles": g["bundles"]}
           for g in placement_group_table().values()]
 print(json.dumps(groups))
+"""
+STATUS_SCRIPT = """
+import json, sys, ray
+from ray import serve
+ray.init(address=sys.argv[1], log_to_driver=False)
+status = serve.status()
+print(json.dumps({name: {d: dict(s.replica_states) for d, s in app.deployments.items()}
+                  for name, app in status.applications.items()}))
 """
 PREFIX_KEY = "msk-" + secrets.token_urlsafe(32)
 
@@ -198,14 +207,48 @@ def test_multi_gpu_expert_runs_in_its_placement_group(cluster: Cluster) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    groups = [g for g in json.loads(done.stdout.strip().splitlines()[-1]) if g["name"].startswith("moesaic-")]
-    assert len(groups) == 2, groups  # one per replica: each replica runs its own pool
-    for group in groups:
-        assert group["name"].startswith("moesaic-serve-echo-a-")
-        assert group["strategy"] == "STRICT_PACK" and group["state"] == "CREATED"
-        assert list(group["bundles"].values()) == [{"GPU": 2.0, "CPU": 0.25}]  # the default 0.25 CPU
+    groups = [g for g in json.loads(done.stdout.strip().splitlines()[-1]) if g["state"] == "CREATED"]
+    two_gpus = [g for g in groups if any(bundle.get("GPU") == 2.0 for bundle in g["bundles"].values())]
+    assert len(two_gpus) == 1, groups  # expert a's one replica, whatever the ingress count
+    assert two_gpus[0]["strategy"] == "STRICT_PACK"
+    assert list(two_gpus[0]["bundles"].values()) == [{"GPU": 2.0, "CPU": 0.25}]  # the default 0.25 CPU
     health = httpx.get(cluster.http_url + "/healthz", timeout=10).json()
     assert health["experts"]["a"]["state"] == "ready"
+
+
+def test_one_deployment_per_expert_whatever_the_ingress_count(cluster: Cluster) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STATUS_SCRIPT, cluster.address],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    applications = json.loads(done.stdout.strip().splitlines()[-1])
+    assert applications["moesaic"] == {
+        "MoesaicIngress": {"RUNNING": 2},
+        "expert-a": {"RUNNING": 1},
+        "expert-b": {"RUNNING": 1},
+    }
+
+
+def test_an_experts_replica_serves_every_ingress_replica(cluster: Cluster) -> None:
+    """Both ingress replicas call expert b's one replica, so its count is every call, and /v1/pool lists it."""
+    client = openai.OpenAI(base_url=cluster.http_url + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+    def requests_of_b() -> int:
+        view = httpx.get(cluster.http_url + "/v1/pool", timeout=10).json()
+        [b] = [expert for expert in view["experts"] if expert["name"] == "b"]
+        assert len(b["replicas"]) == 1 and b["replicas"][0]["state"] == "ready", b
+        return int(b["replicas"][0]["requests"])
+
+    before, sent = requests_of_b(), 16
+    for i in range(sent):
+        client.chat.completions.create(model="expert/b", messages=[{"role": "user", "content": f"call {i}"}])
+    assert requests_of_b() - before == sent  # one replica answered them all, from both ingress replicas
+    ready = httpx.get(cluster.http_url + "/readyz", timeout=10).json()
+    assert ready["status"] == "ready" and "missing" not in ready
 
 
 def _replicas_requests(cluster: Cluster, model: str) -> tuple[float, int]:

@@ -17,6 +17,7 @@ import yaml
 from ray.serve.schema import ServeDeploySchema
 
 from experts.config._pool_spec import PoolFileError, load_pool, parse_pool
+from experts.runtime import deployment_options
 from experts.runtime._placement import bundles_for
 from orchestrator.cli.deploy import ray_service, render, render_files, serve_config
 from orchestrator.frameworks.serve_app import INGRESS_NAME, build
@@ -53,8 +54,9 @@ def test_rendered_serve_config_passes_rays_schema() -> None:
     schema = ServeDeploySchema.model_validate(config)
     [application] = schema.applications
     assert application.import_path == "orchestrator.frameworks.serve_app:build"
-    [deployment] = application.deployments
+    deployment, *experts = application.deployments
     assert deployment.name == INGRESS_NAME
+    assert [expert.name for expert in experts] == ["expert-big", "expert-hosted"]
     assert deployment.autoscaling_config["max_replicas"] == 3
     assert parse_pool(config["applications"][0]["args"]["pool_spec"], "inline") == spec  # the pool round-trips
 
@@ -69,11 +71,15 @@ def test_ray_service_sizes_the_cluster_from_the_pool() -> None:
     assert embedded["http_options"]["host"] == "0.0.0.0"
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["rayVersion"] == "2.60.0" and cluster["enableInTreeAutoscaling"] is True
-    [group] = cluster["workerGroupSpecs"]
-    assert (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (1, 1, 4)
-    [worker] = group["template"]["spec"]["containers"]
-    assert worker["image"] == "registry/moesaic:1"
-    assert worker["resources"]["limits"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"}  # 1 + 2 + 0.25 CPUs
+    # the experts layout: the ingress and the CPU-only expert on CPU pods, the two-GPU expert on a GPU group
+    cpu, gpu = cluster["workerGroupSpecs"]
+    assert cpu["groupName"] == "cpu" and (cpu["replicas"], cpu["minReplicas"], cpu["maxReplicas"]) == (1, 1, 4)
+    [worker] = cpu["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"] == {"cpu": "2", "memory": "8Gi"}  # the ingress's 1 + hosted's 0.25 CPUs
+    assert gpu["groupName"] == "gpu2" and (gpu["replicas"], gpu["minReplicas"], gpu["maxReplicas"]) == (1, 1, 1)
+    [gpu_worker] = gpu["template"]["spec"]["containers"]
+    assert gpu_worker["resources"]["limits"] == {"cpu": "2", "memory": "8Gi", "nvidia.com/gpu": "2"}  # one replica
+    assert worker["image"] == gpu_worker["image"] == "registry/moesaic:1"
     assert worker["env"] == [
         {"name": "RAY_AUTH_MODE", "value": "token"},
         {"name": "RAY_AUTH_TOKEN", "valueFrom": {"secretKeyRef": {"name": "keys", "key": "auth_token"}}},
@@ -82,6 +88,58 @@ def test_ray_service_sizes_the_cluster_from_the_pool() -> None:
     head = cluster["headGroupSpec"]
     assert head["rayStartParams"]["num-cpus"] == "0"  # no replica or expert on the head
     assert {"containerPort": 8000, "name": "serve"} in head["template"]["spec"]["containers"][0]["ports"]
+
+
+def test_the_pool_layout_sizes_one_group_for_a_whole_pool_per_ingress_replica() -> None:
+    serve = {
+        "layout": "pool",
+        "autoscaling_config": {"min_replicas": 1, "max_replicas": 4},
+        "ingress_resources": {"num_cpus": 1},
+    }
+    spec = parse_pool(pool(serve=serve), "p.yaml")
+    manifest = ray_service(spec, serve_config(spec, "p.yaml", host="0.0.0.0"), "registry/moesaic:1", "keys")
+    [group] = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    assert group["groupName"] == "pool" and (group["replicas"], group["minReplicas"], group["maxReplicas"]) == (1, 1, 4)
+    [worker] = group["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"] == {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2"}  # 1 + 2 + 0.25 CPUs
+    assert [d["name"] for d in serve_config(spec, "p.yaml")["applications"][0]["deployments"]] == [INGRESS_NAME]
+
+
+def test_experts_are_deployments_of_their_own_with_their_own_scaling() -> None:
+    experts = [
+        {"name": "big", "backend": "echo", "model": "echo", "resources": {"num_gpus": 2, "custom": {"gpu_node": 1}}},
+        {"name": "small", "backend": "echo", "model": "echo", "serve": {"num_replicas": 3}},
+        {"name": "idle", "backend": "echo", "model": "echo", "serve": {"autoscaling_config": {"min_replicas": 0}}},
+    ]
+    serve = {"num_replicas": 2, "experts": {"num_replicas": 1, "max_ongoing_requests": 8}}
+    spec = parse_pool(pool(experts=experts, serve=serve), "p.yaml")
+    config = serve_config(spec, "p.yaml")
+    ServeDeploySchema.model_validate(config)
+    deployments = {d["name"]: d for d in config["applications"][0]["deployments"]}
+    assert deployments[INGRESS_NAME]["num_replicas"] == 2
+    assert deployments["expert-big"] == {"name": "expert-big", "max_ongoing_requests": 8, "num_replicas": 1}
+    assert deployments["expert-small"]["num_replicas"] == 3  # its own count over the pool's
+    assert deployments["expert-idle"]["autoscaling_config"]["min_replicas"] == 0  # scales to zero: a cold start
+    assert "ray_actor_options" not in deployments["expert-big"]  # resources stay in the code's options (API keys)
+    options = deployment_options(spec.expert("big"), spec)
+    assert options["ray_actor_options"] == {"num_cpus": 0.25, "num_gpus": 2.0, "resources": {"gpu_node": 1.0}}
+    assert options["placement_group_bundles"] == [{"GPU": 2.0, "CPU": 0.25}]
+    groups = {
+        g["groupName"]: g
+        for g in ray_service(spec, config, "img", "keys")["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    }
+    assert groups["gpu2-gpu-node"]["rayStartParams"] == {"resources": '"{\\"gpu_node\\": 1.0}"'}
+    assert (groups["cpu"]["replicas"], groups["cpu"]["maxReplicas"]) == (3, 3)  # small's 3 replicas need room
+
+
+def test_the_experts_layout_refuses_what_it_cannot_run() -> None:
+    residency = {"residency": {"budget_gb": 1}, "experts": [{"name": "a", "backend": "echo", "model": "echo"}]}
+    with pytest.raises(ValueError, match="residency section needs the experts' actors"):
+        build({"pool_spec": pool(**residency)})
+    vllm = [{"name": "v", "backend": "local", "model": "embedded:smollm2-135m", "options": {"engine": "vllm"}}]
+    with pytest.raises(ValueError, match=r"expert\(s\) v ask for options.engine: vllm"):
+        build({"pool_spec": pool(experts=vllm)})
+    assert build({"pool_spec": pool(experts=vllm, serve={"layout": "pool"})}) is not None  # the pool layout runs it
 
 
 def _secret_ref(secret: str, key: str) -> dict[str, Any]:
@@ -158,7 +216,7 @@ def test_the_ray_cluster_answers_only_with_the_token(ray_client: bool) -> None:
     cluster = manifest["spec"]["rayClusterConfig"]
     assert cluster["authOptions"] == {"mode": "token", "secretName": "keys"}  # the operator sends the token
     containers = _ray_containers(manifest)
-    assert [container["name"] for container in containers] == ["ray-head", "ray-worker"]
+    assert [container["name"] for container in containers] == ["ray-head", "ray-worker", "ray-worker"]  # cpu, gpu2
     for container in containers:
         assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
         assert {"name": "RAY_AUTH_TOKEN", **_secret_ref("keys", "auth_token")} in container["env"]
@@ -206,10 +264,14 @@ def test_placement_bundles_only_for_multi_gpu_experts() -> None:
 
 def test_build_applies_the_serve_section() -> None:
     app = build({"pool_spec": load_pool("default").document() | {"serve": {"num_replicas": 3}}})
-    deployment = app._bound_deployment  # the Application's one deployment
+    deployment = app._bound_deployment  # the ingress
     assert deployment.name == INGRESS_NAME
     assert deployment.num_replicas == 3
     assert deployment.ray_actor_options["num_cpus"] == 0.5
+    experts = deployment.init_args[4]  # layout experts: a bound deployment per expert, one replica each
+    assert sorted(experts) == ["coder", "conductor", "generalist", "math", "writer"]
+    assert {app._bound_deployment.name for app in experts.values()} == {f"expert-{name}" for name in experts}
+    assert all(app._bound_deployment.num_replicas == 1 for app in experts.values())
 
 
 @pytest.mark.parametrize(

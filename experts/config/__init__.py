@@ -4,9 +4,9 @@ Runs in: any process (no Ray, no torch). May import: ``experts.types`` (``Answer
 
 Public surface (import it from here; the modules are private): ``PoolSpec``/``ExpertSpec`` and the section models
 (``_pool_spec``), ``load_pool``/``parse_pool``, ``PoolFileError`` (a pool file's mistakes, with file and field), the
-resilience sections (``_resilience_spec``), ``read_yaml``/``describe`` (``_file_errors``: YAML problems with their
-line), where a local model's files and its dequantised copy are (``_model_source``), and which engine runs a local
-expert (``_engine_choice``).
+resilience sections (``_resilience_spec``), the ``serve`` sections (``_serve_spec``), ``read_yaml``/``describe``
+(``_file_errors``: YAML problems with their line), where a local model's files and its dequantised copy are
+(``_model_source``), and which engine runs a local expert (``_engine_choice``).
 """
 
 from experts.config._engine_choice import (
@@ -40,15 +40,18 @@ from experts.config._pool_spec import (
     resolve_pool_path,
 )
 from experts.config._resilience_spec import BreakerSpec, ResilienceSpec, RetrySpec
+from experts.config._serve_spec import AutoscalingSpec, ExpertServeSpec, ServeSpec
 
 __all__ = [
     "EMBEDDED_MODELS",
     "PYTHON_VARIABLE",
+    "AutoscalingSpec",
     "BreakerSpec",
     "Engine",
     "EngineChoice",
     "EngineEnvironment",
     "EngineUnavailable",
+    "ExpertServeSpec",
     "ExpertSpec",
     "ModelSource",
     "PoolFileError",
@@ -57,6 +60,7 @@ __all__ = [
     "ResilienceSpec",
     "RetrySpec",
     "RoutingSpec",
+    "ServeSpec",
     "cache_root",
     "choose_engine",
     "cpu_flags",

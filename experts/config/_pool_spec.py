@@ -15,7 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 
 from experts.config._file_errors import describe, read_yaml
 from experts.config._resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
-from experts.config._serve_spec import ServeSpec
+from experts.config._serve_spec import ExpertServeSpec, ServeSpec
 from experts.types import AnswerKind
 
 # "moe": a local Mixture-of-Experts checkpoint on our MoE kernel path (experts/moe/);
@@ -59,6 +59,11 @@ class ResourceSpec(_Strict):
     memory_gb: Annotated[float, Field(ge=0.0)] | None = None
     torch_threads: Annotated[int, Field(ge=1, le=256)] = 1
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    custom: dict[str, Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=dict,
+        description="Ray custom resources the actor (or Serve replica) needs, e.g. {gpu_node: 1} to place it on the "
+        "node started with `ray start --resources '{\"gpu_node\": 4}'`",
+    )
 
     @field_validator("num_gpus")
     @classmethod
@@ -109,6 +114,10 @@ class ExpertSpec(_Strict):
     )
     profile_name: str | None = Field(None, description="this expert's name in the measured profiles (default: name)")
     residency: ExpertResidencySpec = ExpertResidencySpec()
+    serve: ExpertServeSpec | None = Field(
+        None,
+        description="this expert's Ray Serve deployment (replicas, autoscaling); default: the pool's serve.experts",
+    )
     resilience: ResilienceSpec = Field(
         ResilienceSpec(), description="timeout, retries and circuit breaker; keys set here override the pool's"
     )

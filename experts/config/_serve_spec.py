@@ -1,23 +1,28 @@
-"""The pool file's ``serve`` section: how Ray Serve runs the API (replicas, autoscaling, the proxy).
+"""The pool file's ``serve`` section: how Ray Serve runs the pool (the ingress, each expert, the proxy).
 
 Used by ``orchestrator/frameworks/serve_app.py`` (the Serve application) and ``moesaic deploy render`` (the
-Serve config and the KubeRay ``RayService``). Each ingress replica runs the whole pipeline over
-its own actors for the pool's experts, so a replica is a full copy of the pool: scaling the
-ingress scales the experts with it.
+Serve config and the KubeRay ``RayService``). With ``layout: experts`` (the default) each expert is a deployment of
+its own, scaled on its own (``experts`` here for every expert, an expert's own ``serve`` entry for it), and the
+ingress (the API and the pipeline) is another deployment holding handles to them: model copies are the sum of the
+experts' replicas, whatever the ingress count. ``layout: pool`` is the older layout, where each ingress replica runs
+the whole pool in actors of its own.
 
 ```yaml
 serve:
-  num_replicas: 1                 # or autoscaling_config, not both
+  num_replicas: 1                 # the ingress; or autoscaling_config, not both
   autoscaling_config: {min_replicas: 1, max_replicas: 4, target_ongoing_requests: 16}
-  max_ongoing_requests: 64        # per replica, before the proxy queues
+  max_ongoing_requests: 64        # per ingress replica, before the proxy queues
   ingress_resources: {num_cpus: 0.5}
   http: {host: 127.0.0.1, port: 8000}  # another address turns API keys on
+  experts:                        # each expert's deployment, unless the expert says otherwise (experts[].serve)
+    num_replicas: 1               # or autoscaling_config (min_replicas: 0 allowed: a cold start on the first call)
+    max_ongoing_requests: 32      # per expert replica: what its batcher may hold at once
 ```
 """
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -27,7 +32,7 @@ class _Strict(BaseModel):
 
 
 class AutoscalingSpec(_Strict):
-    """Ray Serve's autoscaling for the ingress (a subset of ``ray.serve.config.AutoscalingConfig``)."""
+    """Ray Serve's autoscaling for a deployment (a subset of ``ray.serve.config.AutoscalingConfig``)."""
 
     min_replicas: Annotated[int, Field(ge=0)] = 1
     max_replicas: Annotated[int, Field(ge=1)] = 1
@@ -49,6 +54,39 @@ class AutoscalingSpec(_Strict):
                 f"({self.min_replicas}..{self.max_replicas})"
             )
         return self
+
+
+class ExpertServeSpec(_Strict):
+    """How Ray Serve runs one expert's deployment: its replicas (fixed, or autoscaled on the calls in flight) and how
+    many calls one replica holds at once (its batcher batches them; the rest wait in the callers' handles)."""
+
+    num_replicas: Annotated[int, Field(ge=1, le=1024)] | None = Field(None, description="fixed replicas; default 1")
+    autoscaling_config: AutoscalingSpec | None = Field(None, description="scale on the calls in flight instead")
+    max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] | None = Field(
+        None, description="calls one replica holds at once; default: 4 x the expert's batching.max_batch_size"
+    )
+
+    @model_validator(mode="after")
+    def _one_way_to_scale(self) -> ExpertServeSpec:
+        if self.num_replicas is not None and self.autoscaling_config is not None:
+            raise ValueError("give num_replicas or autoscaling_config, not both (autoscaling sets the count itself)")
+        return self
+
+    def over(self, defaults: ExpertServeSpec) -> ExpertServeSpec:
+        """These settings where given, else ``defaults``'; a replica count given here replaces the defaults' way to
+        scale (either one)."""
+        given = self.model_dump(exclude_unset=True)
+        base = defaults.model_dump(exclude_unset=True)
+        if "num_replicas" in given or "autoscaling_config" in given:
+            base.pop("num_replicas", None)
+            base.pop("autoscaling_config", None)
+        return ExpertServeSpec.model_validate({**base, **given})
+
+    def scaling_options(self) -> dict[str, object]:
+        """``num_replicas`` or ``autoscaling_config``, as Serve's deployment options take them."""
+        if self.autoscaling_config is not None:
+            return {"autoscaling_config": self.autoscaling_config.model_dump(exclude_none=True)}
+        return {"num_replicas": self.num_replicas or 1}
 
 
 class IngressResources(_Strict):
@@ -73,7 +111,7 @@ class ServeSpec(_Strict):
     """How the pool is served by Ray Serve (``serve run``, KubeRay)."""
 
     num_replicas: Annotated[int, Field(ge=1, le=1024)] | None = Field(
-        None, description="fixed number of ingress replicas (each runs the whole pool); default 1"
+        None, description="fixed number of ingress replicas; default 1"
     )
     autoscaling_config: AutoscalingSpec | None = Field(None, description="scale the ingress on load instead")
     max_ongoing_requests: Annotated[int, Field(ge=1, le=100_000)] = Field(
@@ -81,6 +119,14 @@ class ServeSpec(_Strict):
     )
     ingress_resources: IngressResources = IngressResources()
     http: HttpSpec = HttpSpec()
+    layout: Literal["experts", "pool"] = Field(
+        "experts",
+        description="experts: each expert a deployment of its own, the ingress apart; pool: each ingress replica "
+        "runs the whole pool in actors of its own (scaling the ingress scales every expert with it)",
+    )
+    experts: ExpertServeSpec = Field(
+        ExpertServeSpec(), description="each expert's deployment, unless it says otherwise"
+    )
 
     @model_validator(mode="after")
     def _one_way_to_scale(self) -> ServeSpec:

@@ -7,13 +7,22 @@ Runs in: the driver (the API server, the CLI, batch mode), never inside an exper
 Public surface (import it from here): ``ExpertPool`` (start the actors, call an expert with failover),
 ``ExpertClient`` (the protocol the pipeline calls: a pool, or a ``Dispatcher`` in front of one), ``Dispatcher`` and
 ``dispatching`` (queues by expert and on-demand residency in front of a pool), ``is_client_mistake`` (a failure that
-is the caller's), and the errors ``ExpertCallFailed``/``ExpertUnavailable``. Inside (private): ``_guarded`` (one
-expert's calls with timeout, retries, breaker), ``_retry``, ``_breaker``, ``_actor_handle`` (one actor, restarted when
-it dies), ``_placement`` (multi-GPU placement groups), ``_engines`` (shared vLLM engines).
+is the caller's), ``expert_applications``, ``expert_serve_settings``, ``deployment_options``, ``deployment_name``,
+``vllm_requested`` (each expert as a Ray Serve deployment of its own), and the errors
+``ExpertCallFailed``/``ExpertUnavailable``. Inside (private): ``_guarded`` (one expert's calls with timeout, retries,
+breaker), ``_retry``, ``_breaker``, ``_actor_handle`` (one actor, restarted when it dies), ``_placement`` (multi-GPU
+placement groups), ``_engines`` (shared vLLM engines).
 """
 
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime._client import ExpertClient
+from experts.runtime._deployments import (
+    deployment_name,
+    deployment_options,
+    expert_applications,
+    expert_serve_settings,
+    vllm_requested,
+)
 from experts.runtime._pool import ExpertPool
 from experts.runtime._retry import is_client_mistake
 from experts.runtime.dispatch import Dispatcher, dispatching
@@ -24,6 +33,11 @@ __all__ = [
     "ExpertClient",
     "ExpertPool",
     "ExpertUnavailable",
+    "deployment_name",
+    "deployment_options",
     "dispatching",
+    "expert_applications",
+    "expert_serve_settings",
     "is_client_mistake",
+    "vllm_requested",
 ]

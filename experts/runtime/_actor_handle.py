@@ -69,7 +69,7 @@ class ActorHandle:
         try:
             return await asyncio.wait_for(self._boot(actor), self.start_timeout_s)
         except Exception as error:
-            return {"name": self.name, "state": ExpertState.FAILED, "error": f"actor {failure}: {_root_message(error)}"}
+            return {"name": self.name, "state": ExpertState.FAILED, "error": f"actor {failure}: {root_message(error)}"}
 
     @property
     def restarting(self) -> bool:
@@ -294,15 +294,15 @@ class ActorHandle:
 
         if isinstance(error, ActorUnavailableError):
             return ExpertCallFailed(
-                f"expert {self.name!r} is unreachable for now: {_root_message(error)}", ErrorCode.ACTOR_UNAVAILABLE
+                f"expert {self.name!r} is unreachable for now: {root_message(error)}", ErrorCode.ACTOR_UNAVAILABLE
             )
         if isinstance(error, RayActorError):
-            reason = _root_message(error)
+            reason = root_message(error)
             self.restart(actor, reason)
             return ExpertCallFailed(
                 f"expert {self.name!r} failed: its actor died ({reason}); restarting", ErrorCode.ACTOR_DIED
             )
-        return ExpertCallFailed(f"expert {self.name!r} failed: {_root_message(error)}")
+        return ExpertCallFailed(f"expert {self.name!r} failed: {root_message(error)}")
 
 
 async def _await(ref: Any) -> Any:
@@ -327,7 +327,7 @@ def _cancel(ref: Any) -> None:
         ray.cancel(ref)
 
 
-def _root_message(error: BaseException) -> str:
+def root_message(error: BaseException) -> str:
     """Ray wraps an actor's exception in a long traceback; keep the original message."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException):

@@ -4,7 +4,8 @@ Every call from the pool goes through here. A call is one or more *tries*:
 
 1. the circuit breaker must let the try through (an open circuit fails the call at once with
    ``ExpertUnavailable``, so routing recruits someone else);
-2. the try runs on the actor (``ActorHandle``) within the expert's ``resilience.timeout_s``;
+2. the try runs on the expert (``ExpertLink``: its actor, or its Serve deployment) within the expert's
+   ``resilience.timeout_s``;
 3. its outcome goes to the breaker: a success, a failure, or neither for a caller's mistake;
 4. a transient failure (``experts.runtime._retry``) is tried again after an exponential, jittered
    wait, or, when the actor died, once its replacement is ready; a stream only until its
@@ -26,8 +27,8 @@ from typing import Any
 
 from experts.config import ResilienceSpec
 from experts.errors import ErrorCode, ExpertCallFailed, ExpertUnavailable
-from experts.runtime._actor_handle import ActorHandle
 from experts.runtime._breaker import CircuitBreaker, Ticket
+from experts.runtime._link import ExpertLink
 from experts.runtime._retry import Backoff, is_client_mistake, is_transient
 from experts.types import Completion, GenerationRequest
 
@@ -37,11 +38,11 @@ Outcome = Completion | ExpertCallFailed
 
 
 class GuardedExpert:
-    """Retries, breaker and restarts around one ``ActorHandle``."""
+    """Retries, breaker and restarts around one ``ExpertLink``."""
 
     def __init__(
         self,
-        handle: ActorHandle,
+        handle: ExpertLink,
         settings: ResilienceSpec,
         max_batch_size: int,
         clock: Callable[[], float] = time.monotonic,

@@ -11,19 +11,22 @@ unroutable for a cool-down, and a new actor when the old one died (``experts/run
 Settings come from the pool file's ``resilience`` sections (``experts/config/_resilience_spec.py``).
 In a pool with a ``residency`` section the local experts' actors start without loading;
 ``experts.runtime.dispatch._dispatcher.Dispatcher`` then drives ``control`` (load/park/unload) and ``generate_batch``.
+
+On Ray Serve with ``serve.layout: experts`` the experts are deployments of their own, started by Serve; the ingress
+hands the pool their handles (``deployments``) and the pool calls them through ``DeploymentLink``s instead of
+``ActorHandle``s, with the same guards above them: one pipeline, whichever runs the experts.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import random
 import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, AsyncIterator, Iterator, Literal
@@ -34,6 +37,8 @@ from experts.config import ExpertSpec, PoolSpec
 from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime._actor_handle import ActorHandle
 from experts.runtime._breaker import BreakerState
+from experts.runtime._deployment_link import DeploymentLink
+from experts.runtime._deployments import actor_options
 from experts.runtime._engines import SharedEngines
 from experts.runtime._guarded import GuardedExpert
 from experts.runtime._placement import ExpertPlacement
@@ -55,8 +60,21 @@ class ExpertPool:
         start_timeout_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        deployments: Mapping[str, Any] | None = None,
     ) -> None:
+        """``deployments``: the experts' Serve deployment handles by expert name, when Serve runs the experts (the
+        pool then starts no actor and no Ray instance of its own)."""
+        if deployments is not None:
+            missing = sorted({expert.name for expert in spec.experts} - set(deployments))
+            if missing:
+                raise ValueError(f"pool {spec.name!r}: no Serve deployment handle for expert(s) {', '.join(missing)}")
+            if spec.residency is not None:
+                raise ValueError(
+                    f"pool {spec.name!r} has a residency section, which needs actors the pool controls; "
+                    "serve it with serve.layout: pool"
+                )
         self.spec = spec
+        self.deployments = dict(deployments) if deployments is not None else None
         self.ray_address = ray_address
         self.num_cpus = num_cpus
         self.start_timeout_s = start_timeout_s
@@ -72,6 +90,8 @@ class ExpertPool:
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> dict[str, HealthReport]:
         """Start every actor and wait until each has loaded (or failed); return the health table."""
+        if self.deployments is not None:
+            return await self._start_deployments(self.deployments)
         import ray
 
         if not ray.is_initialized():
@@ -108,9 +128,26 @@ class ExpertPool:
                 log.error("expert %s failed to start: %s", name, report.get("error"))
         return self._table()
 
+    async def _start_deployments(self, deployments: dict[str, Any]) -> dict[str, HealthReport]:
+        """Wait for every expert's deployment to have a ready replica (Serve starts them); the health table."""
+        for expert in self.spec.experts:
+            link = DeploymentLink(expert.name, deployments[expert.name], self.start_timeout_s)
+            self._experts[expert.name] = GuardedExpert(
+                link,
+                self.spec.resilience_for(expert.name),
+                expert.batching.max_batch_size,
+                clock=self.clock,
+                rng=self.rng,
+            )
+        reports = await asyncio.gather(*(guarded.handle.start() for guarded in self._experts.values()))
+        for name, report in zip(self._experts, reports):
+            if not is_ready(report):
+                log.error("expert %s: its deployment is not ready: %s", name, report.get("error"))
+        return self._table()
+
     def _creator(self, expert: ExpertSpec) -> Callable[[], Any]:
         load_at_start = not self.spec.residency_managed(expert.name)
-        options = {**_actor_options(expert), **self._placement.actor_options(expert)}  # multi-GPU: its group
+        options = {**actor_options(expert), **self._placement.actor_options(expert)}  # multi-GPU: its group
         assert self.engines is not None
         options = self.engines.persona_options(expert.name, options)  # on a shared engine: holds no model
         channel = self.spec.transport == "auto"
@@ -262,19 +299,3 @@ def _keep_signal_handlers() -> Iterator[None]:
         for number, handler in saved.items():
             if handler is not None:
                 signal.signal(number, handler)
-
-
-def _actor_options(expert: ExpertSpec) -> dict[str, Any]:
-    resources = expert.resources
-    options: dict[str, Any] = {
-        "num_cpus": resources.num_cpus,
-        "num_gpus": resources.num_gpus,
-        "max_concurrency": 1000,  # an async actor: many callers wait on one queue
-    }
-    if resources.memory_gb:
-        options["memory"] = int(resources.memory_gb * 1024**3)
-    # An API key named in the pool file travels with the actor, so it works on any node of a cluster.
-    key_env = expert.options.get("api_key_env")
-    if key_env and os.environ.get(key_env):
-        options["runtime_env"] = {"env_vars": {key_env: os.environ[key_env]}}
-    return options

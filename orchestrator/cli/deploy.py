@@ -4,8 +4,11 @@ The Serve config (``serve.yaml``) runs ``orchestrator.frameworks.serve_app:build
 it needs no file on the cluster: ``serve run serve.yaml`` on a Ray cluster whose nodes have
 Moesaic installed. The ``RayService`` (``kuberay/rayservice.yaml``) embeds the same config as its
 ``serveConfigV2`` and sizes a Ray cluster for it: a head pod (Serve's controller and proxy, no
-experts) and a worker group whose pod fits one ingress replica with all its experts (CPUs, GPUs,
-memory summed from the pool), scaled between the ``serve`` section's replica bounds.
+experts) and worker groups. With ``serve.layout: experts`` the groups follow the deployments' shapes: one group per
+GPU shape (its pods fit one replica of an expert with that many GPUs and those custom resources), and a CPU group
+for the ingress and the CPU-only experts, each scaled between the replica bounds of the deployments it holds. With
+``serve.layout: pool``, one group whose pod fits one ingress replica with all its experts (CPUs, GPUs, memory summed
+from the pool), scaled between the ingress's replica bounds.
 
 No secret is written into either file. The service config's ``redis.url`` (it may carry a password) is rendered as
 ``redis.url_env: MOESAIC_REDIS_URL``; the RayService's pods read that variable, the provider keys named by
@@ -19,6 +22,7 @@ the GCS refuse anyone without it. The Ray Client port (10001) is declared only w
 from __future__ import annotations
 
 import copy
+import json
 import math
 import re
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from typing import Any, Optional
 import typer
 import yaml
 
-from experts.config import PoolFileError, PoolSpec, load_pool, resolve_pool_path
+from experts.config import AutoscalingSpec, ExpertSpec, PoolFileError, PoolSpec, load_pool, resolve_pool_path
 from orchestrator.cli.options import pool_option
 
 app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the KubeRay RayService.")
@@ -52,7 +56,10 @@ REDIS_URL_ENV = "MOESAIC_REDIS_URL"  # where the render moves an inline redis.ur
 def serve_config(
     spec: PoolSpec, source: str, service: dict[str, Any] | None = None, host: str | None = None
 ) -> dict[str, Any]:
-    """Ray Serve's config for the pool: one application, its ingress deployment set from ``spec.serve``.
+    """Ray Serve's config for the pool: one application, its ingress deployment set from ``spec.serve`` and (layout
+    experts) each expert's deployment with its replicas or autoscaling, where an operator can change them. The
+    experts' resources stay in the code's options (``experts.runtime.deployment_options``): a config that named
+    ``ray_actor_options`` would replace them whole, the API-key environment included.
 
     ``host`` overrides the pool's ``serve.http.host`` (the KubeRay manifest listens on 0.0.0.0). ``service`` (the
     service config as read from its file) is embedded without its secrets: see ``service_without_secrets``.
@@ -71,10 +78,20 @@ def serve_config(
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
                 "args": args,
-                "deployments": [{"name": "MoesaicIngress", **spec.serve.deployment_options()}],
+                "deployments": [{"name": "MoesaicIngress", **spec.serve.deployment_options()}, *_expert_entries(spec)],
             }
         ],
     }
+
+
+def _expert_entries(spec: PoolSpec) -> list[dict[str, Any]]:
+    """The experts' deployments as the Serve config lists them (layout experts): name, scaling, calls per replica."""
+    if spec.serve.layout == "pool":
+        return []
+    from experts.runtime import deployment_options
+
+    keep = ("name", "num_replicas", "autoscaling_config", "max_ongoing_requests")
+    return [{key: value for key, value in deployment_options(e, spec).items() if key in keep} for e in spec.experts]
 
 
 def service_without_secrets(service: dict[str, Any]) -> dict[str, Any]:
@@ -120,12 +137,6 @@ def ray_service(
     if any(redis.get("url") is not None for redis in _service_redis(config)):
         raise ValueError("the Serve config carries redis.url inline; build it with serve_config (url_env)")
     serve = spec.serve
-    scaling = serve.autoscaling_config
-    if scaling is not None:
-        low, high = scaling.min_replicas, scaling.max_replicas
-        replicas = scaling.initial_replicas if scaling.initial_replicas is not None else max(low, 1)
-    else:
-        replicas = low = high = serve.num_replicas or 1
     env = _ray_auth_env(secret) + _secret_env(_secret_names(spec, config), secret)
     head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, env)
     ports = [*HEAD_PORTS, *([CLIENT_PORT] if ray_client else []), ("serve", serve.http.port)]
@@ -143,23 +154,103 @@ def ray_service(
         },
         "workerGroupSpecs": [
             {
-                "groupName": "pool",
-                "replicas": replicas,
-                "minReplicas": low,
-                "maxReplicas": high,
-                "rayStartParams": {},
-                "template": {"spec": {"containers": [_container("ray-worker", image, _pool_pod(spec), env)]}},
+                "groupName": group.name,
+                "replicas": group.replicas.initial,
+                "minReplicas": group.replicas.low,
+                "maxReplicas": group.replicas.high,
+                "rayStartParams": group.ray_start_params(),
+                "template": {"spec": {"containers": [_container("ray-worker", image, group.pod, env)]}},
             }
+            for group in worker_groups(spec)
         ],
     }
-    if scaling is not None:
-        cluster["enableInTreeAutoscaling"] = True  # new ingress replicas need new worker pods
+    if any(group.replicas.low != group.replicas.high for group in worker_groups(spec)):
+        cluster["enableInTreeAutoscaling"] = True  # replicas the autoscaler adds need pods to land on
     return {
         "apiVersion": "ray.io/v1",
         "kind": "RayService",
         "metadata": {"name": _k8s_name(f"moesaic-{spec.name}")},
         "spec": {"serveConfigV2": _dump(config), "rayClusterConfig": cluster},
     }
+
+
+@dataclass(frozen=True)
+class Replicas:
+    """How many replicas a deployment starts with and may scale between."""
+
+    initial: int
+    low: int
+    high: int
+
+    @classmethod
+    def of(cls, num_replicas: int | None, scaling: AutoscalingSpec | None) -> Replicas:
+        if scaling is None:
+            fixed = num_replicas or 1
+            return cls(fixed, fixed, fixed)
+        initial = scaling.initial_replicas if scaling.initial_replicas is not None else max(scaling.min_replicas, 1)
+        return cls(initial, scaling.min_replicas, scaling.max_replicas)
+
+    def __add__(self, other: Replicas) -> Replicas:
+        return Replicas(self.initial + other.initial, self.low + other.low, self.high + other.high)
+
+
+@dataclass(frozen=True)
+class WorkerGroup:
+    """One KubeRay worker group: its pods' resources, the Ray custom resources they declare, how many pods."""
+
+    name: str
+    pod: dict[str, str]
+    replicas: Replicas
+    custom: tuple[tuple[str, float], ...] = ()
+
+    def ray_start_params(self) -> dict[str, str]:
+        if not self.custom:
+            return {}
+        return {"resources": json.dumps(dict(self.custom)).replace('"', '\\"').join('""')}
+
+
+def worker_groups(spec: PoolSpec) -> list[WorkerGroup]:
+    """The worker groups the pool's deployments need (see the module docstring)."""
+    if spec.serve.layout == "pool":
+        ingress = Replicas.of(spec.serve.num_replicas, spec.serve.autoscaling_config)
+        return [WorkerGroup("pool", _pool_pod(spec), ingress)]
+    cpu_pods = Replicas.of(spec.serve.num_replicas, spec.serve.autoscaling_config)  # one pod per ingress replica
+    cpu_experts = []
+    shapes: dict[tuple[float, tuple[tuple[str, float], ...]], list[ExpertSpec]] = {}
+    for expert in spec.experts:
+        custom = tuple(sorted(expert.resources.custom.items()))
+        if expert.resources.num_gpus or custom:
+            shapes.setdefault((expert.resources.num_gpus, custom), []).append(expert)
+        else:
+            cpu_experts.append(expert)
+    # the CPU group: a pod per ingress replica, each also holding one replica of every CPU-only expert
+    cpus = spec.serve.ingress_resources.num_cpus + sum(expert.resources.num_cpus for expert in cpu_experts)
+    memory = max(8, math.ceil(sum(expert.resources.memory_gb or 0.0 for expert in cpu_experts) * 1.25) + 4)
+    expert_pods = [_expert_replicas(expert, spec) for expert in cpu_experts]
+    widest = max(expert_pods, key=lambda r: r.high, default=cpu_pods)  # the busiest CPU expert's replicas need room
+    cpu = Replicas(max(cpu_pods.initial, widest.initial), max(cpu_pods.low, 1), max(cpu_pods.high, widest.high))
+    groups = [WorkerGroup("cpu", {"cpu": str(max(1, math.ceil(cpus))), "memory": f"{memory}Gi"}, cpu)]
+    for (gpus, custom), experts in sorted(shapes.items(), key=lambda item: (item[0][0], item[0][1])):
+        widest_cpu = max(expert.resources.num_cpus for expert in experts)
+        widest_memory = max(expert.resources.memory_gb or 0.0 for expert in experts)
+        pod = {"cpu": str(max(1, math.ceil(widest_cpu))), "memory": f"{max(8, math.ceil(widest_memory * 1.25) + 4)}Gi"}
+        if gpus:
+            pod["nvidia.com/gpu"] = str(math.ceil(gpus))
+        total = Replicas(0, 0, 0)
+        for expert in experts:  # one pod per replica of each expert of this shape
+            total = total + _expert_replicas(expert, spec)
+        label = f"gpu{math.ceil(gpus)}" if gpus else "cpu"
+        if custom:
+            label += "-" + "-".join(name for name, _ in custom)
+        groups.append(WorkerGroup(_k8s_name(label), pod, total, custom))
+    return groups
+
+
+def _expert_replicas(expert: ExpertSpec, spec: PoolSpec) -> Replicas:
+    from experts.runtime import expert_serve_settings
+
+    settings = expert_serve_settings(expert, spec)
+    return Replicas.of(settings.num_replicas, settings.autoscaling_config)
 
 
 def _pool_pod(spec: PoolSpec) -> dict[str, str]:

@@ -1,15 +1,20 @@
-"""Moesaic as a Ray Serve application: the same FastAPI app, as the Serve ingress.
+"""Moesaic as a Ray Serve application: each expert a deployment of its own, and the API as the ingress.
 
-``serve run deploy/serve.yaml`` (or a config from ``moesaic deploy render``) imports ``build``
-with the config's ``args``; ``build`` validates them and the pool file on the spot (errors name
-the file and the field), then binds ``MoesaicIngress`` with the options of the pool's ``serve``
-section (replicas or autoscaling, the replica's resources).
+``serve run deploy/serve.yaml`` (or a config from ``moesaic deploy render``) imports ``build`` with the config's
+``args``; ``build`` validates them and the pool file on the spot (errors name the file and the field), then binds:
 
-Each ingress replica starts its own ``ExpertPool``: one actor per expert, placed with the
-resources of its pool entry (fractional CPUs, GPUs; a placement group for multi-GPU experts, see
-``experts/runtime/_placement.py``). The replica then serves ``create_app(orchestrator=...)`` (routes, auth,
-limits, metrics, the same as ``moesaic serve``) through Serve's HTTP proxy, and stops its experts
-when Serve stops the replica.
+* with ``serve.layout: experts`` (the default), one deployment per expert (``ExpertReplica``: the expert's actor as a
+  Serve replica, loading its model before it takes calls), each with its own replicas or autoscaling (the pool's
+  ``serve.experts``, the expert's own ``serve``) and its resources (GPUs, custom resources naming a node, a
+  placement group above one GPU), and ``MoesaicIngress`` holding their handles. Each ingress replica builds an
+  ``ExpertPool`` over the handles: the same pipeline, guards and failover as ``moesaic serve``, while the model copies
+  are the experts' replicas whatever the ingress count, and an expert's replica batches what every ingress replica
+  sends it;
+* with ``serve.layout: pool``, only ``MoesaicIngress``, each replica of which starts its own ``ExpertPool`` of
+  actors (a replica is a whole copy of the pool).
+
+Either way the ingress serves ``create_app(orchestrator=...)`` (routes, auth, limits, metrics, the same as
+``moesaic serve``) through Serve's HTTP proxy.
 """
 
 from __future__ import annotations
@@ -63,14 +68,24 @@ def spec_from(data: dict[str, Any], source: str) -> PoolSpec:
 class MoesaicIngress:
     """One replica: the pool's experts in actors, and the API over them (``__serve_build_asgi_app__``)."""
 
-    async def __init__(self, pool_data: dict[str, Any], pool_source: str, service: dict[str, Any] | None, host: str):
+    async def __init__(
+        self,
+        pool_data: dict[str, Any],
+        pool_source: str,
+        service: dict[str, Any] | None,
+        host: str,
+        experts: dict[str, Any] | None = None,
+    ):
+        """``experts``: each expert's deployment handle (layout experts); None: this replica starts the experts."""
         from experts.runtime import ExpertPool
         from orchestrator.pipeline.orchestrator import Orchestrator
 
         configure_tracing("moesaic")  # a replica's spans, when OTEL_EXPORTER_OTLP_ENDPOINT is set
         spec = spec_from(pool_data, pool_source)
-        self.pool = ExpertPool(spec)
-        health = await self.pool.start()  # inside a replica Ray is up already: the actors join its cluster
+        self.pool = ExpertPool(spec, deployments=experts)
+        # layout pool: inside a replica Ray is up already, the actors join its cluster; layout experts: the experts'
+        # deployments are Serve's, this waits until each has a ready replica
+        health = await self.pool.start()
         if not any(is_ready(report) for report in health.values()):
             failures = {name: report.get("error") for name, report in health.items()}
             await self.pool.shutdown()
@@ -134,5 +149,9 @@ def build(args: dict[str, Any]) -> Any:
         from orchestrator.server.service.service_config import parse_service_config
 
         parse_service_config(parsed.service, "<serve config: service>")  # fail at deploy time, naming the field
-    deployment = serve.deployment(MoesaicIngress, name=INGRESS_NAME).options(**spec.serve.deployment_options())
-    return deployment.bind(spec.document(), source, parsed.service, parsed.http_host)
+    ingress = serve.deployment(MoesaicIngress, name=INGRESS_NAME).options(**spec.serve.deployment_options())
+    if spec.serve.layout == "pool":
+        return ingress.bind(spec.document(), source, parsed.service, parsed.http_host)
+    from experts.runtime import expert_applications
+
+    return ingress.bind(spec.document(), source, parsed.service, parsed.http_host, expert_applications(spec))

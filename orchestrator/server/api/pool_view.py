@@ -29,6 +29,17 @@ class ExpertUsage(BaseModel):
     failed_calls: int = 0
 
 
+class ReplicaView(BaseModel):
+    """One replica of an expert's Ray Serve deployment (``serve.layout: experts``)."""
+
+    node: str | None = None
+    state: str = "unreachable"
+    requests: int = Field(0, description="calls it answered since it started")
+    batches: int = 0
+    largest_batch: int = 0
+    queue_depth: int = 0
+
+
 class ExpertView(BaseModel):
     name: str
     backend: str
@@ -42,6 +53,9 @@ class ExpertView(BaseModel):
     dispatch_queue_depth: int | None = Field(None, description="routed requests not yet sent (residency pools)")
     restarts: int = 0
     error: str | None = None
+    replicas: list[ReplicaView] | None = Field(
+        None, description="its Serve deployment's replicas, when Ray Serve runs each expert on its own"
+    )
     usage: ExpertUsage = Field(description="its calls since the server started (every role: expert, aggregator...)")
     today: ExpertUsage = Field(description="its calls since 00:00 UTC today (this server process)")
 
@@ -78,6 +92,7 @@ async def pool_view(request: Request) -> PoolView:
                 dispatch_queue_depth=int(depth) if depth is not None else None,
                 restarts=restarts.get(expert.name, 0),
                 error=report.get("error"),
+                replicas=[ReplicaView.model_validate(r) for r in report["replicas"]] if "replicas" in report else None,
                 usage=usage.get(expert.name, ExpertUsage()),
                 today=ExpertUsage(**asdict(today[expert.name])) if expert.name in today else ExpertUsage(),
             )

@@ -63,7 +63,11 @@ async def readyz(request: Request) -> JSONResponse:
     usable = [name for name in routable if pool.is_healthy(name)]
     if not usable:
         return _not_ready(pool.spec.name, f"no routable expert is usable ({', '.join(routable)}); see GET /healthz")
-    return JSONResponse({"status": "ready", "pool": pool.spec.name, "usable": usable})
+    body = {"status": "ready", "pool": pool.spec.name, "usable": usable}
+    missing = [name for name in pool.expert_names if not pool.is_healthy(name)]
+    if missing:  # ready, with fewer experts to route to: which (GET /healthz says what state each is in)
+        body["missing"] = missing
+    return JSONResponse(body)
 
 
 @router.get("/healthz", responses=HEALTH_RESPONSES)
