@@ -5,37 +5,30 @@ ports and cluster token, so the session's in-process Ray instance is untouched. 
 ``experts`` layout: two ingress replicas and one deployment per expert, one replica each. The head declares
 four logical GPUs, so the expert that asks for two gets a placement group (nothing uses a GPU: the
 experts are echo experts). A second application, behind API keys, is served under the route prefix ``/p``:
-Serve hands its replicas the prefix as ``root_path``, and the keys must hold there too. Teardown: Ctrl-C to
-``serve run`` (it deletes the application: the
-replica stops its experts and removes the group), then SIGTERM to ``ray start --block``, then
-SIGKILL to whatever of its group is left. About a minute on two cores.
+Serve hands its replicas the prefix as ``root_path``, and the keys must hold there too. The cluster is
+``bench/ray_cluster.py``'s ``LocalCluster``; teardown: Ctrl-C to ``serve run`` (it deletes the applications and
+their deployments), then SIGTERM to ``ray start --block``, then SIGKILL to whatever of its group is left. About a
+minute on two cores.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import secrets
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import openai
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from bench.ray_cluster import LocalCluster, free_port, healthy, wait_until
 
 pytestmark = pytest.mark.cluster
-BIN = Path(sys.executable).parent
 PLACEMENT_SCRIPT = """
 import json, sys, ray
 from ray.util import placement_group_table
@@ -43,14 +36,6 @@ ray.init(address=sys.argv[1], log_to_driver=False)
 groups = [{"name": g["name"], "strategy": g["strategy"], "state": g["state"], "bundles": g["bundles"]}
           for g in placement_group_table().values()]
 print(json.dumps(groups))
-"""
-STATUS_SCRIPT = """
-import json, sys, ray
-from ray import serve
-ray.init(address=sys.argv[1], log_to_driver=False)
-status = serve.status()
-print(json.dumps({name: {d: dict(s.replica_states) for d, s in app.deployments.items()}
-                  for name, app in status.applications.items()}))
 """
 PREFIX_KEY = "msk-" + secrets.token_urlsafe(32)
 
@@ -61,41 +46,10 @@ class Cluster:
     http_url: str
     env: dict[str, str]
     metrics_url: str  # the head node's Ray metrics agent (--metrics-export-port)
+    local: LocalCluster
 
 
-def _wait_until(check, what: str, seconds: float, process: subprocess.Popen | None = None) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + seconds
-    while not check():
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{what}: the process exited with {process.returncode}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what}: not within {seconds:.0f} s")
-        time.sleep(0.5)
-
-
-def _stop_group(process: subprocess.Popen, first: int, grace_s: float) -> None:
-    """Signal ``process`` (a group leader we started), wait, then kill what is left of its group."""
-    if process.poll() is None:
-        process.send_signal(first)
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # our own group only: the head's raylet, GCS and workers
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=10)
-
-
-def _healthy(url: str) -> bool:
-    try:
-        return httpx.get(url + "/healthz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
-
-
-def _add_prefixed_app(temp: Path, env: dict[str, str], http: int) -> None:
+def _add_prefixed_app(cluster: LocalCluster, http: int) -> None:
     """A second pool behind API keys, rendered like the first, joined to its serve.yaml under ``/p``."""
     pool = {
         "name": "serve-guarded",
@@ -106,36 +60,18 @@ def _add_prefixed_app(temp: Path, env: dict[str, str], http: int) -> None:
     }
     key_hash = hashlib.sha256(PREFIX_KEY.encode()).hexdigest()
     service = {"auth": {"mode": "on", "keys": [{"name": "prefix", "hash": key_hash}]}}
-    (temp / "guarded.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
-    (temp / "service.yaml").write_text(yaml.safe_dump(service), encoding="utf-8")
-    render = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(temp / "guarded.yaml")]
-    render += ["--service-config", str(temp / "service.yaml"), "--out", str(temp / "guarded")]
-    subprocess.run(render, env=env, check=True, capture_output=True, timeout=120)
-    first = yaml.safe_load((temp / "out" / "serve.yaml").read_text(encoding="utf-8"))
-    second = yaml.safe_load((temp / "guarded" / "serve.yaml").read_text(encoding="utf-8"))
+    (cluster.temp / "service.yaml").write_text(yaml.safe_dump(service), encoding="utf-8")
+    second_path = cluster.render(pool, "guarded", "--service-config", str(cluster.temp / "service.yaml"))
+    first = yaml.safe_load((cluster.temp / "out" / "serve.yaml").read_text(encoding="utf-8"))
+    second = yaml.safe_load(second_path.read_text(encoding="utf-8"))
     first["applications"].append({**second["applications"][0], "name": "guarded", "route_prefix": "/p"})
-    (temp / "out" / "serve.yaml").write_text(yaml.safe_dump(first), encoding="utf-8")
+    (cluster.temp / "out" / "serve.yaml").write_text(yaml.safe_dump(first), encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Cluster]:
-    temp = Path(tempfile.mkdtemp(prefix="msr-", dir="/tmp"))  # short: Ray's socket paths must stay < 108 bytes
-    token = secrets.token_hex(32)
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    env |= {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"}
-    gcs, http, metrics = free_port(), free_port(), free_port()
-    head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--port", str(gcs), "--node-ip-address", "127.0.0.1"]
-        + ["--num-cpus", "2", "--num-gpus", "4", "--include-dashboard", "false", "--temp-dir", str(temp)]
-        + ["--dashboard-port", str(free_port()), "--ray-client-server-port", str(free_port())]
-        + ["--dashboard-agent-listen-port", str(free_port()), "--metrics-export-port", str(metrics)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    serve_run = None
-    try:
+    with LocalCluster(head_cpus=2, head_gpus=4) as local:
+        http = free_port()
         pool = {
             "name": "serve-echo",
             "roles": {"aggregator": "b"},
@@ -145,35 +81,18 @@ def cluster() -> Iterator[Cluster]:
                 {"name": "b", "backend": "echo", "model": "echo", "skills": ["writing"], "resources": {"num_cpus": 0}},
             ],
         }
-        (temp / "pool.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
-        render = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", str(temp / "pool.yaml")]
-        subprocess.run(render + ["--out", str(temp / "out")], env=env, check=True, capture_output=True, timeout=120)
-        _add_prefixed_app(temp, env, http)
-        address = f"127.0.0.1:{gcs}"
-        log = (temp / "serve-run.log").open("wb")
-        serve_run = subprocess.Popen(
-            [str(BIN / "serve"), "run", str(temp / "out" / "serve.yaml"), "--address", address],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        config = local.render(pool, "out")
+        _add_prefixed_app(local, http)
+        log = local.temp / "serve-run.log"
+        serve_run = local.serve_run(config, log)
         url = f"http://127.0.0.1:{http}"
         try:
-            _wait_until(
-                lambda: _healthy(url) and _healthy(url + "/p"),
-                "the apps answering through Serve's proxy",
-                240,
-                serve_run,
+            wait_until(
+                lambda: healthy(url) and healthy(url + "/p"), "the apps answering through Serve's proxy", 240, serve_run
             )
         except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{(temp / 'serve-run.log').read_text(errors='replace')[-3000:]}") from None
-        yield Cluster(address, url, env, f"http://127.0.0.1:{metrics}/metrics")
-    finally:
-        if serve_run is not None:
-            _stop_group(serve_run, signal.SIGINT, 60)  # serve run's Ctrl-C: delete the app, stop its replicas
-        _stop_group(head, signal.SIGTERM, 15)
-        shutil.rmtree(temp, ignore_errors=True)
+            raise RuntimeError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
+        yield Cluster(local.address, url, local.env, f"http://127.0.0.1:{local.metrics_port}/metrics", local)
 
 
 def test_answers_through_the_serve_proxy(cluster: Cluster) -> None:
@@ -217,16 +136,7 @@ def test_multi_gpu_expert_runs_in_its_placement_group(cluster: Cluster) -> None:
 
 
 def test_one_deployment_per_expert_whatever_the_ingress_count(cluster: Cluster) -> None:
-    done = subprocess.run(
-        [sys.executable, "-c", STATUS_SCRIPT, cluster.address],
-        env=cluster.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    applications = json.loads(done.stdout.strip().splitlines()[-1])
-    assert applications["moesaic"] == {
+    assert cluster.local.serve_status()["moesaic"] == {
         "MoesaicIngress": {"RUNNING": 2},
         "expert-a": {"RUNNING": 1},
         "expert-b": {"RUNNING": 1},
@@ -284,7 +194,7 @@ def test_two_replicas_counts_add_up_through_rays_metrics(cluster: Cluster) -> No
         counted["total"], counted["workers"] = _replicas_requests(cluster, model)
         return counted["total"] >= sent
 
-    _wait_until(all_counted, "Ray's metrics agent to export the replicas' counts", 90)
+    wait_until(all_counted, "Ray's metrics agent to export the replicas' counts", 90)
     assert counted["total"] == sent  # no replica's count lost or doubled
     assert counted["workers"] == 2  # both replicas served some (12 requests, a random proxy choice each)
 

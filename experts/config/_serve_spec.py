@@ -94,6 +94,9 @@ class IngressResources(_Strict):
 
     num_cpus: Annotated[float, Field(ge=0)] = 0.5  # mostly waiting on I/O: the experts do the work
     memory_gb: Annotated[float, Field(gt=0)] | None = None
+    custom: dict[str, Annotated[float, Field(gt=0.0)]] = Field(
+        default_factory=dict, description="Ray custom resources an ingress replica needs (to keep it on some nodes)"
+    )
 
 
 class HttpSpec(_Strict):
@@ -139,6 +142,8 @@ class ServeSpec(_Strict):
         actor: dict[str, object] = {"num_cpus": self.ingress_resources.num_cpus}
         if self.ingress_resources.memory_gb:
             actor["memory"] = int(self.ingress_resources.memory_gb * 1024**3)
+        if self.ingress_resources.custom:
+            actor["resources"] = dict(self.ingress_resources.custom)
         options: dict[str, object] = {"max_ongoing_requests": self.max_ongoing_requests, "ray_actor_options": actor}
         if self.autoscaling_config is not None:
             options["autoscaling_config"] = self.autoscaling_config.model_dump(exclude_none=True)

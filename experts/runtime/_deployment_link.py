@@ -128,7 +128,8 @@ class DeploymentLink:
         if not reports:  # no replica yet (deploying, or every one replaced): keep the state, say why
             failures = [_root_message(answer) for answer in answers if isinstance(answer, BaseException)]
             reason = failures[0] if failures else "no running replica"
-            state = self.report.get("state", ExpertState.STARTING)
+            had_replicas = self.report.get("state") not in (ExpertState.STARTING, None)
+            state = ExpertState.UNREACHABLE if had_replicas else ExpertState.STARTING  # not routable either way
             self.report = {**self.report, "state": state, "error": reason, "replicas": []}
             return self.report
         ready = [report for report in reports if is_ready(report)]

@@ -48,6 +48,8 @@ __all__ = ["ExpertCallFailed", "ExpertPool", "ExpertUnavailable"]
 
 log = logging.getLogger(__name__)
 
+WATCH_INTERVAL_S = 2.0  # how often a pool over Serve deployments reads their replicas' health
+
 
 class ExpertPool:
     """Starts, calls, watches and stops the actors of one pool."""
@@ -83,6 +85,7 @@ class ExpertPool:
         self._experts: dict[str, GuardedExpert] = {}
         self._remote_class: Any = None
         self._owns_ray = False
+        self._watch: asyncio.Task[None] | None = None  # over Serve deployments: the health watch
         self._loaded_on_demand: set[str] = set()  # residency-managed experts told to load and not since released
         self._placement = ExpertPlacement(spec.name)  # placement groups of multi-GPU experts
         self.engines: SharedEngines | None = None  # the shared vLLM engines, once started
@@ -143,7 +146,18 @@ class ExpertPool:
         for name, report in zip(self._experts, reports):
             if not is_ready(report):
                 log.error("expert %s: its deployment is not ready: %s", name, report.get("error"))
+        self._watch = asyncio.get_running_loop().create_task(self._watch_deployments())
         return self._table()
+
+    async def _watch_deployments(self) -> None:
+        """Ask every deployment's replicas for their health every ``WATCH_INTERVAL_S``: an expert whose replicas are
+        all gone (their node stopped) stops being routed to until Serve has one running again."""
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL_S)
+            try:
+                await self.health(timeout_s=WATCH_INTERVAL_S)
+            except Exception as error:  # keep watching: the next round may reach them
+                log.warning("pool %s: health of the deployments not read: %s", self.spec.name, error)
 
     def _creator(self, expert: ExpertSpec) -> Callable[[], Any]:
         load_at_start = not self.spec.residency_managed(expert.name)
@@ -171,6 +185,9 @@ class ExpertPool:
         """Stop every actor; stop Ray too if this pool started it."""
         import ray
 
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
         for guarded in self._experts.values():
             await guarded.handle.close()
         self._experts.clear()

@@ -20,6 +20,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 log = logging.getLogger(__name__)
 
 
+RETRY_UNAVAILABLE_S = 5  # Retry-After of a 503: the pool re-reads its experts' health every few seconds
+
+
 class APIError(Exception):
     """An error to send to the client as ``{"error": {...}}`` with ``status``."""
 
@@ -35,6 +38,12 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers or {}  # e.g. Retry-After on a 429, WWW-Authenticate on a 401
+
+    @classmethod
+    def unavailable(cls, message: str, code: str) -> APIError:
+        """A 503: nothing can answer now (an expert's replicas are gone, its circuit is open, none is healthy);
+        ``Retry-After`` says when trying again may help."""
+        return cls(503, message, "service_unavailable", code=code, headers={"Retry-After": str(RETRY_UNAVAILABLE_S)})
 
     def response(self, headers: dict[str, str] | None = None) -> JSONResponse:
         return JSONResponse(status_code=self.status, content=self.body(), headers={**self.headers, **(headers or {})})

@@ -20,7 +20,7 @@ from orchestrator.pipeline.state import CallRecord
 from orchestrator.pipeline.tool_calls import with_passthrough
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream
 from orchestrator.server.api.chat_render import chunk_body, completion_body, usage_chunk_body
-from orchestrator.server.api.chat_translate import CLIENT_ERROR_PARAMS, generation_of
+from orchestrator.server.api.chat_translate import CLIENT_ERROR_PARAMS, REPLACED_CODES, generation_of
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.api.tool_schemas import tool_calls_delta
 from orchestrator.server.errors import APIError
@@ -36,9 +36,7 @@ async def answer_direct(
             404, f"no expert named {name!r}; see GET /v1/models", "not_found_error", "model", "model_not_found"
         )
     if not pool.is_healthy(name):
-        raise APIError(
-            503, f"expert {name!r} is not healthy; see GET /healthz", "service_unavailable", code="expert_unhealthy"
-        )
+        raise APIError.unavailable(f"expert {name!r} is not healthy; see GET /healthz", "expert_unhealthy")
     if body.logprobs and not pool.honours(name, "logprobs"):
         raise APIError(
             400,
@@ -87,9 +85,11 @@ async def answer_direct(
 
 def direct_error(error: Exception) -> APIError:
     if isinstance(error, ExpertUnavailable):
-        return APIError(503, str(error), "service_unavailable", code="expert_unhealthy")
+        return APIError.unavailable(str(error), "expert_unhealthy")
     if isinstance(error, ExpertCallFailed) and error.code in CLIENT_ERROR_PARAMS:
         return APIError(400, str(error), param=CLIENT_ERROR_PARAMS[error.code], code=error.code)
+    if isinstance(error, ExpertCallFailed) and error.code in REPLACED_CODES:
+        return APIError.unavailable(str(error), "expert_replaced")
     return APIError(502, str(error), "upstream_error", code="expert_failed")
 
 

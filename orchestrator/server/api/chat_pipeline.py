@@ -20,7 +20,7 @@ from orchestrator.pipeline.steps import AllExpertsFailed
 from orchestrator.pipeline.tool_calls import with_passthrough
 from orchestrator.server.api.answers import AnswerResponse, AnswerStream
 from orchestrator.server.api.chat_render import ChatChunks, completion_body, pipeline_event_chunks
-from orchestrator.server.api.chat_translate import CLIENT_ERROR_PARAMS, pipeline_request
+from orchestrator.server.api.chat_translate import CLIENT_ERROR_PARAMS, REPLACED_CODES, pipeline_request
 from orchestrator.server.api.model_names import EXPERT_PREFIX
 from orchestrator.server.api.schemas import ChatCompletionRequest
 from orchestrator.server.errors import APIError
@@ -82,11 +82,13 @@ def pipeline_error(error: Exception) -> APIError:
     if isinstance(error, PolicyUnavailable):
         return APIError(400, str(error), param=error.param, code="policy_unavailable")
     if isinstance(error, NoExpertAvailable):
-        return APIError(503, str(error), "service_unavailable", code="no_healthy_expert")
+        return APIError.unavailable(str(error), "no_healthy_expert")
     if isinstance(error, AllExpertsFailed):
         codes = set(error.codes or ())
-        if len(codes) == 1 and (code := codes.pop()) in CLIENT_ERROR_PARAMS:
+        if len(codes) == 1 and (code := next(iter(codes))) in CLIENT_ERROR_PARAMS:
             return APIError(400, str(error), param=CLIENT_ERROR_PARAMS[code], code=code)
+        if codes and codes <= REPLACED_CODES:  # every expert's actor or replica was lost: Ray is replacing them
+            return APIError.unavailable(str(error), "experts_replaced")
         return APIError(502, str(error), "upstream_error", code="experts_failed")
     log.exception("pipeline failed", exc_info=error)
     return APIError(500, f"internal error: {type(error).__name__}: {error}", "internal_error")

@@ -22,6 +22,9 @@ CLIENT_ERROR_PARAMS = {
     ErrorCode.INVALID_RESPONSE_FORMAT: "response_format",
     ErrorCode.INVALID_TOOLS: "tools",
 }
+# failures of the serving machinery itself (an expert's actor or replica lost, e.g. its node went away): nothing the
+# caller or the model did, and gone once Ray replaces it: 503 with Retry-After rather than a 502
+REPLACED_CODES = frozenset({ErrorCode.ACTOR_DIED, ErrorCode.ACTOR_UNAVAILABLE})
 
 
 def policy_of(model: str, orchestrator: Orchestrator) -> str | None:

@@ -92,7 +92,7 @@ def _route(orchestrator: Orchestrator, data: dict[str, Any], admission: Admissio
     except PolicyUnavailable as error:
         raise APIError(400, str(error), param=error.param, code="policy_unavailable") from None
     except NoExpertAvailable as error:
-        raise APIError(503, str(error), "service_unavailable", code="no_healthy_expert") from None
+        raise APIError.unavailable(str(error), "no_healthy_expert") from None
     return {
         "object": "moesaic.route",
         "model": body.model,
