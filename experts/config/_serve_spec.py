@@ -42,6 +42,12 @@ class AutoscalingSpec(_Strict):
     )
     upscale_delay_s: Annotated[float, Field(ge=0)] = 30.0
     downscale_delay_s: Annotated[float, Field(ge=0)] = 600.0
+    look_back_period_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="seconds of load the decisions average over (Serve's default: 30)"
+    )
+    metrics_interval_s: Annotated[float, Field(gt=0)] | None = Field(
+        None, description="how often replicas report their load (Serve's default: 10)"
+    )
 
     @model_validator(mode="after")
     def _bounds_ordered(self) -> AutoscalingSpec:

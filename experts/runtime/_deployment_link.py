@@ -34,10 +34,13 @@ START_POLL_S = 0.5  # how often start() asks a deployment that has no replica ye
 class DeploymentLink:
     """The Serve deployment of one expert: its last health report (over every replica) and the calls to it."""
 
-    def __init__(self, name: str, handle: Any, start_timeout_s: float) -> None:
+    def __init__(self, name: str, handle: Any, start_timeout_s: float, scales_to_zero: bool = False) -> None:
+        """``scales_to_zero``: its autoscaling allows no replica (``min_replicas: 0``): routable without one, the
+        first call then waits for Serve to start a replica (a cold start, inside the call's timeout)."""
         self.name = name
         self.handle = handle  # ray.serve.handle.DeploymentHandle of the expert's deployment
         self.start_timeout_s = start_timeout_s
+        self.scales_to_zero = scales_to_zero
         self.report: HealthReport = {"name": name, "state": ExpertState.STARTING, "error": None}
         self.restarts = 0  # replicas Serve replaced are counted by Serve (`serve status`), not here
         self.actor: Any = None  # no single actor: Serve routes each call to one of the replicas
@@ -53,6 +56,8 @@ class DeploymentLink:
 
     async def start(self) -> HealthReport:
         """Wait until a replica of the deployment answers its health (it loaded its model), or the start timeout."""
+        if self.scales_to_zero:  # no replica is its resting state: read what there is, do not wait for one
+            return await self.probe(self.start_timeout_s)
         deadline = time.monotonic() + self.start_timeout_s
         last_error = "no replica answered"
         while time.monotonic() < deadline:
@@ -124,7 +129,12 @@ class DeploymentLink:
                 answers = await self.handle.broadcast("health").results_async(return_exceptions=True)
         except TimeoutError:
             return {**self.report, "probe": "slow"}
+        except Exception as error:  # no replica to ask (Serve: DeploymentUnavailableError), or none reachable
+            answers = [error]
         reports = [answer for answer in answers if isinstance(answer, dict)]
+        if not reports and self.scales_to_zero:  # scaled to zero: still routable, the next call starts a replica
+            self.report = {"name": self.name, "state": ExpertState.READY, "error": None, "replicas": []}
+            return self.report
         if not reports:  # no replica yet (deploying, or every one replaced): keep the state, say why
             failures = [_root_message(answer) for answer in answers if isinstance(answer, BaseException)]
             reason = failures[0] if failures else "no running replica"

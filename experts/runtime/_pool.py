@@ -38,7 +38,7 @@ from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime._actor_handle import ActorHandle
 from experts.runtime._breaker import BreakerState
 from experts.runtime._deployment_link import DeploymentLink
-from experts.runtime._deployments import actor_options
+from experts.runtime._deployments import actor_options, expert_serve_settings
 from experts.runtime._engines import SharedEngines
 from experts.runtime._guarded import GuardedExpert
 from experts.runtime._placement import ExpertPlacement
@@ -134,7 +134,9 @@ class ExpertPool:
     async def _start_deployments(self, deployments: dict[str, Any]) -> dict[str, HealthReport]:
         """Wait for every expert's deployment to have a ready replica (Serve starts them); the health table."""
         for expert in self.spec.experts:
-            link = DeploymentLink(expert.name, deployments[expert.name], self.start_timeout_s)
+            scaling = expert_serve_settings(expert, self.spec).autoscaling_config
+            to_zero = scaling is not None and scaling.min_replicas == 0
+            link = DeploymentLink(expert.name, deployments[expert.name], self.start_timeout_s, scales_to_zero=to_zero)
             self._experts[expert.name] = GuardedExpert(
                 link,
                 self.spec.resilience_for(expert.name),
