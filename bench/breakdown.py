@@ -104,7 +104,8 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
         orchestrator = Orchestrator(pool)
         app = create_app(orchestrator=orchestrator)
         upstream = httpx.AsyncClient(base_url=api_base, headers={"authorization": "Bearer sk-fake"})
-        in_process = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://app")
+        # a loopback Host: the browser guard (DNS rebinding) refuses others with 421
+        in_process = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://127.0.0.1")
         ask = backend._arguments  # the very arguments the backend sends, for the bare LiteLLM line
 
         def generation(index: int) -> GenerationRequest:
@@ -136,7 +137,7 @@ async def measure(requests: int, rounds: int) -> dict[str, Any]:
 
         async def by_hand(index: int) -> None:
             state: PipelineState = {"request": PipelineRequest(generation(index), k=1), "timings_ms": {}}
-            routed = await nodes.route(state)  # one expert, no escalation: route asks it and aggregates too
+            routed = await nodes.routed(state)  # one expert, no escalation: the route step asks it and aggregates too
             assert "final" in routed, "a k = 1 plan is answered inside the route step"
 
         async def http_app(index: int) -> None:

@@ -47,6 +47,7 @@ class HealthReport(TypedDict, total=False):
     residency: str  # disk, parked or resident (pools with a residency section)
     context_window: int | None  # prompt plus answer in tokens, when the backend knows it (model cards)
     replicas: list[dict[str, Any]]  # a Serve deployment's replicas: node, state, requests, batches (layout experts)
+    deployments: list[dict[str, Any]]  # a hosted expert's endpoints behind LiteLLM's Router: name, role, cooling_down
 
 
 def is_ready(report: Mapping[str, Any]) -> bool:

@@ -5,6 +5,8 @@ imported lazily (its import takes seconds) with the local cost map, so nothing i
 fetched at start. For OpenAI-protocol models the backend builds one SDK client at load and
 hands it to every call, as LiteLLM's own Router does (otherwise LiteLLM hashes the client
 parameters on each call to find its cached client: ~0.4 ms a call, measured by bench/breakdown.py).
+An expert that lists ``deployments`` is called through LiteLLM's ``Router`` over them instead
+(``litellm_router.py``: balancing, cooldowns, ordered and larger-context fallbacks).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 from experts.backends.base import Backend, DeltaSink
 from experts.backends.litellm_errors import error_code
+from experts.backends.litellm_router import build_router, deployment_states
 from experts.config import ExpertSpec
 from experts.errors import BackendError
 from experts.types import Completion, GenerationRequest, Message, TextDelta, ToolCall, Usage
@@ -38,9 +41,13 @@ class LiteLLMBackend(Backend):
         self.spec = spec
         self._litellm: Any = None
         self._client: Any = None  # an openai.AsyncOpenAI for OpenAI-protocol models, built once
+        self._router: Any = None  # LiteLLM's Router over the expert's deployments, when it lists some
 
     async def load(self) -> None:
         self._litellm = await asyncio.to_thread(_import_litellm)
+        if self.spec.deployments:
+            self._router = build_router(self.spec, self._litellm)
+            return
         key_env = self.spec.options.get("api_key_env")
         if key_env and not os.environ.get(key_env):
             raise BackendError(
@@ -79,6 +86,8 @@ class LiteLLMBackend(Backend):
         if self._litellm is not None:  # experts/_pricing.py reads this: None means LiteLLM knows no price
             facts["price_per_1m"] = self._map_price()
             facts["context_window"] = self._context_window()
+        if self._router is not None:
+            facts["deployments"] = deployment_states(self.spec, self._router)
         return facts
 
     def _context_window(self) -> int | None:
@@ -138,13 +147,17 @@ class LiteLLMBackend(Backend):
             arguments["api_key"] = os.environ.get(key_env)
         if self._client is not None:
             arguments["client"] = self._client
+        if self._router is not None:  # each deployment carries its own model, endpoint and key
+            for per_deployment in ("api_key", "api_base", "api_version", "client", "max_retries", "num_retries"):
+                arguments.pop(per_deployment, None)
+            arguments["model"] = self.spec.name  # the primaries' group
         return arguments
 
     async def _one(self, index: int, request: GenerationRequest, on_delta: DeltaSink | None) -> Completion:
         started = time.perf_counter()
         try:
             if on_delta is None:
-                response = await self._litellm.acompletion(**self._arguments(request, stream=False))
+                response = await self._complete(self._arguments(request, stream=False))
                 choice = response.choices[0]
                 text = choice.message.content or ""
                 finish = choice.finish_reason
@@ -172,7 +185,7 @@ class LiteLLMBackend(Backend):
         pieces: list[str] = []
         finish, usage = None, None
         calls: dict[int, dict[str, str]] = {}  # tool calls arrive in pieces, keyed by their index
-        response = await self._litellm.acompletion(**self._arguments(request, stream=True))
+        response = await self._complete(self._arguments(request, stream=True))
         async for chunk in response:
             if getattr(chunk, "usage", None):
                 usage = chunk.usage
@@ -188,6 +201,12 @@ class LiteLLMBackend(Backend):
                     call["arguments"] += (piece.function and piece.function.arguments) or ""
                 finish = choice.finish_reason or finish
         return "".join(pieces), finish, usage, tuple(ToolCall(**calls[key]) for key in sorted(calls))
+
+    async def _complete(self, arguments: dict[str, Any]) -> Any:
+        """One call: through the Router over the deployments, or straight to LiteLLM."""
+        if self._router is not None:
+            return await self._router.acompletion(**arguments)
+        return await self._litellm.acompletion(**arguments)
 
     def _cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         declared = self.spec.cost_of(prompt_tokens, completion_tokens)

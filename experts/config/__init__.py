@@ -9,6 +9,7 @@ resilience sections (``_resilience_spec``), the ``serve`` sections (``_serve_spe
 (``_model_source``), and which engine runs a local expert (``_engine_choice``).
 """
 
+from experts.config._deployment_spec import DeploymentRouting, HostedDeployment
 from experts.config._engine_choice import (
     PYTHON_VARIABLE,
     Engine,
@@ -47,12 +48,14 @@ __all__ = [
     "PYTHON_VARIABLE",
     "AutoscalingSpec",
     "BreakerSpec",
+    "DeploymentRouting",
     "Engine",
     "EngineChoice",
     "EngineEnvironment",
     "EngineUnavailable",
     "ExpertServeSpec",
     "ExpertSpec",
+    "HostedDeployment",
     "ModelSource",
     "PoolFileError",
     "PoolSpec",

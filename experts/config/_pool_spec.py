@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
+from experts.config._deployment_spec import DeploymentRouting, HostedDeployment
 from experts.config._file_errors import describe, read_yaml
 from experts.config._resilience_spec import PoolResilienceSpec, ResilienceSpec, merged
 from experts.config._serve_spec import ExpertServeSpec, ServeSpec
@@ -121,6 +122,25 @@ class ExpertSpec(_Strict):
     resilience: ResilienceSpec = Field(
         ResilienceSpec(), description="timeout, retries and circuit breaker; keys set here override the pool's"
     )
+    deployments: list[HostedDeployment] = Field(
+        default_factory=list,
+        description="litellm experts: several endpoints behind this one expert, balanced by LiteLLM's Router",
+    )
+    deployment_routing: DeploymentRouting = DeploymentRouting()
+
+    @model_validator(mode="after")
+    def _deployments_of_a_hosted_model(self) -> ExpertSpec:
+        if not self.deployments:
+            return self
+        if self.backend != "litellm":
+            raise ValueError(f"deployments: only a litellm expert has them (this one is {self.backend})")
+        names = [deployment.name for deployment in self.deployments]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"deployments: names must differ; repeated: {', '.join(repeated)}")
+        if not any(deployment.role == "primary" for deployment in self.deployments):
+            raise ValueError("deployments: at least one must have role primary (the fallbacks back it up)")
+        return self
 
     @field_validator("name")
     @classmethod

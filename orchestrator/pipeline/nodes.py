@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from langgraph.graph import END
-from langgraph.types import Send
+from langgraph.types import Command, Send
 
 from aggregator import Aggregator, AggregatorChoice, ModelStep, Verdict
 from experts import span, traceparent
@@ -143,12 +143,20 @@ class PipelineNodes:
         decision = self.router.recruit(estimate, healthy=healthy, k=k, policy=policy, started=started, budget=budget)
         return with_measured_aggregator(decision, self.aggregators)
 
-    async def route(self, state: PipelineState) -> dict[str, Any]:
-        """Understand the query, then recruit its experts (timed as two steps: ``understand``, ``recruit``).
+    async def route(self, state: PipelineState) -> Command[str]:
+        """Understand the query, then recruit its experts (timed as two steps: ``understand``, ``recruit``), and say
+        where the graph goes next: one ``Send`` per recruited expert to ``ask_expert``.
 
         A plan of one expert without an escalation is carried out here as well (the expert's answer, then its
-        aggregation: a passthrough), so such a request is a single LangGraph super-step; ``after_route`` then ends.
+        aggregation: a passthrough), so such a request is a single LangGraph super-step and the graph ends. The
+        route is a ``Command`` rather than a conditional edge: LangGraph evaluates an edge as a runnable of its own.
         """
+        update = await self.routed(state)
+        return Command(update=update, goto=END if "final" in update else self.fan_out({**state, **update}))
+
+    async def routed(self, state: PipelineState) -> dict[str, Any]:
+        """What ``route`` writes into the state: the decision and, for one expert without an escalation, its answer
+        and the aggregation too (``final``)."""
         understood = await self.understand(state)
         recruited = await self.recruit({**state, **understood})  # type: ignore[typeddict-item]
         routed = {**understood, **recruited, "timings_ms": {**understood["timings_ms"], **recruited["timings_ms"]}}
@@ -171,11 +179,8 @@ class PipelineNodes:
             "timings_ms": {**routed["timings_ms"], **answered["timings_ms"], **aggregated["timings_ms"]},
         }
 
-    async def after_route(self, state: PipelineState) -> list[Send] | str:
-        """Done when ``route`` answered already (one expert, no escalation); else one ``Send`` per recruited expert
-        (async on purpose: LangGraph runs a sync branch in a thread pool)."""
-        if "final" in state:
-            return END
+    def fan_out(self, state: PipelineState) -> list[Send]:
+        """One ``Send`` per recruited expert."""
         decision = state["decision"]
         stream_single = state["request"].stream and len(decision.experts) == 1 and decision.escalation is None
         return [

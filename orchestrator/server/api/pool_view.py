@@ -40,6 +40,16 @@ class ReplicaView(BaseModel):
     queue_depth: int = 0
 
 
+class DeploymentView(BaseModel):
+    """One endpoint of a hosted expert that lists several (``deployments``, balanced by LiteLLM's Router)."""
+
+    name: str
+    model: str
+    api_base: str | None = None
+    role: str = Field(description="primary, fallback or context")
+    cooling_down: bool | None = Field(None, description="left out of the Router's picks for now; null: unknown")
+
+
 class ExpertView(BaseModel):
     name: str
     backend: str
@@ -55,6 +65,9 @@ class ExpertView(BaseModel):
     error: str | None = None
     replicas: list[ReplicaView] | None = Field(
         None, description="its Serve deployment's replicas, when Ray Serve runs each expert on its own"
+    )
+    deployments: list[DeploymentView] | None = Field(
+        None, description="a hosted expert's endpoints, when it lists several"
     )
     usage: ExpertUsage = Field(description="its calls since the server started (every role: expert, aggregator...)")
     today: ExpertUsage = Field(description="its calls since 00:00 UTC today (this server process)")
@@ -93,6 +106,7 @@ async def pool_view(request: Request) -> PoolView:
                 restarts=restarts.get(expert.name, 0),
                 error=report.get("error"),
                 replicas=[ReplicaView.model_validate(r) for r in report["replicas"]] if "replicas" in report else None,
+                deployments=[DeploymentView.model_validate(d) for d in report.get("deployments", [])] or None,
                 usage=usage.get(expert.name, ExpertUsage()),
                 today=ExpertUsage(**asdict(today[expert.name])) if expert.name in today else ExpertUsage(),
             )

@@ -28,6 +28,7 @@ export async function refreshPool() {
         el("td", {}, e.model),
         el("td", { class: "state" }, state),
         el("td", {}, e.residency || "-"),
+        el("td", { class: "serving" }, serving(e)),
         el("td", { class: "breaker" }, breaker),
         el("td", { class: "num" }, queue),
         el("td", { class: "num" }, e.restarts),
@@ -42,6 +43,20 @@ export async function refreshPool() {
   } catch (error) {
     showError(error);
   }
+}
+
+// What serves the expert: its Ray Serve replicas (ready / all), or its hosted deployments (role, cooling down).
+function serving(e) {
+  if (e.replicas) {
+    const ready = e.replicas.filter((r) => r.state === "ready").length;
+    return ready + " / " + e.replicas.length + " replicas";
+  }
+  if (e.deployments) {
+    return e.deployments
+      .map((d) => d.name + (d.role === "primary" ? "" : " (" + d.role + ")") + (d.cooling_down ? " cooling down" : ""))
+      .join(", ");
+  }
+  return "-";
 }
 
 // `shown`: whether the pool view is the one on screen
