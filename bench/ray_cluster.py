@@ -139,7 +139,7 @@ class LocalCluster:
         if resources:
             args += ["--resources", json.dumps(resources)]
         node = self._start(args)
-        wait_until(lambda: self.alive_nodes() > before, "the worker node joining the cluster", 120, node)
+        wait_until(lambda: bool(self.alive_nodes() - before), "the worker node joining the cluster", 120, node)
         return node
 
     def stop_node(self, node: subprocess.Popen) -> None:  # type: ignore[type-arg]
@@ -147,11 +147,14 @@ class LocalCluster:
         stop_group(node, signal.SIGKILL, 5)
         self.nodes.remove(node)
 
-    def alive_nodes(self) -> int:
+    def alive_nodes(self) -> set[str]:
+        """The ids of the nodes the cluster counts alive (a node killed a moment ago may still be among them)."""
         script = "import ray, sys; ray.init(address=sys.argv[1], log_to_driver=False); "
-        script += "print(sum(1 for n in ray.nodes() if n['Alive']))"
+        script += "print(' '.join(n['NodeID'] for n in ray.nodes() if n['Alive']))"
         done = self.python(script)
-        return int(done.stdout.strip().splitlines()[-1]) if done.returncode == 0 else 0
+        if done.returncode != 0 or not done.stdout.strip():
+            return set()
+        return set(done.stdout.strip().splitlines()[-1].split())
 
     def python(self, script: str, timeout_s: float = 120) -> subprocess.CompletedProcess[str]:
         """Run ``script`` with the cluster's address as its first argument, in the cluster's environment."""
@@ -199,6 +202,19 @@ class LocalCluster:
         command += ["--out", str(self.temp / name), *flags]
         subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=120)
         return self.temp / name / "serve.yaml"
+
+    def serve_pool(self, pool: dict[str, Any], name: str, wait_s: float = 240, *flags: str) -> str:
+        """Render ``pool`` (its ``serve.http.port`` set), ``serve run`` it and wait until it answers; its URL. A
+        start that fails raises with the tail of ``serve run``'s output."""
+        port = pool["serve"]["http"]["port"]
+        log = self.temp / f"{name}-serve-run.log"
+        process = self.serve_run(self.render(pool, name, *flags), log)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_until(lambda: healthy(url), f"pool {name} answering through Serve's proxy", wait_s, process)
+        except RuntimeError as error:
+            raise RuntimeError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
+        return url
 
     def close(self) -> None:
         for process in self.serve_runs:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from bench.ray_cluster import LocalCluster, free_port, healthy, wait_until
+from bench.ray_cluster import LocalCluster, free_port, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -69,15 +69,7 @@ def pool(http: int) -> dict[str, object]:
 @pytest.fixture(scope="module")
 def served() -> Iterator[Served]:
     with LocalCluster(head_cpus=2) as cluster:
-        http = free_port()
-        log = cluster.temp / "serve-run.log"
-        serve_run = cluster.serve_run(cluster.render(pool(http), "autoscaled"), log)
-        url = f"http://127.0.0.1:{http}"
-        try:
-            wait_until(lambda: healthy(url), "the app answering through Serve's proxy", 240, serve_run)
-        except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
-        yield Served(cluster, url)
+        yield Served(cluster, cluster.serve_pool(pool(free_port()), "autoscaled"))
 
 
 def running(served: Served) -> dict[str, int]:

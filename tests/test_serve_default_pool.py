@@ -7,7 +7,7 @@ from __future__ import annotations
 import openai
 import pytest
 
-from bench.ray_cluster import LocalCluster, free_port, healthy, wait_until
+from bench.ray_cluster import LocalCluster, free_port
 from experts.config import load_pool
 
 pytestmark = [pytest.mark.cluster, pytest.mark.model]
@@ -15,16 +15,9 @@ pytestmark = [pytest.mark.cluster, pytest.mark.model]
 
 def test_the_default_pool_is_one_deployment_per_expert_behind_two_ingress_replicas() -> None:
     with LocalCluster(head_cpus=4) as cluster:  # 2 x 0.5 for the ingress, 5 x 0.25 for the experts
-        http = free_port()
         pool = load_pool("default").document()
-        pool["serve"] = {**(pool.get("serve") or {}), "num_replicas": 2, "http": {"port": http}}
-        log = cluster.temp / "serve-run.log"
-        serve_run = cluster.serve_run(cluster.render(pool, "default"), log)
-        url = f"http://127.0.0.1:{http}"
-        try:
-            wait_until(lambda: healthy(url), "the default pool answering through Serve's proxy", 600, serve_run)
-        except RuntimeError as error:
-            raise RuntimeError(f"{error}\n{log.read_text(errors='replace')[-3000:]}") from None
+        pool["serve"] = {**(pool.get("serve") or {}), "num_replicas": 2, "http": {"port": free_port()}}
+        url = cluster.serve_pool(pool, "default", 600)
         experts = ("math", "coder", "writer", "generalist", "conductor")
         assert cluster.serve_status()["moesaic"] == {
             "MoesaicIngress": {"RUNNING": 2},

@@ -41,6 +41,7 @@ from experts.runtime._deployment_link import DeploymentLink
 from experts.runtime._deployments import actor_options, expert_serve_settings
 from experts.runtime._engines import SharedEngines
 from experts.runtime._guarded import GuardedExpert
+from experts.runtime._link import ExpertLink
 from experts.runtime._placement import ExpertPlacement
 from experts.types import Completion, GenerationRequest
 
@@ -111,25 +112,10 @@ class ExpertPool:
         self.engines = SharedEngines(self.spec)  # local experts on vLLM: one engine actor per model
         self.engines.start()
         for expert in self.spec.experts:
-            handle = ActorHandle(
-                expert.name,
-                self._creator(expert),
-                self._boot(expert.name),
-                self.start_timeout_s,
-                channel=self.spec.transport == "auto",
-            )
-            self._experts[expert.name] = GuardedExpert(
-                handle,
-                self.spec.resilience_for(expert.name),
-                expert.batching.max_batch_size,
-                clock=self.clock,
-                rng=self.rng,
-            )
-        reports = await asyncio.gather(*(guarded.handle.start() for guarded in self._experts.values()))
-        for name, report in zip(self._experts, reports):
-            if not is_ready(report):
-                log.error("expert %s failed to start: %s", name, report.get("error"))
-        return self._table()
+            channel = self.spec.transport == "auto"
+            boot = self._boot(expert.name)
+            self._guard(expert, ActorHandle(expert.name, self._creator(expert), boot, self.start_timeout_s, channel))
+        return await self._started("failed to start")
 
     async def _start_deployments(self, deployments: dict[str, Any]) -> dict[str, HealthReport]:
         """Wait for every expert's deployment to have a ready replica (Serve starts them); the health table."""
@@ -137,18 +123,23 @@ class ExpertPool:
             scaling = expert_serve_settings(expert, self.spec).autoscaling_config
             to_zero = scaling is not None and scaling.min_replicas == 0
             link = DeploymentLink(expert.name, deployments[expert.name], self.start_timeout_s, scales_to_zero=to_zero)
-            self._experts[expert.name] = GuardedExpert(
-                link,
-                self.spec.resilience_for(expert.name),
-                expert.batching.max_batch_size,
-                clock=self.clock,
-                rng=self.rng,
-            )
+            self._guard(expert, link)
+        table = await self._started("has no ready deployment replica")
+        self._watch = asyncio.get_running_loop().create_task(self._watch_deployments())
+        return table
+
+    def _guard(self, expert: ExpertSpec, link: ExpertLink) -> None:
+        """The expert's calls go through ``link`` under its timeouts, retries and breaker."""
+        resilience = self.spec.resilience_for(expert.name)
+        batch = expert.batching.max_batch_size
+        self._experts[expert.name] = GuardedExpert(link, resilience, batch, clock=self.clock, rng=self.rng)
+
+    async def _started(self, failure: str) -> dict[str, HealthReport]:
+        """Start (or wait for) every expert's link at once; log the ones that are not ready; the health table."""
         reports = await asyncio.gather(*(guarded.handle.start() for guarded in self._experts.values()))
         for name, report in zip(self._experts, reports):
             if not is_ready(report):
-                log.error("expert %s: its deployment is not ready: %s", name, report.get("error"))
-        self._watch = asyncio.get_running_loop().create_task(self._watch_deployments())
+                log.error("expert %s %s: %s", name, failure, report.get("error"))
         return self._table()
 
     async def _watch_deployments(self) -> None:
