@@ -265,7 +265,7 @@ def test_a_forced_tool_call_is_well_formed_and_names_an_offered_function(vllm_se
     )
     assert auto.choices[0].finish_reason in ("stop", "length") and not auto.choices[0].message.tool_calls
     assert auto.choices[0].message.content
-    routed = client.chat.completions.create(  # the pipeline returns the best-ranked expert's call
+    routed = client.chat.completions.create(  # the pipeline votes over both experts' calls
         model="moesaic",
         messages=messages,
         tools=TOOLS,

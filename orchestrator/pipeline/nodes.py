@@ -61,7 +61,7 @@ from orchestrator.pipeline.steps import (
     wants_json,
     with_measured_aggregator,
 )
-from orchestrator.pipeline.tool_calls import tool_call_verdict, tool_caller
+from orchestrator.pipeline.tool_calls import call_vote, tool_call_verdict
 from router import KeywordExtractor, Router, RoutingDecision, SkillEstimate
 
 
@@ -276,10 +276,12 @@ class PipelineNodes:
             failures = "; ".join(f"{a.expert}: {a.error}" for a in by_name.values())
             codes = [answer.error_code for answer in by_name.values()]
             raise AllExpertsFailed(f"every recruited expert failed ({failures})", codes)
-        caller = tool_caller(usable)
+        called = call_vote(decision, usable)  # experts asked for tools: call or answer, and which calls
+        if called is not None and not called.call_wins:
+            usable = [answer for answer in usable if not answer.tool_calls]  # answering won: the texts are aggregated
         chars = aggregation_chars(request.messages, usable)  # large answers: extracted in a worker thread
-        if caller is not None:  # an expert asked for tools: its calls go back to the caller, no vote over them
-            plan: Verdict | ModelStep = tool_call_verdict(caller)
+        if called is not None and called.call_wins:  # the winning calls go back to the caller, never rewritten
+            plan: Verdict | ModelStep = tool_call_verdict(called, usable)
         else:
             plan = await off_loop(
                 chars, self.plan_aggregation, request.messages, decision, usable, request.strategy, request.consensus

@@ -3,10 +3,12 @@
 A request's ``tools``, ``tool_choice`` and ``response_format`` reach every recruited expert; only experts on a
 tool-capable backend (``ExpertSpec.supports``: ``litellm``) or engine (vLLM's: ``experts/vllm/tools.py``) pass
 tools to their model, the others answer in text;
-``response_format`` is followed by ``litellm`` experts and enforced by ``local`` ones. When a recruited expert
-answers with tool calls, there is nothing to vote on or synthesise: the best-ranked such expert's calls go back
-to the caller as the answer (``finish_reason: tool_calls``), and the caller runs the tools and asks again with
-their results, as with any OpenAI model.
+``response_format`` is followed by ``litellm`` experts and enforced by ``local`` ones. When recruited experts
+answer with tool calls, the pool votes (``aggregator``'s ``vote_on_calls``): first whether to call or to answer in
+text, weighted by each expert's competence, then, if calling won, on the calls themselves, made canonical so that
+calls differing only in form count as one. The winning calls go back to the caller as the answer
+(``finish_reason: tool_calls``), and the caller runs the tools and asks again with their results, as with any
+OpenAI model; if answering won, the text answers are aggregated as usual, the calls left out.
 """
 
 from __future__ import annotations
@@ -14,26 +16,36 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from aggregator import Verdict
+from aggregator import Ballot, CallVote, Verdict, vote_on_calls
 from orchestrator.pipeline.state import ExpertAnswer
+from router import RoutingDecision
 
 TOOL_CALLS_STRATEGY = "tool_calls"
+UNKNOWN_COMPETENCE = 0.5
 
 
-def tool_caller(usable: list[ExpertAnswer]) -> ExpertAnswer | None:
-    """The best-ranked answer that asks for tools (``usable`` is in the decision's order), if any."""
-    return next((answer for answer in usable if answer.tool_calls), None)
+def call_vote(decision: RoutingDecision, usable: list[ExpertAnswer]) -> CallVote | None:
+    """The vote over the usable answers' calls (``usable`` in the decision's order); None when nobody called."""
+    ballots = [Ballot(a.expert, decision.competence.get(a.expert, UNKNOWN_COMPETENCE), a.tool_calls) for a in usable]
+    return vote_on_calls(ballots)
 
 
-def tool_call_verdict(answer: ExpertAnswer) -> Verdict:
-    """The answer's tool calls, returned to the caller as they are."""
+def tool_call_verdict(vote: CallVote, usable: list[ExpertAnswer]) -> Verdict:
+    """The winning calls, returned to the caller as their expert made them (its text, if any, with them)."""
+    answer = next(a for a in usable if a.expert == vote.expert)
+    agreeing = round(vote.agreement * len(vote.callers))
+    weights = f"call {vote.call_or_answer.get('call', 0.0):.2f}, answer {vote.call_or_answer.get('answer', 0.0):.2f}"
     return Verdict(
         text=answer.text,
         finish_reason="tool_calls",
         strategy=TOOL_CALLS_STRATEGY,
         expert=answer.expert,
+        shortcut=len(vote.callers) > 1 and vote.agreement == 1.0,
+        votes=vote.totals,
+        agreement=vote.agreement,
         tool_calls=answer.tool_calls,
-        note=f"expert {answer.expert!r} asked to call tools; its calls are returned without aggregation",
+        note=f"{len(vote.callers)} of {len(usable)} experts called tools; {agreeing} made the winning calls "
+        f"(weights: {weights})",
     )
 
 
