@@ -61,3 +61,27 @@ def test_the_pipeline_returns_the_winning_calls_with_the_vote() -> None:
     assert verdict.expert == "a" and verdict.tool_calls == usable[0].tool_calls
     assert verdict.agreement == 1.0 and verdict.shortcut  # both callers made the same call
     assert verdict.note is not None and "2 of 3 experts called tools" in verdict.note
+
+
+def test_an_escalation_goes_on_when_the_first_stage_disagrees_on_its_calls() -> None:
+    from aggregator import AggregationSettings, Aggregator, Candidate
+    from experts.types import Message
+    from orchestrator.pipeline.escalation import review_first_stage
+    from router import Escalation
+
+    staged = decision("a", "b", competence={"a": 0.9, "b": 0.9}).model_copy(
+        update={"escalation": Escalation(then=["c"], threshold=0.5)}
+    )
+    aggregator = Aggregator(AggregationSettings(strategy="vote"), None)
+    messages = [Message("user", "add one")]
+    answered = [Candidate("a", "", 0.9), Candidate("b", "", 0.9)]
+    same = {"a": (call("add", '{"x": 1}'),), "b": (call("add", '{"x": 1.0}'),)}
+    settled = review_first_stage(aggregator, messages, staged, answered, same)
+    assert settled.escalation is not None and settled.escalation.escalated is False
+    assert "agreed on the calls" in settled.escalation.reason
+    differ = {"a": (call("add", '{"x": 1}'),), "b": (call("add", '{"x": 2}'),)}
+    escalated = review_first_stage(aggregator, messages, staged, answered, differ)
+    assert escalated.escalation is not None and escalated.escalation.escalated is True
+    assert "did not agree on its tool calls" in escalated.escalation.reason and escalated.experts == ["a", "b", "c"]
+    one_answers = review_first_stage(aggregator, messages, staged, answered, {"a": differ["a"]})
+    assert one_answers.escalation is not None and one_answers.escalation.escalated is True  # call against text

@@ -202,9 +202,11 @@ class PipelineNodes:
         """Decide whether the first stage settles the answer or the second stage is asked (``escalation``)."""
         started = time.perf_counter()
         request, decision = state["request"], state["decision"]
-        answered = candidates(decision, [a for a in state.get("answers", []) if a.error is None])
+        usable = [a for a in state.get("answers", []) if a.error is None]
+        answered, calls = candidates(decision, usable), {a.expert: a.tool_calls for a in usable}
         chars = aggregation_chars(request.messages, answered)  # large answers: extracted in a worker thread
-        decision = await off_loop(chars, review_first_stage, self.aggregator, request.messages, decision, answered)
+        review = (self.aggregator, request.messages, decision, answered, calls)
+        decision = await off_loop(chars, review_first_stage, *review)
         if request.stream:
             if decision.escalation is not None:
                 emit(EscalationEvent(decision.escalation))
