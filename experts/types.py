@@ -89,6 +89,7 @@ class GenerationRequest:
     tools: list[dict[str, Any]] | None = None
     tool_choice: str | dict[str, Any] | None = None
     response_format: dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None  # False: at most one call per answer; None: the model's default
     # token log-probabilities: the sampled token's and this many alternatives' (0-20); None: not asked. Only
     # experts on vLLM's engine answer them (``ExpertPool.honours``); the HTTP edge refuses the others
     logprobs: int | None = None

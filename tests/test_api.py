@@ -72,8 +72,9 @@ def test_model_cards_carry_context_window_capabilities_and_price(openai_client: 
     cards = {model.id: model.model_extra for model in openai_client.models.list()}
     math = cards["expert/math"]
     assert math["context_window"] == 2048  # the continuous engine's slot: min(the model's 8192, 2048)
+    # tools: a forced call held by our engine's grammar (experts/engine/tool_calls.py)
     assert math["capabilities"] == {
-        "streaming": True, "tools": False, "response_format": True, "logprobs": False, "n": True
+        "streaming": True, "tools": True, "response_format": True, "logprobs": False, "n": True
     }  # fmt: skip
     assert math["pricing"]["source"] == "self_hosted"
     assert math["engine"] == "continuous"  # engine auto: ours on a CPU without native bf16 (engine_choice.py)

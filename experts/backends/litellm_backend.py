@@ -133,6 +133,8 @@ class LiteLLMBackend(Backend):
         for passed in ("tools", "tool_choice", "response_format"):
             if getattr(request, passed) is not None:
                 arguments[passed] = getattr(request, passed)
+        if request.tools and request.parallel_tool_calls is not None:
+            arguments["parallel_tool_calls"] = request.parallel_tool_calls
         if stream:
             arguments["stream_options"] = {"include_usage": True}
         # the pool retries (resilience.retry): LiteLLM's router and the provider SDK's own retries would stack

@@ -34,10 +34,12 @@ from __future__ import annotations
 import asyncio
 import os
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from experts.backends.base import Backend, DeltaSink
 from experts.config import ExpertSpec
+from experts.engine.tool_calls import calls_from_text, forced_call_schema
 from experts.errors import BackendError, ErrorCode
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
@@ -181,15 +183,20 @@ class LocalBackend(Backend):
         if self._decoder is None:
             raise BackendError(f"expert {self.spec.name!r} was asked to generate before its model loaded")
         loop = asyncio.get_running_loop()
+        forced = [forced_call_schema(r.tools, r.tool_choice, r.parallel_tool_calls) is not None for r in batch]
         sink = None
         if on_delta is not None:
-            # Deltas come from the decoding thread; hand them to the event loop that owns the sink.
+            # Deltas come from the decoding thread; hand them to the event loop that owns the sink. A forced call's
+            # JSON is not streamed as text: it comes whole, as the answer's calls.
             def sink(index: int, text: str) -> None:
-                loop.call_soon_threadsafe(on_delta, TextDelta(index, text))
+                if not forced[index]:
+                    loop.call_soon_threadsafe(on_delta, TextDelta(index, text))
 
         if self._continuous is not None:
-            return await self._generate_continuous(batch, sink)
-        return await asyncio.to_thread(self._generate_blocking, batch, sink)
+            completions = await self._generate_continuous(batch, sink)
+        else:
+            completions = await asyncio.to_thread(self._generate_blocking, batch, sink)
+        return [_as_calls(c) if is_forced else c for c, is_forced in zip(completions, forced)]
 
     async def _generate_continuous(self, batch: list[GenerationRequest], sink: TextSinkFn | None) -> list[Completion]:
         """Submit every request to the running decode loop and wait for all of them."""
@@ -233,12 +240,16 @@ class LocalBackend(Backend):
         from experts.engine.grammar import GrammarError
 
         rows, grammar = self._decoder.rows, None
+        call = forced_call_schema(request.tools, request.tool_choice, request.parallel_tool_calls)
+        held = {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": call}} if call else None
         try:
-            output_format = rows.output_format(request.response_format)  # checked against the schema limits
+            # a forced tool call, else the response_format, as a grammar; checked against the schema limits
+            output_format = rows.output_format(held or request.response_format)
             if output_format is not None:
                 grammar = rows.grammars.compile(output_format)  # cached per schema; the request's row takes it
         except GrammarError as error:
-            return Completion.failed(str(error), self.spec.model, code=ErrorCode.INVALID_RESPONSE_FORMAT)
+            code = ErrorCode.INVALID_TOOLS if call else ErrorCode.INVALID_RESPONSE_FORMAT
+            return Completion.failed(str(error), self.spec.model, code=code)
         ids, params = self._tokenise(request), self._params(request, output_format, grammar)
         return self._context_error(ids, params.max_tokens, window) or (ids, params)
 
@@ -307,6 +318,14 @@ class LocalBackend(Backend):
         messages = as_text_turns(request.messages)  # no tool calling here: a tool exchange is kept as text
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _as_calls(completion: Completion) -> Completion:
+    """A forced call's answer as OpenAI's calls (the grammar held its text to the call's JSON)."""
+    calls = calls_from_text(completion.text) if completion.error is None else ()
+    if not calls:
+        return completion  # failed, or cut short by max_tokens: the text stands, with its finish_reason
+    return replace(completion, text="", finish_reason="tool_calls", tool_calls=calls)
 
 
 def _free_cuda_cache() -> None:

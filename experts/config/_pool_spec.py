@@ -175,8 +175,9 @@ class ExpertSpec(_Strict):
     def supports_tools(self) -> bool:
         """Whether the request's tools and tool_choice reach this expert's model.
 
-        Only the ``litellm`` backend passes them on; local models answer in text (a conversation's
-        tool exchanges reach them written out as text, see ``experts.types.as_text_turns``).
+        The ``litellm`` backend passes them on; ``local`` and ``moe`` hold a forced call (``tool_choice``
+        ``required`` or a named function) to the call's JSON with their grammar and otherwise answer in text (a
+        conversation's tool exchanges reach them written out, see ``experts.types.as_text_turns``).
         """
         return self.backend in TOOL_BACKENDS
 
@@ -258,7 +259,7 @@ class ResidencySpec(_Strict):
 
 
 # backends that pass OpenAI tools and tool_choice to their model
-TOOL_BACKENDS = ("litellm",)
+TOOL_BACKENDS = ("litellm", "local", "moe")  # local, moe: a forced call held by the grammar; auto: text
 # backends whose answers follow a response_format: passed on (litellm), or grammar-constrained decoding on our
 # engines (local, and moe, which decodes with the same engine)
 FORMAT_BACKENDS = ("litellm", "local", "moe")

@@ -79,5 +79,6 @@ def generation_of(body: ChatCompletionRequest) -> GenerationRequest:
         moe_routing=body.moesaic.moe_routing.to_options() if body.moesaic and body.moesaic.moe_routing else None,
         request_id=current_request_id() or "",  # into every expert call and the actors' logs
         logprobs=body.logprobs_asked,
+        parallel_tool_calls=body.parallel_tool_calls,
         **body.passthrough(),  # tools, tool_choice, response_format: for the experts that can use them
     )

@@ -149,7 +149,6 @@ OPENAI_IGNORED_FIELDS = (
     "logit_bias",
     "metadata",
     "modalities",
-    "parallel_tool_calls",
     "prediction",
     "presence_penalty",
     "prompt_cache_key",
@@ -200,6 +199,9 @@ class ChatCompletionRequest(BaseModel):
     # passed to the experts that can use them (litellm backend); see orchestrator/pipeline/tool_calls.py
     tools: Annotated[list[ToolIn], Field(max_length=128)] | None = None
     tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = Field(
+        None, description="false: at most one tool call per answer (forced calls on our engine, hosted models)"
+    )
     response_format: ResponseFormatIn | None = None
 
     @field_validator("tool_choice")

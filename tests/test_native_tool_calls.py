@@ -1,0 +1,92 @@
+"""Tool calls on our own engine: a forced call (``required`` or a named function) held by the grammar to the call's
+JSON, so even SmolLM2-135M returns a well-formed call of an offered function; ``auto`` and ``none`` answer in text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from experts.backends.local import LocalBackend
+from experts.config import load_pool
+from experts.engine.tool_calls import calls_from_text, forced_call_schema
+from experts.types import GenerationRequest, Message
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "parameters": {"type": "object", "properties": {"zone": {"type": "string"}}, "required": ["zone"]},
+        },
+    },
+]
+NAMED = {"type": "function", "function": {"name": "get_weather"}}
+
+
+def test_the_schema_of_a_forced_call() -> None:
+    named = forced_call_schema(TOOLS, NAMED)
+    assert named is not None and named["properties"]["name"] == {"const": "get_weather"}
+    assert named["properties"]["arguments"]["required"] == ["city"]
+    required = forced_call_schema(TOOLS, "required")
+    assert required is not None and (required["minItems"], required["maxItems"]) == (1, 2)  # one per offered function
+    offered = [option["properties"]["name"]["const"] for option in required["items"]["anyOf"]]
+    assert offered == ["get_weather", "get_time"]
+    assert forced_call_schema(TOOLS, "required", parallel=False)["maxItems"] == 1  # type: ignore[index]
+    for free in ("auto", "none", None):
+        assert forced_call_schema(TOOLS, free) is None
+    assert forced_call_schema(None, "required") is None
+
+
+def test_calls_are_read_from_the_held_text() -> None:
+    [one] = calls_from_text('{"name": "get_weather", "arguments": {"city": "Paris"}}')
+    assert one.name == "get_weather" and json.loads(one.arguments) == {"city": "Paris"} and one.id.startswith("call_")
+    two = calls_from_text(
+        '[{"name": "get_time", "arguments": {"zone": "CET"}}, {"name": "get_weather", "arguments": {}}]'
+    )
+    assert [call.name for call in two] == ["get_time", "get_weather"] and two[0].id != two[1].id
+    assert calls_from_text('{"name": "get_weather", "argu') == ()  # cut short by max_tokens: no call
+    assert calls_from_text('{"arguments": {}}') == ()
+
+
+@pytest.mark.model
+async def test_the_embedded_model_makes_well_formed_calls_when_forced() -> None:
+    spec = load_pool("default").expert("math")
+    backend = LocalBackend(spec.model_copy(update={"options": {**spec.options, "engine": "continuous"}}))
+    await backend.load()
+    try:
+        question = [Message("user", "What is the weather in Paris, and what time is it in Tokyo?")]
+
+        def ask(tool_choice: object, parallel: bool | None = None) -> GenerationRequest:
+            return GenerationRequest(
+                question,
+                max_tokens=80,
+                temperature=0.0,
+                tools=TOOLS,
+                tool_choice=tool_choice,
+                parallel_tool_calls=parallel,
+            )
+
+        named, required, single, auto = await backend.generate(
+            [ask(NAMED), ask("required"), ask("required", parallel=False), ask("auto")]
+        )
+    finally:
+        await backend.unload()
+    assert named.finish_reason == "tool_calls" and named.text == ""
+    assert [call.name for call in named.tool_calls] == ["get_weather"]
+    assert set(json.loads(named.tool_calls[0].arguments)) == {"city"}
+    for forced in (required, single):
+        assert forced.finish_reason == "tool_calls" and forced.tool_calls
+        for call in forced.tool_calls:
+            wanted = {"get_weather": {"city"}, "get_time": {"zone"}}[call.name]  # offered functions only
+            assert set(json.loads(call.arguments)) == wanted
+    assert len(single.tool_calls) == 1  # parallel_tool_calls: false
+    assert not auto.tool_calls and auto.text  # no parser on our engine: auto answers in text
