@@ -4,6 +4,7 @@ JSON, so even SmolLM2-135M returns a well-formed call of an offered function; ``
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -90,3 +91,30 @@ async def test_the_embedded_model_makes_well_formed_calls_when_forced() -> None:
             assert set(json.loads(call.arguments)) == wanted
     assert len(single.tool_calls) == 1  # parallel_tool_calls: false
     assert not auto.tool_calls and auto.text  # no parser on our engine: auto answers in text
+
+
+@pytest.mark.model
+@pytest.mark.ray
+def test_the_pool_votes_over_three_experts_forced_calls(openai_client: Any) -> None:
+    """Three experts of the embedded pool forced to call: the answer is the vote's calls, every expert's in the
+    metadata (on our engine or vLLM's, whichever the pool's experts run on: both hold a forced call to its JSON)."""
+    reply = openai_client.chat.completions.create(
+        model="moesaic",
+        messages=[{"role": "user", "content": "What is the weather in Paris?"}],
+        tools=TOOLS,
+        tool_choice=NAMED,
+        max_tokens=40,
+        temperature=0,
+        extra_body={"moesaic": {"experts": ["math", "coder", "writer"]}},
+    )
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls" and [call.function.name for call in choice.message.tool_calls] == [
+        "get_weather"
+    ]
+    metadata = reply.model_extra["moesaic"]
+    assert metadata["strategy"] == "tool_calls"
+    called = [answer for answer in metadata["answers"] if answer["tool_calls"]]
+    assert len(called) == 3 and all(answer["tool_calls"][0]["name"] == "get_weather" for answer in called)
+    votes = metadata["aggregation"]["votes"]
+    assert votes and metadata["aggregation"]["chosen_expert"] in {"math", "coder", "writer"}
+    assert 0 < metadata["aggregation"]["agreement"] <= 1
