@@ -203,12 +203,22 @@ class LocalCluster:
         subprocess.run(command, env=self.env, check=True, capture_output=True, timeout=120)
         return self.temp / name / "serve.yaml"
 
-    def serve_pool(self, pool: dict[str, Any], name: str, wait_s: float = 240, *flags: str) -> str:
+    def serve_pool(self, pool: dict[str, Any], name: str, wait_s: float = 240, head_proxy_only: bool = False) -> str:
         """Render ``pool`` (its ``serve.http.port`` set), ``serve run`` it and wait until it answers; its URL. A
-        start that fails raises with the tail of ``serve run``'s output."""
+        start that fails raises with the tail of ``serve run``'s output.
+
+        ``head_proxy_only``: Serve's HTTP proxy on the head alone. The rendered config puts one on every node, as a
+        cluster of machines wants; nodes sharing this machine then share the port, and a client's connection may
+        land on the proxy of a node that a test stops."""
+        import yaml
+
         port = pool["serve"]["http"]["port"]
         log = self.temp / f"{name}-serve-run.log"
-        process = self.serve_run(self.render(pool, name, *flags), log)
+        config = self.render(pool, name)
+        if head_proxy_only:
+            rendered = yaml.safe_load(config.read_text(encoding="utf-8"))
+            config.write_text(yaml.safe_dump({**rendered, "proxy_location": "HeadOnly"}), encoding="utf-8")
+        process = self.serve_run(config, log)
         url = f"http://127.0.0.1:{port}"
         try:
             wait_until(lambda: healthy(url), f"pool {name} answering through Serve's proxy", wait_s, process)
