@@ -186,8 +186,15 @@ class LocalCluster:
         return process
 
     def render(self, pool: dict[str, Any], name: str, *flags: str) -> Path:
-        """``moesaic deploy render`` of ``pool`` into the cluster's temporary directory; the Serve config's path."""
+        """``moesaic deploy render`` of ``pool`` into the cluster's temporary directory; the Serve config's path.
+        The nodes are this machine: its engine environment, where there is one, runs the experts on vLLM."""
         import yaml
+
+        from experts.config import find_engine_environment
+
+        engine_python = find_engine_environment().python
+        if engine_python and "--engine-python" not in flags:
+            flags = (*flags, "--engine-python", engine_python)
 
         (self.temp / f"{name}.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
         command = [

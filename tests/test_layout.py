@@ -30,6 +30,7 @@ DRIVER_SIDE = ("experts.runtime",)
 ACTOR_SIDE_DOORS = {
     "experts.actor.expert_actor": ("experts.runtime._pool",),
     "experts.actor.replica": ("experts.runtime._deployments",),  # the expert's Serve replica class, to deploy it
+    "experts.actor.engine_group_replica": ("experts.runtime._deployments",),  # an engine group's, likewise
     "experts.vllm.engine_actor": ("experts.runtime._engines",),  # the shared engine's actor class, to start it
     "experts.moe": None,  # its surface: per-request MoE routing options and the layer's spec, plain data
     "experts.moe.options": None,

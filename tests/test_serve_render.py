@@ -16,8 +16,9 @@ import pytest
 import yaml
 from ray.serve.schema import ServeDeploySchema
 
+from experts.config import EngineEnvironment
 from experts.config._pool_spec import PoolFileError, load_pool, parse_pool
-from experts.runtime import deployment_options
+from experts.runtime import deployment_options, deployment_plan
 from experts.runtime._placement import bundles_for
 from orchestrator.cli.deploy import ray_service, render, render_files, serve_config
 from orchestrator.frameworks.serve_app import INGRESS_NAME, build
@@ -136,10 +137,59 @@ def test_the_experts_layout_refuses_what_it_cannot_run() -> None:
     residency = {"residency": {"budget_gb": 1}, "experts": [{"name": "a", "backend": "echo", "model": "echo"}]}
     with pytest.raises(ValueError, match="residency section needs the experts' actors"):
         build({"pool_spec": pool(**residency)})
-    vllm = [{"name": "v", "backend": "local", "model": "embedded:smollm2-135m", "options": {"engine": "vllm"}}]
-    with pytest.raises(ValueError, match=r"expert\(s\) v ask for options.engine: vllm"):
-        build({"pool_spec": pool(experts=vllm)})
-    assert build({"pool_spec": pool(experts=vllm, serve={"layout": "pool"})}) is not None  # the pool layout runs it
+    personas = [_persona("a"), _persona("b", serve={"num_replicas": 2})]
+    with pytest.raises(ValueError, match=r"experts a, b share one vLLM engine .* b ask\(s\) for other serve settings"):
+        deployment_plan(parse_pool(pool(experts=personas), "p.yaml"), ENGINE, frozenset())
+
+
+ENGINE = EngineEnvironment("/opt/engine/bin/python", "a test's engine environment")
+
+
+def _persona(name: str, **entry: Any) -> dict[str, Any]:
+    """A local expert on vLLM: personas of one model with the same resources share one engine."""
+    resources = {"num_cpus": 2, "memory_gb": 4}
+    return {
+        "name": name,
+        "backend": "local",
+        "model": "/models/m",
+        "options": {"engine": "vllm"},
+        "resources": resources,
+        **entry,
+    }
+
+
+def test_experts_on_one_vllm_engine_are_one_deployment_sized_once() -> None:
+    experts = [_persona("a"), _persona("b"), _persona("c"), {"name": "e", "backend": "echo", "model": "echo"}]
+    spec = parse_pool(pool(experts=experts, serve={"experts": {"autoscaling_config": {"max_replicas": 3}}}), "p.yaml")
+    units = deployment_plan(spec, ENGINE, frozenset())
+    assert [(unit.name, [m.name for m in unit.members]) for unit in units] == [
+        ("engine-m", ["a", "b", "c"]),
+        ("expert-e", ["e"]),
+    ]
+    group = units[0]
+    assert group.options["ray_actor_options"] == {"num_cpus": 0}  # the replica asks for nothing: its engine does
+    assert group.options["placement_group_bundles"] == [{"CPU": 2.0, "memory": float(4 * 1024**3)}]
+    assert group.options["max_ongoing_requests"] == 3 * 4 * 8  # each persona's calls per replica (batch 8)
+    assert group.engine_options is not None and group.engine_options["num_cpus"] == 2
+    assert group.engine_options["runtime_env"]["py_executable"] == "/opt/engine/bin/python"
+    # rendered with the image's engine environment: the same deployments, the pods told where vLLM is
+    config = serve_config(spec, "p.yaml", host="0.0.0.0", engine_python=ENGINE.python)
+    ServeDeploySchema.model_validate(config)
+    names = [d["name"] for d in config["applications"][0]["deployments"]]
+    assert names == [INGRESS_NAME, "engine-m", "expert-e"]
+    manifest = ray_service(spec, config, "img", "keys", engine_python=ENGINE.python)
+    [cpu] = manifest["spec"]["rayClusterConfig"]["workerGroupSpecs"]
+    [worker] = cpu["template"]["spec"]["containers"]
+    assert worker["resources"]["limits"]["cpu"] == "3"  # the ingress's 0.5, the engine's 2 once, echo's 0.25
+    assert {"name": "MOESAIC_VLLM_PYTHON", "value": "/opt/engine/bin/python"} in worker["env"]
+    # rendered for an image without vLLM (the default): each persona is a deployment of its own, as the cluster runs it
+    plain = serve_config(spec, "p.yaml")
+    assert [d["name"] for d in plain["applications"][0]["deployments"]][1:] == [
+        "expert-a",
+        "expert-b",
+        "expert-c",
+        "expert-e",
+    ]
 
 
 def _secret_ref(secret: str, key: str) -> dict[str, Any]:
@@ -263,15 +313,24 @@ def test_placement_bundles_only_for_multi_gpu_experts() -> None:
 
 
 def test_build_applies_the_serve_section() -> None:
-    app = build({"pool_spec": load_pool("default").document() | {"serve": {"num_replicas": 3}}})
+    document = load_pool("default").document() | {"serve": {"num_replicas": 3}}
+    app = build({"pool_spec": document, "engine_python": "none"})
     deployment = app._bound_deployment  # the ingress
     assert deployment.name == INGRESS_NAME
     assert deployment.num_replicas == 3
     assert deployment.ray_actor_options["num_cpus"] == 0.5
     experts = deployment.init_args[4]  # layout experts: a bound deployment per expert, one replica each
     assert sorted(experts) == ["coder", "conductor", "generalist", "math", "writer"]
-    assert {app._bound_deployment.name for app in experts.values()} == {f"expert-{name}" for name in experts}
-    assert all(app._bound_deployment.num_replicas == 1 for app in experts.values())
+    deployed = {name: route.deployment._bound_deployment for name, route in experts.items()}
+    assert {d.name for d in deployed.values()} == {f"expert-{name}" for name in experts}
+    assert all(d.num_replicas == 1 for d in deployed.values())
+    assert all(route.persona is None for route in experts.values())
+    # with an engine environment on the nodes, the five personas are one engine group: one deployment, each persona
+    # reached by name in it
+    experts = build({"pool_spec": document, "engine_python": "/opt/engine/bin/python"})._bound_deployment.init_args[4]
+    [group] = {route.deployment._bound_deployment.name for route in experts.values()}
+    assert group == "engine-smollm2-135m-instruct"
+    assert {name: route.persona for name, route in experts.items()} == {name: name for name in experts}
 
 
 @pytest.mark.parametrize(

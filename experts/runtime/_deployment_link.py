@@ -9,6 +9,8 @@ expert and everything above them are the same whichever stands behind an expert.
 * A replica batches whatever every ingress replica sends it: batching stays at the expert.
 * Health is asked of every replica (``broadcast``): the expert is ready while one of them is, and the report lists
   the replicas (``/v1/pool`` shows them).
+* A deployment that serves several experts (an engine group: personas of one vLLM engine) takes the expert's name
+  (``persona``) before every call's arguments.
 
 Runs in: the driver (the Serve ingress replica).
 """
@@ -34,10 +36,19 @@ START_POLL_S = 0.5  # how often start() asks a deployment that has no replica ye
 class DeploymentLink:
     """The Serve deployment of one expert: its last health report (over every replica) and the calls to it."""
 
-    def __init__(self, name: str, handle: Any, start_timeout_s: float, scales_to_zero: bool = False) -> None:
+    def __init__(
+        self,
+        name: str,
+        handle: Any,
+        start_timeout_s: float,
+        scales_to_zero: bool = False,
+        persona: str | None = None,
+    ) -> None:
         """``scales_to_zero``: its autoscaling allows no replica (``min_replicas: 0``): routable without one, the
-        first call then waits for Serve to start a replica (a cold start, inside the call's timeout)."""
+        first call then waits for Serve to start a replica (a cold start, inside the call's timeout). ``persona``:
+        the expert's name in a deployment that serves several (an engine group), None for its own deployment."""
         self.name = name
+        self.persona = persona
         self.handle = handle  # ray.serve.handle.DeploymentHandle of the expert's deployment
         self.start_timeout_s = start_timeout_s
         self.scales_to_zero = scales_to_zero
@@ -85,7 +96,7 @@ class DeploymentLink:
     # -- one try ---------------------------------------------------------------------------
     async def call(self, method: str, *args: Any, timeout_s: float | None = None) -> Any:
         """``replica.<method>(*args)`` on the replica Serve picks, within ``timeout_s``."""
-        response = self.handle.options(method_name=method).remote(*args)
+        response = self.handle.options(method_name=method).remote(*self._addressed(args))
         try:
             async with asyncio.timeout(timeout_s):
                 return await response
@@ -100,7 +111,7 @@ class DeploymentLink:
 
     async def stream(self, request: GenerationRequest, timeout_s: float | None) -> AsyncIterator[str | Completion]:
         """The replica's stream, each item (the first piece, each next one) within ``timeout_s``."""
-        generator = self.handle.options(method_name="stream", stream=True).remote(request)
+        generator = self.handle.options(method_name="stream", stream=True).remote(*self._addressed((request,)))
         finished = False
         try:
             while True:
@@ -126,7 +137,9 @@ class DeploymentLink:
         """Every replica's health: ready while one is; the replicas listed under ``replicas``."""
         try:
             async with asyncio.timeout(timeout_s):
-                answers = await self.handle.broadcast("health").results_async(return_exceptions=True)
+                answers = await self.handle.broadcast("health", *self._addressed(())).results_async(
+                    return_exceptions=True
+                )
         except TimeoutError:
             return {**self.report, "probe": "slow"}
         except Exception as error:  # no replica to ask (Serve: DeploymentUnavailableError), or none reachable
@@ -157,6 +170,10 @@ class DeploymentLink:
                 chosen[counter] = sum(values)  # type: ignore[arg-type]
         self.report = chosen  # type: ignore[assignment]
         return self.report
+
+    def _addressed(self, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A call's arguments, after the expert's name where the deployment serves several."""
+        return args if self.persona is None else (self.persona, *args)
 
     # -- errors ----------------------------------------------------------------------------
     def _timed_out(self, timeout_s: float | None, what: str = "an answer") -> ExpertCallFailed:

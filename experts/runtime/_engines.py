@@ -63,6 +63,7 @@ class EngineGroup:
     num_gpus: float
     memory_gb: float | None
     threads: int
+    custom: tuple[tuple[str, float], ...] = ()  # custom resources (a node's label): where the engine runs
 
 
 def engine_settings(
@@ -88,6 +89,35 @@ def engine_settings(
         tool_parser=str(options["tool_parser"]) if options.get("tool_parser") else None,
         kv_cache_pinned=cuda and (residency_managed or "kv_cache_gb" in options),
     )
+
+
+def engine_actor_options(group: EngineGroup, environment: EngineEnvironment) -> dict[str, Any]:
+    """``ray.remote(VllmEngineActor).options`` of a group's engine actor, less its name and namespace: the group's
+    resources, and the engine environment (its Python, with this checkout importable there, and vLLM's settings)."""
+    env_vars = {
+        "PYTHONPATH": str(CODE_ROOT),  # our engine actor's module, in the engine environment
+        "OMP_NUM_THREADS": str(group.threads),
+        "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # Ray places the actor; threads as resources.torch_threads
+        "VLLM_CPU_KVCACHE_SPACE": str(int(group.settings.kv_cache_gb)),  # whole GiB (kv_cache_gb rounds up)
+        "HF_HUB_OFFLINE": "1",
+        "VLLM_NO_USAGE_STATS": "1",
+        "VLLM_LOGGING_LEVEL": "WARNING",  # its INFO lines would flood the serving process (Ray forwards them)
+    }
+    runtime_env: dict[str, Any] = {"env_vars": env_vars}
+    if environment.python is not None and not environment.same_python:
+        runtime_env["py_executable"] = environment.python
+    options: dict[str, Any] = {
+        "num_cpus": group.num_cpus,
+        "num_gpus": group.num_gpus,
+        "max_concurrency": 1000,  # an async actor: every persona's requests at once
+        "max_restarts": ENGINE_RESTARTS,
+        "runtime_env": runtime_env,
+    }
+    if group.memory_gb:
+        options["memory"] = int(group.memory_gb * 1024**3)
+    if group.custom:
+        options["resources"] = dict(group.custom)
+    return options
 
 
 class SharedEngines:
@@ -147,6 +177,7 @@ class SharedEngines:
                     num_gpus=first.resources.num_gpus,
                     memory_gb=first.resources.memory_gb,
                     threads=first.resources.torch_threads,
+                    custom=tuple(sorted(first.resources.custom.items())),
                 )
             )
         return groups
@@ -163,17 +194,7 @@ class SharedEngines:
                 log.info("expert %s runs on engine %s: %s", expert.name, choice.engine.value, choice.reason)
         remote = ray.remote(VllmEngineActor)
         for group in self.groups:
-            options: dict[str, Any] = {
-                "name": group.name,
-                "namespace": self.namespace,
-                "num_cpus": group.num_cpus,
-                "num_gpus": group.num_gpus,
-                "max_concurrency": 1000,  # an async actor: every persona's requests at once
-                "max_restarts": ENGINE_RESTARTS,
-                "runtime_env": self._runtime_env(group),
-            }
-            if group.memory_gb:
-                options["memory"] = int(group.memory_gb * 1024**3)
+            options = {**engine_actor_options(group, self.environment), "name": group.name, "namespace": self.namespace}
             actor = self._actors[group.name] = remote.options(**options).remote(asdict(group.settings))
             directory = self._ready_directory(group)
             if directory is not None:  # the engine loads while the personas' actors start
@@ -195,21 +216,6 @@ class SharedEngines:
             return prepared_directory(resolve_model(group.model))
         except BackendError:  # a model that is not there: the personas' loads say so
             return None
-
-    def _runtime_env(self, group: EngineGroup) -> dict[str, Any]:
-        env_vars = {
-            "PYTHONPATH": str(CODE_ROOT),  # our engine actor's module, in the engine environment
-            "OMP_NUM_THREADS": str(group.threads),
-            "VLLM_CPU_OMP_THREADS_BIND": "nobind",  # Ray places the actor; threads as resources.torch_threads
-            "VLLM_CPU_KVCACHE_SPACE": str(int(group.settings.kv_cache_gb)),  # whole GiB (kv_cache_gb rounds up)
-            "HF_HUB_OFFLINE": "1",
-            "VLLM_NO_USAGE_STATS": "1",
-            "VLLM_LOGGING_LEVEL": "WARNING",  # its INFO lines would flood the serving process (Ray forwards them)
-        }
-        runtime_env: dict[str, Any] = {"env_vars": env_vars}
-        if self.environment.python is not None and not self.environment.same_python:
-            runtime_env["py_executable"] = self.environment.python
-        return runtime_env
 
     def persona_options(self, name: str, options: dict[str, Any]) -> dict[str, Any]:
         """A persona's actor options: when its model is in a shared engine, it asks the cluster for nothing."""

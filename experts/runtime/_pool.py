@@ -38,7 +38,7 @@ from experts.errors import ExpertCallFailed, ExpertUnavailable
 from experts.runtime._actor_handle import ActorHandle
 from experts.runtime._breaker import BreakerState
 from experts.runtime._deployment_link import DeploymentLink
-from experts.runtime._deployments import actor_options, expert_serve_settings
+from experts.runtime._deployments import ExpertRoute, actor_options, expert_serve_settings
 from experts.runtime._engines import SharedEngines
 from experts.runtime._guarded import GuardedExpert
 from experts.runtime._link import ExpertLink
@@ -63,10 +63,11 @@ class ExpertPool:
         start_timeout_s: float = 900.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
-        deployments: Mapping[str, Any] | None = None,
+        deployments: Mapping[str, ExpertRoute] | None = None,
     ) -> None:
-        """``deployments``: the experts' Serve deployment handles by expert name, when Serve runs the experts (the
-        pool then starts no actor and no Ray instance of its own)."""
+        """``deployments``: each expert's route to its Serve deployment (its handle, and its name there where the
+        deployment serves an engine group), when Serve runs the experts (the pool then starts no actor and no Ray
+        instance of its own)."""
         if deployments is not None:
             missing = sorted({expert.name for expert in spec.experts} - set(deployments))
             if missing:
@@ -117,12 +118,15 @@ class ExpertPool:
             self._guard(expert, ActorHandle(expert.name, self._creator(expert), boot, self.start_timeout_s, channel))
         return await self._started("failed to start")
 
-    async def _start_deployments(self, deployments: dict[str, Any]) -> dict[str, HealthReport]:
+    async def _start_deployments(self, deployments: dict[str, ExpertRoute]) -> dict[str, HealthReport]:
         """Wait for every expert's deployment to have a ready replica (Serve starts them); the health table."""
         for expert in self.spec.experts:
             scaling = expert_serve_settings(expert, self.spec).autoscaling_config
             to_zero = scaling is not None and scaling.min_replicas == 0
-            link = DeploymentLink(expert.name, deployments[expert.name], self.start_timeout_s, scales_to_zero=to_zero)
+            route = deployments[expert.name]
+            link = DeploymentLink(
+                expert.name, route.deployment, self.start_timeout_s, scales_to_zero=to_zero, persona=route.persona
+            )
             self._guard(expert, link)
         table = await self._started("has no ready deployment replica")
         self._watch = asyncio.get_running_loop().create_task(self._watch_deployments())

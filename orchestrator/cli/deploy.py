@@ -27,13 +27,23 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import typer
 import yaml
 
-from experts.config import AutoscalingSpec, ExpertSpec, PoolFileError, PoolSpec, load_pool, resolve_pool_path
+from experts.config import (
+    AutoscalingSpec,
+    EngineEnvironment,
+    PoolFileError,
+    PoolSpec,
+    load_pool,
+    resolve_pool_path,
+)
 from orchestrator.cli.options import pool_option
+
+if TYPE_CHECKING:
+    from experts.runtime import DeploymentUnit
 
 app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the KubeRay RayService.")
 
@@ -51,10 +61,24 @@ CLIENT_PORT = ("client", 10001)
 MIN_KUBERAY = "1.6.0"  # authOptions.secretName: the operator reads the token from our Secret
 RAY_TOKEN_KEY = "auth_token"  # the Secret key KubeRay's authOptions.secretName reads (fixed by KubeRay)
 REDIS_URL_ENV = "MOESAIC_REDIS_URL"  # where the render moves an inline redis.url
+ENGINE_PYTHON_ENV = "MOESAIC_VLLM_PYTHON"  # where the pods find the engine environment (--engine-python)
+
+
+def engine_environment(engine_python: str | None) -> EngineEnvironment:
+    """The engine environment the cluster's nodes have: ``--engine-python`` (the image's Python with vLLM, set as
+    ``MOESAIC_VLLM_PYTHON`` on the pods), else none (deploy/kuberay/Dockerfile's image has no vLLM): it decides
+    which experts share a vLLM engine, so the rendered deployments are the ones the cluster builds."""
+    if engine_python:
+        return EngineEnvironment(engine_python, "--engine-python")
+    return EngineEnvironment(None, "rendered without --engine-python: the image has no vLLM")
 
 
 def serve_config(
-    spec: PoolSpec, source: str, service: dict[str, Any] | None = None, host: str | None = None
+    spec: PoolSpec,
+    source: str,
+    service: dict[str, Any] | None = None,
+    host: str | None = None,
+    engine_python: str | None = None,
 ) -> dict[str, Any]:
     """Ray Serve's config for the pool: one application, its ingress deployment set from ``spec.serve`` and (layout
     experts) each expert's deployment with its replicas or autoscaling, where an operator can change them. The
@@ -63,10 +87,13 @@ def serve_config(
 
     ``host`` overrides the pool's ``serve.http.host`` (the KubeRay manifest listens on 0.0.0.0). ``service`` (the
     service config as read from its file) is embedded without its secrets: see ``service_without_secrets``.
+    ``engine_python``: see ``engine_environment`` (experts sharing a vLLM engine are one deployment).
     """
     http = spec.serve.http
     host = host or http.host
     args: dict[str, Any] = {"pool_spec": spec.document(), "pool_source": source, "http_host": host}
+    if spec.serve.layout == "experts":  # the build plans the deployments with the environment the render assumed
+        args["engine_python"] = engine_python or "none"
     if service is not None:
         args["service"] = service_without_secrets(service)
     return {
@@ -78,20 +105,24 @@ def serve_config(
                 "route_prefix": "/",
                 "import_path": IMPORT_PATH,
                 "args": args,
-                "deployments": [{"name": "MoesaicIngress", **spec.serve.deployment_options()}, *_expert_entries(spec)],
+                "deployments": [
+                    {"name": "MoesaicIngress", **spec.serve.deployment_options()},
+                    *_expert_entries(spec, engine_python),
+                ],
             }
         ],
     }
 
 
-def _expert_entries(spec: PoolSpec) -> list[dict[str, Any]]:
+def _expert_entries(spec: PoolSpec, engine_python: str | None) -> list[dict[str, Any]]:
     """The experts' deployments as the Serve config lists them (layout experts): name, scaling, calls per replica."""
     if spec.serve.layout == "pool":
         return []
-    from experts.runtime import deployment_options
+    from experts.runtime import deployment_plan
 
     keep = ("name", "num_replicas", "autoscaling_config", "max_ongoing_requests")
-    return [{key: value for key, value in deployment_options(e, spec).items() if key in keep} for e in spec.experts]
+    units = deployment_plan(spec, engine_environment(engine_python), frozenset())
+    return [{key: value for key, value in unit.options.items() if key in keep} for unit in units]
 
 
 def service_without_secrets(service: dict[str, Any]) -> dict[str, Any]:
@@ -126,18 +157,27 @@ def secret_keys(spec: PoolSpec, config: dict[str, Any]) -> list[str]:
 
 
 def ray_service(
-    spec: PoolSpec, config: dict[str, Any], image: str, secret: str, ray_client: bool = False
+    spec: PoolSpec,
+    config: dict[str, Any],
+    image: str,
+    secret: str,
+    ray_client: bool = False,
+    engine_python: str | None = None,
 ) -> dict[str, Any]:
     """A KubeRay ``RayService`` (ray.io/v1) running ``config`` on a cluster sized for the pool.
 
     ``config`` must listen on 0.0.0.0 (``serve_config(..., host=POD_HOST)``): the Service reaches the pods. Ray's
     token authentication is on, with the token in ``secret`` (key ``auth_token``); ``ray_client`` also declares
-    the head's Ray Client port.
+    the head's Ray Client port. ``engine_python`` (the image's Python with vLLM) is set as ``MOESAIC_VLLM_PYTHON``
+    on the pods; render ``config`` with the same.
     """
     if any(redis.get("url") is not None for redis in _service_redis(config)):
         raise ValueError("the Serve config carries redis.url inline; build it with serve_config (url_env)")
     serve = spec.serve
     env = _ray_auth_env(secret) + _secret_env(_secret_names(spec, config), secret)
+    if engine_python:
+        env.append({"name": ENGINE_PYTHON_ENV, "value": engine_python})
+    groups = worker_groups(spec, engine_python)
     head = _container("ray-head", image, {"cpu": "2", "memory": "8Gi"}, env)
     ports = [*HEAD_PORTS, *([CLIENT_PORT] if ray_client else []), ("serve", serve.http.port)]
     head["ports"] = [{"containerPort": port, "name": name} for name, port in ports]
@@ -161,10 +201,10 @@ def ray_service(
                 "rayStartParams": group.ray_start_params(),
                 "template": {"spec": {"containers": [_container("ray-worker", image, group.pod, env)]}},
             }
-            for group in worker_groups(spec)
+            for group in groups
         ],
     }
-    if any(group.replicas.low != group.replicas.high for group in worker_groups(spec)):
+    if any(group.replicas.low != group.replicas.high for group in groups):
         cluster["enableInTreeAutoscaling"] = True  # replicas the autoscaler adds need pods to land on
     return {
         "apiVersion": "ray.io/v1",
@@ -209,36 +249,39 @@ class WorkerGroup:
         return {"resources": json.dumps(dict(self.custom)).replace('"', '\\"').join('""')}
 
 
-def worker_groups(spec: PoolSpec) -> list[WorkerGroup]:
-    """The worker groups the pool's deployments need (see the module docstring)."""
+def worker_groups(spec: PoolSpec, engine_python: str | None = None) -> list[WorkerGroup]:
+    """The worker groups the pool's deployments need (see the module docstring); an engine group's personas are
+    one deployment, sized once."""
     if spec.serve.layout == "pool":
         ingress = Replicas.of(spec.serve.num_replicas, spec.serve.autoscaling_config)
         return [WorkerGroup("pool", _pool_pod(spec), ingress)]
+    from experts.runtime import deployment_plan
+
     cpu_pods = Replicas.of(spec.serve.num_replicas, spec.serve.autoscaling_config)  # one pod per ingress replica
-    cpu_experts = []
-    shapes: dict[tuple[float, tuple[tuple[str, float], ...]], list[ExpertSpec]] = {}
-    for expert in spec.experts:
-        custom = tuple(sorted(expert.resources.custom.items()))
-        if expert.resources.num_gpus or custom:
-            shapes.setdefault((expert.resources.num_gpus, custom), []).append(expert)
+    cpu_units = []
+    shapes: dict[tuple[float, tuple[tuple[str, float], ...]], list[DeploymentUnit]] = {}
+    for unit in deployment_plan(spec, engine_environment(engine_python), frozenset()):
+        custom = tuple(sorted(unit.resources.custom.items()))
+        if unit.resources.num_gpus or custom:
+            shapes.setdefault((unit.resources.num_gpus, custom), []).append(unit)
         else:
-            cpu_experts.append(expert)
-    # the CPU group: a pod per ingress replica, each also holding one replica of every CPU-only expert
-    cpus = spec.serve.ingress_resources.num_cpus + sum(expert.resources.num_cpus for expert in cpu_experts)
-    memory = max(8, math.ceil(sum(expert.resources.memory_gb or 0.0 for expert in cpu_experts) * 1.25) + 4)
-    expert_pods = [_expert_replicas(expert, spec) for expert in cpu_experts]
-    widest = max(expert_pods, key=lambda r: r.high, default=cpu_pods)  # the busiest CPU expert's replicas need room
+            cpu_units.append(unit)
+    # the CPU group: a pod per ingress replica, each also holding one replica of every CPU-only deployment
+    cpus = spec.serve.ingress_resources.num_cpus + sum(unit.resources.num_cpus for unit in cpu_units)
+    memory = max(8, math.ceil(sum(unit.resources.memory_gb or 0.0 for unit in cpu_units) * 1.25) + 4)
+    unit_pods = [_replicas(unit) for unit in cpu_units]
+    widest = max(unit_pods, key=lambda r: r.high, default=cpu_pods)  # the busiest CPU deployment's replicas need room
     cpu = Replicas(max(cpu_pods.initial, widest.initial), max(cpu_pods.low, 1), max(cpu_pods.high, widest.high))
     groups = [WorkerGroup("cpu", {"cpu": str(max(1, math.ceil(cpus))), "memory": f"{memory}Gi"}, cpu)]
-    for (gpus, custom), experts in sorted(shapes.items(), key=lambda item: (item[0][0], item[0][1])):
-        widest_cpu = max(expert.resources.num_cpus for expert in experts)
-        widest_memory = max(expert.resources.memory_gb or 0.0 for expert in experts)
+    for (gpus, custom), units in sorted(shapes.items(), key=lambda item: (item[0][0], item[0][1])):
+        widest_cpu = max(unit.resources.num_cpus for unit in units)
+        widest_memory = max(unit.resources.memory_gb or 0.0 for unit in units)
         pod = {"cpu": str(max(1, math.ceil(widest_cpu))), "memory": f"{max(8, math.ceil(widest_memory * 1.25) + 4)}Gi"}
         if gpus:
             pod["nvidia.com/gpu"] = str(math.ceil(gpus))
         total = Replicas(0, 0, 0)
-        for expert in experts:  # one pod per replica of each expert of this shape
-            total = total + _expert_replicas(expert, spec)
+        for unit in units:  # one pod per replica of each deployment of this shape
+            total = total + _replicas(unit)
         label = f"gpu{math.ceil(gpus)}" if gpus else "cpu"
         if custom:
             label += "-" + "-".join(name for name, _ in custom)
@@ -246,11 +289,8 @@ def worker_groups(spec: PoolSpec) -> list[WorkerGroup]:
     return groups
 
 
-def _expert_replicas(expert: ExpertSpec, spec: PoolSpec) -> Replicas:
-    from experts.runtime import expert_serve_settings
-
-    settings = expert_serve_settings(expert, spec)
-    return Replicas.of(settings.num_replicas, settings.autoscaling_config)
+def _replicas(unit: DeploymentUnit) -> Replicas:
+    return Replicas.of(unit.settings.num_replicas, unit.settings.autoscaling_config)
 
 
 def _pool_pod(spec: PoolSpec) -> dict[str, str]:
@@ -345,6 +385,7 @@ def render(
     secret: str = DEFAULT_SECRET,
     service: Path | None = None,
     ray_client: bool = False,
+    engine_python: str | None = None,
 ) -> Rendered:
     """Write ``out/serve.yaml`` and ``out/kuberay/rayservice.yaml`` for ``pool``, no secret in either."""
     spec = load_pool(pool)
@@ -355,14 +396,20 @@ def render(
 
         load_service_config(service)  # fail here, naming the file and field, not on the cluster
         service_config = yaml.safe_load(service.read_text(encoding="utf-8")) or {}
-    config = serve_config(spec, source, service_config)
-    in_pods = serve_config(spec, source, service_config, host=POD_HOST)  # API keys on (auth auto), see README
+    config = serve_config(spec, source, service_config, engine_python=engine_python)
+    # API keys on (auth auto), see README
+    in_pods = serve_config(spec, source, service_config, host=POD_HOST, engine_python=engine_python)
     node_env, keys = service_env(config), secret_keys(spec, in_pods)
     header = f"# Rendered by `moesaic deploy render --pool {pool}` from {source}; edit the pool file, not this.\n"
     serve_header = header + "".join(
         f"# The service config reads {name} (redis.url_env): set it in the environment of `ray start` on every node.\n"
         for name in node_env
     )
+    if engine_python:
+        serve_header += (
+            f"# Experts sharing a model share one vLLM engine ({ENGINE_PYTHON_ENV}={engine_python}): set it in the "
+            "environment of `ray start` on every node.\n"
+        )
     service_header = header + (
         f"# Needs KubeRay >= {MIN_KUBERAY} and the Secret {secret} holding the keys {', '.join(keys)}.\n"
         f"# Ray's token authentication is on ({RAY_TOKEN_KEY}: the token): the dashboard, which KubeRay's operator "
@@ -371,7 +418,7 @@ def render(
     serve_path, service_path = out / "serve.yaml", out / "kuberay" / "rayservice.yaml"
     service_path.parent.mkdir(parents=True, exist_ok=True)
     serve_path.write_text(serve_header + _dump(config), encoding="utf-8")
-    manifest = ray_service(spec, in_pods, image, secret, ray_client=ray_client)
+    manifest = ray_service(spec, in_pods, image, secret, ray_client=ray_client, engine_python=engine_python)
     service_path.write_text(service_header + _dump(manifest), encoding="utf-8")
     return Rendered([serve_path, service_path], secret, keys, node_env)
 
@@ -402,12 +449,18 @@ def render_command(
     ray_client: bool = typer.Option(
         False, "--ray-client", help="also declare the head's Ray Client port (10001; token authentication applies)"
     ),
+    engine_python: Optional[str] = typer.Option(
+        None,
+        "--engine-python",
+        help="the image's Python with vLLM (MOESAIC_VLLM_PYTHON on the pods): experts sharing a model then share "
+        "one vLLM engine, one deployment per engine",
+    ),
 ) -> None:
     """Render the pool as a Ray Serve config and a KubeRay RayService manifest (no secret in either)."""
     from orchestrator.server.service.service_config import ServiceConfigError
 
     try:
-        rendered = render(pool, out, image, secret, service, ray_client)
+        rendered = render(pool, out, image, secret, service, ray_client, engine_python)
     except (PoolFileError, ServiceConfigError) as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(2) from None
@@ -416,5 +469,9 @@ def render_command(
         typer.echo(f"wrote {path}")
     for name in rendered.node_env:
         typer.echo(f"{serve_path}: set {name} (the Redis URL) in the environment of `ray start` on every node")
+    if engine_python:
+        typer.echo(
+            f"{serve_path}: set {ENGINE_PYTHON_ENV}={engine_python} in the environment of `ray start` on every node"
+        )
     typer.echo(f"{service_path}: needs KubeRay >= {MIN_KUBERAY} and the Secret {secret} with the keys:")
     typer.echo(f"  {_secret_command(rendered)}")

@@ -4,7 +4,8 @@
 ``args``; ``build`` validates them and the pool file on the spot (errors name the file and the field), then binds:
 
 * with ``serve.layout: experts`` (the default), one deployment per expert (``ExpertReplica``: the expert's actor as a
-  Serve replica, loading its model before it takes calls), each with its own replicas or autoscaling (the pool's
+  Serve replica, loading its model before it takes calls) or per group of experts sharing one vLLM engine
+  (``EngineGroupReplica``: the engine and its personas), each with its own replicas or autoscaling (the pool's
   ``serve.experts``, the expert's own ``serve``) and its resources (GPUs, custom resources naming a node, a
   placement group above one GPU), and ``MoesaicIngress`` holding their handles. Each ingress replica builds an
   ``ExpertPool`` over the handles: the same pipeline, guards and failover as ``moesaic serve``, while the model copies
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from ray import serve
 
 from experts import ExpertState, HealthReport, configure_tracing, is_ready
-from experts.config import PoolSpec, load_pool, parse_pool, resolve_pool_path
+from experts.config import EngineEnvironment, PoolSpec, load_pool, parse_pool, resolve_pool_path
 
 INGRESS_NAME = "MoesaicIngress"
 
@@ -41,12 +42,26 @@ class ServeAppArgs(BaseModel):
     pool_source: str = Field("<serve config: pool_spec>", description="where pool_spec came from, for errors")
     service: dict[str, Any] | None = Field(None, description="service config (redis, auth, limits), inline")
     http_host: str = Field("0.0.0.0", description="the proxy's bind address: auth mode 'auto' is on unless loopback")
+    engine_python: str = Field(
+        "auto",
+        description="the nodes' Python with vLLM, which experts sharing a model run on (one deployment per engine): "
+        "'none', a path, or 'auto' (found where the app is built); deploy render writes 'none' or --engine-python",
+    )
 
     @model_validator(mode="after")
     def _one_pool(self) -> ServeAppArgs:
         if (self.pool is None) == (self.pool_spec is None):
             raise ValueError("give exactly one of 'pool' (a file or name) or 'pool_spec' (the pool inline)")
         return self
+
+    def engine_environment(self) -> tuple[EngineEnvironment | None, frozenset[str] | None]:
+        """The engine environment and CPU flags the deployments are planned with (None, None: found here). A
+        rendered value plans without CPU flags, as the render did, so both name the same deployments."""
+        if self.engine_python == "auto":
+            return None, None
+        if self.engine_python == "none":
+            return EngineEnvironment(None, "args.engine_python: none"), frozenset()
+        return EngineEnvironment(self.engine_python, "args.engine_python"), frozenset()
 
     def load(self) -> tuple[PoolSpec, str]:
         """The validated pool, and the source its replicas name it by (an absolute path when it is a file)."""
@@ -154,4 +169,6 @@ def build(args: dict[str, Any]) -> Any:
         return ingress.bind(spec.document(), source, parsed.service, parsed.http_host)
     from experts.runtime import expert_applications
 
-    return ingress.bind(spec.document(), source, parsed.service, parsed.http_host, expert_applications(spec))
+    environment, flags = parsed.engine_environment()
+    experts = expert_applications(spec, environment, flags)
+    return ingress.bind(spec.document(), source, parsed.service, parsed.http_host, experts)
