@@ -17,7 +17,7 @@ from experts.config._engine_choice import (
     find_engine_environment,
 )
 from experts.config._pool_spec import ExpertSpec, load_pool, parse_pool
-from experts.runtime._engines import SharedEngines
+from experts.runtime._engines import SharedEngines, engine_actor_options
 
 THERE = EngineEnvironment("/opt/engine/bin/python", "test")
 NOWHERE = EngineEnvironment(None, "none here")
@@ -94,8 +94,10 @@ def test_the_default_pools_personas_share_one_engine_and_ask_the_cluster_for_not
     assert engines.engine_of["math"] == engines.engine_of["writer"] != engines.engine_of["coder"]
     options = engines.persona_options("math", {"num_cpus": 0.25, "memory": 2**30, "max_concurrency": 1000})
     assert options == {"num_cpus": 0, "num_gpus": 0, "max_concurrency": 1000}
-    runtime_env = engines._runtime_env(shared)
+    engine_options = engine_actor_options(shared, THERE)
+    runtime_env = engine_options["runtime_env"]
     assert runtime_env["py_executable"] == THERE.python and runtime_env["env_vars"]["VLLM_CPU_KVCACHE_SPACE"] == "1"
+    assert engine_options["num_cpus"] == 0.25 and "resources" not in engine_options  # no custom resources asked
     on_bf16 = SharedEngines(parse_pool(document, "<test>"), THERE, BF16)
     assert {group.settings.dtype for group in on_bf16.groups} == {"bfloat16"}
 
