@@ -22,6 +22,7 @@ from experts.config import PoolSpec, load_pool
 from experts.runtime import ExpertClient, ExpertPool
 from orchestrator.pipeline.orchestrator import Orchestrator
 from orchestrator.server.api.chat import router as chat_router
+from orchestrator.server.api.messages_api import router as messages_router
 from orchestrator.server.api.metrics_endpoint import router as metrics_router
 from orchestrator.server.api.models import ExpertCatalog
 from orchestrator.server.api.models import router as models_router
@@ -29,6 +30,7 @@ from orchestrator.server.api.openapi import ERROR_RESPONSES
 from orchestrator.server.api.plugins import AppPlugin, plugins_running
 from orchestrator.server.api.pool_view import router as pool_view_router
 from orchestrator.server.api.probes import router as probes_router
+from orchestrator.server.api.responses_api import router as responses_router
 from orchestrator.server.api.route import router as route_router
 from orchestrator.server.api.routing_eval import router as routing_eval_router
 from orchestrator.server.console import console_routes
@@ -104,6 +106,8 @@ def create_app(
     app.add_middleware(AuthMiddleware)  # 401 before a request may take a slot
     app.add_middleware(BrowserGuardMiddleware)  # Host allow-list, cross-origin writes refused: before the key
     app.include_router(chat_router)
+    app.include_router(responses_router)
+    app.include_router(messages_router)
     app.include_router(route_router)
     app.include_router(metrics_router)
     app.include_router(probes_router)

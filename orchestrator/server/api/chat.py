@@ -29,10 +29,21 @@ router = APIRouter()
 
 @router.post("/v1/chat/completions", openapi_extra=json_body(ChatCompletionRequest), responses=CHAT_RESPONSES)
 async def chat_completions(http_request: Request) -> Any:
-    orchestrator: Orchestrator = http_request.app.state.orchestrator
     gate = Gate.open(http_request)  # key's models and limits, rate limits, cache, journal, disconnects
     try:
-        body = _validate(await gate.read_body())  # counted against the key's rate first, however bad the body
+        data = await gate.read_body()  # counted against the key's rate first, however bad the body
+    except BaseException as error:
+        await gate.failed(error)
+        raise
+    return await run_chat(http_request, gate, data)
+
+
+async def run_chat(http_request: Request, gate: Gate, data: dict[str, Any]) -> Any:
+    """A chat completion body ``gate`` has read (another API family's, translated) through admission, the flow and
+    the recording: the answer (a chat completion or its stream), or the error raised."""
+    orchestrator: Orchestrator = http_request.app.state.orchestrator
+    try:
+        body = _validate(data)
         http_request.state.model = body.model  # the metrics and the access log name it
         cached = await gate.admit(body, orchestrator.pool.spec)
         if cached is not None:

@@ -10,9 +10,9 @@ schema-driven testers (schemathesis, ``tests/test_fuzz_api.py``) check responses
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, RootModel
 
 from orchestrator.server.api.schemas import ErrorResponse
 
@@ -28,6 +28,41 @@ CHAT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "a chat.completion object, or with stream: true chat.completion.chunk events then [DONE]",
         "content": {"text/event-stream": {"schema": {"type": "string"}}},
     }
+}
+# the Responses API: a response object, or its events
+RESPONSES_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a response object, or with stream: true its events (response.created ... response.completed)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    }
+}
+
+
+class AnthropicErrorBody(BaseModel):
+    type: str
+    message: str
+
+
+class AnthropicError(BaseModel):
+    """An error in Anthropic's shape (``/v1/messages``)."""
+
+    type: Literal["error"]
+    error: AnthropicErrorBody
+
+
+class MessagesError(RootModel[AnthropicError | ErrorResponse]):
+    """``/v1/messages`` answers its own errors in Anthropic's shape; the service's front door (auth, body size, rate
+    limits) answers before it, in OpenAI's."""
+
+
+# the Messages API: a message, or its events; errors in Anthropic's shape
+MESSAGES_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "a message object, or with stream: true its events (message_start ... message_stop)",
+        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    },
+    "4XX": {"model": MessagesError, "description": "the request's mistake, in Anthropic's error shape"},
+    "5XX": {"model": MessagesError, "description": "an upstream or service failure, in Anthropic's error shape"},
 }
 # /healthz answers 503 with the same report as its 200 when no expert is healthy, not with an error object
 HEALTH_RESPONSES: dict[int | str, dict[str, Any]] = {

@@ -252,6 +252,9 @@ class AuthMiddleware:
             await refusal.response()(scope, receive, send)
             return
         authorization = _header(scope, b"authorization")
+        api_key = _header(scope, b"x-api-key")  # Anthropic's clients send the key this way (/v1/messages)
+        if authorization is None and api_key:
+            authorization = f"Bearer {api_key.strip()}"
         try:
             principal = await service.auth.principal(authorization)
         except APIError as error:

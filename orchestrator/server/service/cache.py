@@ -52,7 +52,7 @@ def is_deterministic(body: dict[str, Any]) -> bool:
     return body.get("n") in (None, 1)
 
 
-class _MemoryLRU:
+class MemoryLRU:
     """Bounded least-recently-used map with a per-entry deadline: the in-process fallback."""
 
     def __init__(self, max_entries: int, ttl_s: float, clock: Callable[[], float]) -> None:
@@ -105,7 +105,7 @@ class ResponseCache:
         self.link = link
         self.ttl_s = ttl_s
         self.prefix = f"{namespace}:cache:"
-        self._memory = _MemoryLRU(max_entries, ttl_s, clock)
+        self._memory = MemoryLRU(max_entries, ttl_s, clock)
         self.hits = 0
         self.misses = 0
         self.bypassed = 0

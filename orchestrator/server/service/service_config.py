@@ -69,6 +69,13 @@ class CacheSection(_Section):
     max_entries: PositiveInt = Field(10_000, description="bound of the in-process fallback (LRU)")
 
 
+class ResponsesSection(_Section):
+    ttl_s: PositiveInt = Field(
+        3600, description="seconds a /v1/responses answer can be continued (previous_response_id)"
+    )
+    max_entries: PositiveInt = Field(10_000, description="bound of the in-process fallback (LRU)")
+
+
 class JournalSection(_Section):
     enabled: bool = True
     stream: Annotated[str, Field(min_length=1)] = "moesaic:journal"
@@ -217,6 +224,7 @@ class ServiceConfig(_Section):
 
     redis: RedisSection = RedisSection()
     cache: CacheSection = CacheSection()
+    responses: ResponsesSection = ResponsesSection()
     journal: JournalSection = JournalSection()
     auth: AuthSection = AuthSection()
     limits: LimitsSection = LimitsSection()

@@ -17,6 +17,7 @@ from orchestrator.server.service.journal import RequestJournal
 from orchestrator.server.service.limits import RequestLimits
 from orchestrator.server.service.ratelimit import RateLimiter
 from orchestrator.server.service.redis_link import RedisLink, connect_redis, redact
+from orchestrator.server.service.response_store import ResponseStore
 from orchestrator.server.service.service_config import ServiceConfig
 from orchestrator.server.service.spend import SpendTracker
 
@@ -37,6 +38,7 @@ class ServiceState:
     journal: RequestJournal | None
     cache_scope: str
     spend: SpendTracker
+    responses: ResponseStore  # /v1/responses conversations (previous_response_id)
 
     @property
     def redis_status(self) -> str:
@@ -116,4 +118,5 @@ async def build_service_state(config: ServiceConfig, host: str, pool_identity: s
         journal=journal,
         cache_scope=hashlib.sha256(pool_identity.encode("utf-8")).hexdigest()[:16],
         spend=SpendTracker(link),
+        responses=ResponseStore(link, ttl_s=config.responses.ttl_s, max_entries=config.responses.max_entries),
     )
