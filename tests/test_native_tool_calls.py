@@ -1,5 +1,7 @@
 """Tool calls on our own engine: a forced call (``required`` or a named function) held by the grammar to the call's
-JSON, so even SmolLM2-135M returns a well-formed call of an offered function; ``auto`` and ``none`` answer in text."""
+JSON, so even SmolLM2-135M returns a well-formed call of an offered function; with ``auto`` the model may answer or
+call, every ``<tool_call>`` it opens held by xgrammar's structural tag to a call of an offered function; ``none``
+answers in text."""
 
 from __future__ import annotations
 
@@ -10,7 +12,14 @@ import pytest
 
 from experts.backends.local import LocalBackend
 from experts.config import load_pool
-from experts.engine.tool_calls import calls_from_text, forced_call_schema
+from experts.engine.tool_calls import (
+    auto_call_tag,
+    calls_from_text,
+    calls_in_text,
+    forced_call_schema,
+    tools_preamble,
+    with_tools_preamble,
+)
 from experts.types import GenerationRequest, Message
 
 TOOLS = [
@@ -58,6 +67,44 @@ def test_calls_are_read_from_the_held_text() -> None:
     assert calls_from_text('{"arguments": {}}') == ()
 
 
+def test_auto_calls_are_read_out_of_their_tags_and_the_model_is_shown_the_tools() -> None:
+    text, [call] = calls_in_text(
+        'Let me check.\n<tool_call>\n{"name": "get_time", "arguments": {"zone": "CET"}}\n</tool_call>'
+    )
+    assert text == "Let me check." and call.name == "get_time" and json.loads(call.arguments) == {"zone": "CET"}
+    assert calls_in_text("It is sunny.") == ("It is sunny.", ())
+    assert calls_in_text('<tool_call>\n{"name": "get_ti') == ('<tool_call>\n{"name": "get_ti', ())  # cut short
+    preamble = tools_preamble(TOOLS)
+    assert "<tools>" in preamble and '"get_weather"' in preamble and "<tool_call>" in preamble
+    [system, user] = with_tools_preamble(
+        [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "?"}], TOOLS
+    )
+    assert system["content"].startswith("Be brief.") and preamble in system["content"] and user["content"] == "?"
+    assert with_tools_preamble([{"role": "user", "content": "?"}], TOOLS)[0] == {"role": "system", "content": preamble}
+
+
+@pytest.mark.model
+def test_the_structural_tag_holds_every_call_to_an_offered_function() -> None:
+    """The grammar ``auto`` decodes under, on the model's own tokenizer: free text, then only well-formed calls of
+    offered functions with their parameters."""
+    import xgrammar
+    from transformers import AutoTokenizer
+
+    from experts.engine.embedded import prepare_model, resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(prepare_model(resolve_model("embedded:smollm2-135m-instruct")))
+    info = xgrammar.TokenizerInfo.from_huggingface(tokenizer)
+    compiled = xgrammar.GrammarCompiler(info).compile_structural_tag(auto_call_tag(TOOLS))
+
+    def accepted(text: str) -> bool:
+        return bool(xgrammar.GrammarMatcher(compiled).accept_string(text))
+
+    assert accepted("It is sunny in Paris.")  # free text: the model may answer
+    assert accepted('Let me look.<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>')
+    assert not accepted('<tool_call>\n{"name": "get_stock", "arguments": {}}')  # no such function
+    assert not accepted('<tool_call>\n{"name": "get_weather", "arguments": {"town": "Paris"}}')  # not its parameters
+
+
 @pytest.mark.model
 async def test_the_embedded_model_makes_well_formed_calls_when_forced() -> None:
     spec = load_pool("default").expert("math")
@@ -76,8 +123,8 @@ async def test_the_embedded_model_makes_well_formed_calls_when_forced() -> None:
                 parallel_tool_calls=parallel,
             )
 
-        named, required, single, auto = await backend.generate(
-            [ask(NAMED), ask("required"), ask("required", parallel=False), ask("auto")]
+        named, required, single, auto, nothing = await backend.generate(
+            [ask(NAMED), ask("required"), ask("required", parallel=False), ask("auto"), ask("none")]
         )
     finally:
         await backend.unload()
@@ -90,7 +137,10 @@ async def test_the_embedded_model_makes_well_formed_calls_when_forced() -> None:
             wanted = {"get_weather": {"city"}, "get_time": {"zone"}}[call.name]  # offered functions only
             assert set(json.loads(call.arguments)) == wanted
     assert len(single.tool_calls) == 1  # parallel_tool_calls: false
-    assert not auto.tool_calls and auto.text  # no parser on our engine: auto answers in text
+    assert auto.text or auto.tool_calls  # auto: an answer, or calls the structural tag held well-formed
+    for call in auto.tool_calls:
+        assert call.name in {"get_weather", "get_time"} and isinstance(json.loads(call.arguments), dict)
+    assert not nothing.tool_calls and nothing.text  # none: the model is not shown the tools
 
 
 @pytest.mark.model

@@ -260,11 +260,13 @@ def test_a_forced_tool_call_is_well_formed_and_names_an_offered_function(vllm_se
     for call in calls:
         wanted = {"get_weather": {"city"}, "get_time": {"zone"}}[call.function.name]
         assert set(json.loads(call.function.arguments)) == wanted
-    auto = client.chat.completions.create(  # SmolLM2's template shows no tools and no parser is set: text
-        model="expert/writer", messages=messages, tools=TOOLS, max_tokens=16, temperature=0
+    auto = client.chat.completions.create(  # no parser: the tools in the system prompt, calls held by the tag
+        model="expert/writer", messages=messages, tools=TOOLS, max_tokens=40, temperature=0
     )
-    assert auto.choices[0].finish_reason in ("stop", "length") and not auto.choices[0].message.tool_calls
-    assert auto.choices[0].message.content
+    auto_calls = auto.choices[0].message.tool_calls or []
+    assert auto.choices[0].message.content or auto_calls
+    assert all(call.function.name in {"get_weather", "get_time"} for call in auto_calls)
+    assert all(isinstance(json.loads(call.function.arguments), dict) for call in auto_calls)
     routed = client.chat.completions.create(  # the pipeline votes over both experts' calls
         model="moesaic",
         messages=messages,

@@ -1,7 +1,7 @@
 """Tool plans on vLLM's engine (``experts/vllm/tools.py``) against vLLM's own classes, in the engine environment:
-the schema a forced call is held to, and calls read out of answers by vLLM's parsers (``hermes`` here), on canned
-answers, so every path is checked without a model that emits tool calls of its own (the embedded SmolLM2 does not;
-``tests/test_vllm_engine.py`` runs forced calls on it for real).
+the schema a forced call is held to, calls read out of answers by vLLM's parsers (``hermes`` here) or, without one,
+out of the ``<tool_call>`` blocks the structural tag holds, on canned answers, so every path is checked without
+depending on what a model chooses (``tests/test_vllm_engine.py`` runs forced calls on the embedded SmolLM2 for real).
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ named = plan_tools({"tools": tools, "tool_choice": {"type": "function", "functio
                    tokenizer)
 required = plan_tools({"tools": tools, "tool_choice": "required"}, None, tokenizer)
 parsed = plan_tools({"tools": tools}, "hermes", tokenizer)
+tagged = plan_tools({"tools": tools}, None, tokenizer)
 hermes = '<tool_call>\n{"name": "get_time", "arguments": {"zone": "UTC"}}\n</tool_call>'
 try:
     plan_tools({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, None, tokenizer)
@@ -42,7 +43,10 @@ print(json.dumps({
     "required_schema": required.schema,
     "required_calls": calls_of(required, '[{"name": "get_time", "parameters": {"zone": "UTC"}}]', tokenizer),
     "no_tools": plan_tools({"tools": tools, "tool_choice": "none"}, "hermes", tokenizer),
-    "auto_without_parser": plan_tools({"tools": tools}, None, tokenizer),
+    "tagged_mode": tagged.mode,
+    "tagged_triggers": json.loads(tagged.tag)["format"]["triggers"],
+    "tagged_calls": calls_of(tagged, "Let me look.\n" + hermes, tokenizer),
+    "tagged_text_only": calls_of(tagged, "It is sunny.", tokenizer),
     "parsed_mode": parsed.mode,
     "parsed_skips_special": parsed.skip_special_tokens,
     "parsed_calls": calls_of(parsed, "Let me look.\n" + hermes, tokenizer),
@@ -96,8 +100,11 @@ def test_a_required_call_is_a_list_of_calls_of_offered_functions(checked: dict) 
     assert checked["required_calls"] == ["", [["get_time", '{"zone": "UTC"}']]]
 
 
-def test_auto_reads_calls_with_the_experts_parser_and_only_with_one(checked: dict) -> None:
-    assert checked["no_tools"] is None and checked["auto_without_parser"] is None
+def test_auto_reads_calls_with_the_experts_parser_or_holds_them_to_the_structural_tag(checked: dict) -> None:
+    assert checked["no_tools"] is None
+    assert checked["tagged_mode"] == "tagged" and checked["tagged_triggers"] == ["<tool_call>"]  # no parser: the tag
+    assert checked["tagged_calls"] == ["Let me look.", [["get_time", '{"zone": "UTC"}']]]
+    assert checked["tagged_text_only"] == ["It is sunny.", []]
     assert checked["parsed_mode"] == "parsed" and checked["parsed_skips_special"] is False  # hermes keeps its tags
     text, calls = checked["parsed_calls"]
     assert text.strip() == "Let me look." and calls == [["get_time", '{"zone": "UTC"}']]

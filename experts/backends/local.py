@@ -39,7 +39,14 @@ from typing import Any, Callable
 
 from experts.backends.base import Backend, DeltaSink
 from experts.config import ExpertSpec
-from experts.engine.tool_calls import calls_from_text, forced_call_schema
+from experts.engine.tool_calls import (
+    auto_call_tag,
+    calls_from_text,
+    calls_in_text,
+    forced_call_schema,
+    offers_calls,
+    with_tools_preamble,
+)
 from experts.errors import BackendError, ErrorCode
 from experts.types import Completion, GenerationRequest, TextDelta, Usage, as_text_turns
 
@@ -184,19 +191,23 @@ class LocalBackend(Backend):
             raise BackendError(f"expert {self.spec.name!r} was asked to generate before its model loaded")
         loop = asyncio.get_running_loop()
         forced = [forced_call_schema(r.tools, r.tool_choice, r.parallel_tool_calls) is not None for r in batch]
+        offered = [not is_forced and offers_calls(r.tools, r.tool_choice) for r, is_forced in zip(batch, forced)]
         sink = None
         if on_delta is not None:
-            # Deltas come from the decoding thread; hand them to the event loop that owns the sink. A forced call's
-            # JSON is not streamed as text: it comes whole, as the answer's calls.
+            # Deltas come from the decoding thread; hand them to the event loop that owns the sink. An answer that
+            # holds or may hold calls is not streamed as text: it comes whole, its calls read out of it.
             def sink(index: int, text: str) -> None:
-                if not forced[index]:
+                if not forced[index] and not offered[index]:
                     loop.call_soon_threadsafe(on_delta, TextDelta(index, text))
 
         if self._continuous is not None:
             completions = await self._generate_continuous(batch, sink)
         else:
             completions = await asyncio.to_thread(self._generate_blocking, batch, sink)
-        return [_as_calls(c) if is_forced else c for c, is_forced in zip(completions, forced)]
+        return [
+            _as_calls(c) if is_forced else _with_calls(c) if may_call else c
+            for c, is_forced, may_call in zip(completions, forced, offered)
+        ]
 
     async def _generate_continuous(self, batch: list[GenerationRequest], sink: TextSinkFn | None) -> list[Completion]:
         """Submit every request to the running decode loop and wait for all of them."""
@@ -237,18 +248,21 @@ class LocalBackend(Backend):
     def _prepare(self, request: GenerationRequest, window: int) -> tuple[list[int], Any] | Completion:
         """The request's tokens and sampling settings, or the failed completion of a request that cannot run (its
         response_format cannot be enforced, or it does not fit the context window); the rest of the batch runs."""
-        from experts.engine.grammar import GrammarError
+        from experts.engine.grammar import GrammarError, OutputFormat
 
         rows, grammar = self._decoder.rows, None
         call = forced_call_schema(request.tools, request.tool_choice, request.parallel_tool_calls)
         held = {"type": "json_schema", "json_schema": {"name": "tool_call", "schema": call}} if call else None
         try:
-            # a forced tool call, else the response_format, as a grammar; checked against the schema limits
-            output_format = rows.output_format(held or request.response_format)
+            # a forced tool call, else calls the model may make (auto), else the response_format, as a grammar
+            if call is None and offers_calls(request.tools, request.tool_choice):
+                output_format = OutputFormat(auto_call_tag(request.tools or [], request.parallel_tool_calls), True)
+            else:  # checked against the schema limits
+                output_format = rows.output_format(held or request.response_format)
             if output_format is not None:
                 grammar = rows.grammars.compile(output_format)  # cached per schema; the request's row takes it
-        except GrammarError as error:
-            code = ErrorCode.INVALID_TOOLS if call else ErrorCode.INVALID_RESPONSE_FORMAT
+        except (GrammarError, ValueError) as error:  # ValueError: tools xgrammar's structural tag refuses
+            code = ErrorCode.INVALID_TOOLS if call or request.tools else ErrorCode.INVALID_RESPONSE_FORMAT
             return Completion.failed(str(error), self.spec.model, code=code)
         ids, params = self._tokenise(request), self._params(request, output_format, grammar)
         return self._context_error(ids, params.max_tokens, window) or (ids, params)
@@ -315,7 +329,9 @@ class LocalBackend(Backend):
 
     def _tokenise(self, request: GenerationRequest) -> list[int]:
         tokenizer = self._decoder.tokenizer
-        messages = as_text_turns(request.messages)  # no tool calling here: a tool exchange is kept as text
+        messages = as_text_turns(request.messages)  # a tool exchange earlier in the conversation is kept as text
+        if offers_calls(request.tools, request.tool_choice) and request.tools:  # the model may call: show it how
+            messages = with_tools_preamble(messages, request.tools)
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -326,6 +342,17 @@ def _as_calls(completion: Completion) -> Completion:
     if not calls:
         return completion  # failed, or cut short by max_tokens: the text stands, with its finish_reason
     return replace(completion, text="", finish_reason="tool_calls", tool_calls=calls)
+
+
+def _with_calls(completion: Completion) -> Completion:
+    """An answer the model was free to make with calls (``tool_choice: auto``): its ``<tool_call>`` blocks as
+    OpenAI's calls, the text before them as the content; the answer as it is when it made none."""
+    if completion.error is not None:
+        return completion
+    text, calls = calls_in_text(completion.text)
+    if not calls:
+        return completion
+    return replace(completion, text=text, finish_reason="tool_calls", tool_calls=calls)
 
 
 def _free_cuda_cache() -> None:

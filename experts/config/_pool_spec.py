@@ -176,8 +176,9 @@ class ExpertSpec(_Strict):
         """Whether the request's tools and tool_choice reach this expert's model.
 
         The ``litellm`` backend passes them on; ``local`` and ``moe`` hold a forced call (``tool_choice``
-        ``required`` or a named function) to the call's JSON with their grammar and otherwise answer in text (a
-        conversation's tool exchanges reach them written out, see ``experts.types.as_text_turns``).
+        ``required`` or a named function) to the call's JSON with their grammar, and with ``auto`` show the model
+        the tools and hold any call it makes to a call of an offered function (a conversation's tool exchanges reach
+        them written out, see ``experts.types.as_text_turns``).
         """
         return self.backend in TOOL_BACKENDS
 

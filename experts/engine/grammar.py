@@ -86,11 +86,22 @@ class GrammarSettings:
                 raise ValueError(f"GrammarSettings.{name} must be a positive number, not {value!r}")
 
 
+TAG_KEY = "structural-tag:"  # a structural tag's cache key starts so (a JSON schema's starts with "{")
+
+
 @dataclass(frozen=True)
 class OutputFormat:
-    """What a request's output must be: JSON matching ``schema`` (canonical JSON text of a JSON Schema)."""
+    """What a request's output must be: JSON matching ``schema`` (canonical JSON text of a JSON Schema), or, with
+    ``structural_tag``, text shaped by xgrammar's structural tag in ``schema`` (free text with tool calls held to
+    their JSON: ``tool_calls.auto_call_tag``)."""
 
     schema: str
+    structural_tag: bool = False
+
+    @property
+    def key(self) -> str:
+        """Its compiled grammar's key in the cache."""
+        return TAG_KEY + self.schema if self.structural_tag else self.schema
 
     @classmethod
     def of(
@@ -183,7 +194,7 @@ class Grammars:
     def compile(self, output: OutputFormat) -> Any:
         """The compiled grammar of ``output`` (cached); ``GrammarError`` when xgrammar cannot compile it, or not
         within ``settings.compile_timeout_s``."""
-        key = output.schema
+        key = output.key
         with self._lock:
             compiled = self._compiled.get(key)
             if compiled is not None:
@@ -247,10 +258,12 @@ class Grammars:
             dropped, _ = self._compiled.popitem(last=False)
             total -= self._bytes.pop(dropped)
 
-    def _compile_now(self, schema: str) -> Any:
+    def _compile_now(self, key: str) -> Any:
         try:
-            return self._compiler.compile_json_schema(schema, any_whitespace=False)
-        except RuntimeError as error:  # xgrammar's message names the unsupported part of the schema
+            if key.startswith(TAG_KEY):
+                return self._compiler.compile_structural_tag(key.removeprefix(TAG_KEY))
+            return self._compiler.compile_json_schema(key, any_whitespace=False)
+        except (RuntimeError, ValueError) as error:  # xgrammar's message names the unsupported part
             reason = str(error).rsplit(": ", 1)[-1] if ": " in str(error) else str(error)
             raise GrammarError(f"response_format's JSON schema cannot be enforced: {reason}") from None
 

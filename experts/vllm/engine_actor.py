@@ -187,6 +187,7 @@ class VllmEngineActor:
 
     async def generate(self, payload: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """Stream one request: ``{"text": delta}`` items, then ``{"done": ...}`` with vLLM's counts and finish."""
+        from experts.engine.tool_calls import with_tools_preamble
         from experts.vllm.sampling import prompt_of, sampling_params, token_logprobs
         from experts.vllm.tools import calls_of, plan_tools
 
@@ -196,8 +197,11 @@ class VllmEngineActor:
         request_id = f"{payload.get('request_id') or 'req'}-{os.urandom(6).hex()}"  # unique within the engine
         try:
             plan = plan_tools(payload, self.settings.tool_parser, self._tokenizer)
-            prompt = prompt_of(self._tokenizer, payload["messages"], plan.tools if plan else None)
-            params = sampling_params(payload, plan.schema if plan else None)
+            if plan is not None and plan.mode == "tagged":  # the tools described in the system prompt, as ours does
+                prompt = prompt_of(self._tokenizer, with_tools_preamble(payload["messages"], plan.tools))
+            else:
+                prompt = prompt_of(self._tokenizer, payload["messages"], plan.tools if plan else None)
+            params = sampling_params(payload, plan.schema if plan else None, plan.tag if plan else None)
             params.skip_special_tokens = plan.skip_special_tokens if plan else True
         except ValueError as error:  # e.g. a response_format vLLM cannot enforce, a tool_choice naming no tool
             code = ErrorCode.INVALID_TOOLS if payload.get("tools") else ErrorCode.INVALID_RESPONSE_FORMAT

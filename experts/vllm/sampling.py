@@ -22,9 +22,12 @@ def prompt_of(tokenizer: Any, messages: list[dict[str, str]], tools: list[dict[s
     return str(tokenizer.apply_chat_template(messages, tools=tools, tokenize=False, add_generation_prompt=True))
 
 
-def sampling_params(payload: dict[str, Any], tool_schema: dict[str, Any] | None = None) -> Any:
+def sampling_params(
+    payload: dict[str, Any], tool_schema: dict[str, Any] | None = None, tool_tag: str | None = None
+) -> Any:
     """vLLM's ``SamplingParams`` for one request (``ValueError`` for a format it cannot enforce). ``tool_schema``: a
-    forced tool call's schema (``tools.py``), which the answer is held to instead of any ``response_format``."""
+    forced tool call's schema (``tools.py``), which the answer is held to instead of any ``response_format``;
+    ``tool_tag``: the structural tag of calls the model may make (``auto``), likewise."""
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
@@ -33,6 +36,8 @@ def sampling_params(payload: dict[str, Any], tool_schema: dict[str, Any] | None 
     kind = response_format.get("type")
     if tool_schema is not None:
         structured = StructuredOutputsParams(json=json.dumps(tool_schema), disable_any_whitespace=True)
+    elif tool_tag is not None:
+        structured = StructuredOutputsParams(structural_tag=tool_tag)
     elif kind == "json_object":
         structured = StructuredOutputsParams(json_object=True, disable_any_whitespace=True)
     elif kind == "json_schema":

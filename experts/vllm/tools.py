@@ -8,8 +8,10 @@ Runs in: the engine actor (imports vLLM).
   that exists, whatever the model's chat template knows of tools.
 - ``"auto"`` (or no ``tool_choice``) with tools: where the expert names a vLLM tool parser (``options.tool_parser``,
   e.g. ``hermes`` for Qwen2.5 and Hermes models, ``llama3_json``, ``mistral``), the tools go into the chat template
-  and the parser reads the calls out of the answer; without a parser the model answers in text, as it would without
-  tools (it has no way to call them that we could read).
+  and the parser reads the calls out of the answer; without a parser, as on our engine
+  (``experts/engine/tool_calls.py``): the tools are described in the system prompt, the answer is held by vLLM's
+  structured outputs to xgrammar's structural tag (free text, every ``<tool_call>`` a well-formed call of an
+  offered function), and the calls are read out of the ``<tool_call>`` blocks.
 - ``"none"``: no tools.
 
 A plan that reads calls needs the whole answer, so its text is not streamed piece by piece: it comes at the end,
@@ -22,7 +24,9 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-Mode = Literal["named", "required", "parsed"]
+from experts.engine.tool_calls import auto_call_tag, calls_in_text
+
+Mode = Literal["named", "required", "parsed", "tagged"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class ToolPlan:
     schema: dict[str, Any] | None = None  # named and required: what structured outputs holds the answer to
     name: str | None = None  # named: the function
     parser: str | None = None  # parsed: vLLM's tool parser
+    tag: str | None = None  # tagged: the structural tag (JSON) the answer is held to
     skip_special_tokens: bool = True  # parsed: as the parser wants (tool-call tags are special tokens in some models)
 
 
@@ -56,7 +61,7 @@ def plan_tools(payload: dict[str, Any], parser: str | None, tokenizer: Any) -> T
     if choice == "required":
         return ToolPlan("required", tools, _object(get_json_schema_from_tools("required", offered)))
     if not parser:
-        return None
+        return ToolPlan("tagged", tools, tag=auto_call_tag(tools, payload.get("parallel_tool_calls")))
     request = _request(tools)
     adjusted = _parser(parser, tokenizer, request).adjust_request(request)  # what the parser needs of decoding
     return ToolPlan("parsed", tools, parser=parser, skip_special_tokens=bool(adjusted.skip_special_tokens))
@@ -68,6 +73,9 @@ def calls_of(plan: ToolPlan, text: str, tokenizer: Any) -> tuple[str, list[list[
         return "", [[str(plan.name), _compact(text)]]
     if plan.mode == "required":
         return "", [[str(call["name"]), json.dumps(call.get("parameters", {}))] for call in json.loads(text)]
+    if plan.mode == "tagged":
+        content, tagged = calls_in_text(text)
+        return content, [[call.name, call.arguments] for call in tagged]
     request = _request(plan.tools)
     found = _parser(str(plan.parser), tokenizer, request).extract_tool_calls(text, request)
     if not found.tools_called:

@@ -11,9 +11,9 @@ come from there, as for other OpenAI-compatible providers) and adds what is Moes
 - ``base_url`` and ``api_key`` from ``MOESAIC_BASE_URL`` and ``MOESAIC_API_KEY``; usage is streamed
   by default (the server supports ``stream_options.include_usage``).
 
-``bind_tools`` sends the tools to the server, which passes them to the experts that can call
-tools (the ``litellm`` backend); local experts answer in text, and ``moesaic.passthrough`` in the
-metadata names who saw the tools and who did not.
+``bind_tools`` sends the tools to the server, which passes them to every expert that can call tools
+(hosted models, and local ones on either engine, whose calls a grammar holds well-formed); the pool votes
+over the experts' calls, and ``moesaic.passthrough`` in the metadata names who saw the tools and who did not.
 """
 
 from __future__ import annotations
