@@ -81,6 +81,18 @@ def test_a_tool_round_trip_continues_the_stored_conversation(openai_client: open
     assert second.usage.input_tokens > first.usage.input_tokens  # the question, the call and its result came back
 
 
+def test_a_response_held_to_a_json_schema(openai_client: openai.OpenAI) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "integer"}}, "required": ["answer"]}
+    response = openai_client.responses.create(
+        model="expert/math",
+        input="What is 6 times 7?",
+        text={"format": {"type": "json_schema", "name": "result", "schema": schema}},
+        max_output_tokens=24,
+    )
+    assert isinstance(json.loads(response.output_text)["answer"], int)  # structured output, through text.format
+    assert response.text.format.type == "json_schema"
+
+
 def test_bad_response_requests_get_openais_error_shape(openai_client: openai.OpenAI) -> None:
     with pytest.raises(openai.BadRequestError) as unknown_field:
         openai_client.responses.create(model="moesaic", input="hi", extra_body={"reasoning_effort_x": 1})

@@ -247,8 +247,10 @@ class VllmEngineActor:
             try:
                 text, calls = calls_of(plan, "".join(held), self._tokenizer)
             except ValueError as error:  # a forced call cut off by max_tokens is not JSON
-                yield _failed(f"the model's tool call could not be read ({error}); allow more max_tokens", None)
-                return
+                if finish != "length":
+                    yield _failed(f"the model's tool call could not be read ({error})", None)
+                    return
+                text, calls = "".join(held), []  # as on our engine: the cut text, finish_reason length
             if text:
                 yield {"text": text}
         yield {
