@@ -119,7 +119,7 @@ async def run_isolated(orchestrator: Orchestrator, request: PipelineRequest) -> 
 def to_moesaic_messages(messages: list[BaseMessage]) -> list[Message]:
     """LangChain messages as the pipeline's turns.
 
-    System, human and AI messages keep their roles. A pool's experts answer in text, so an AI
+    System, human and AI messages keep their roles. The subgraph asks the pool without tools, so an AI
     message's tool calls become a line saying which tool was called with what, and a tool result
     becomes a user turn naming the tool: the experts see the whole exchange rather than a gap.
     """

@@ -1,8 +1,9 @@
 """Tools in the pipeline: who is shown the caller's tools, and what happens when an expert calls one.
 
-A request's ``tools``, ``tool_choice`` and ``response_format`` reach every recruited expert; only experts on a
-tool-capable backend (``ExpertSpec.supports``: ``litellm``) or engine (vLLM's: ``experts/vllm/tools.py``) pass
-tools to their model, the others answer in text;
+A request's ``tools``, ``tool_choice`` and ``response_format`` reach every recruited expert; experts on a
+tool-capable backend (``ExpertSpec.supports``: ``litellm``, and ``local``/``moe`` on either engine, whose calls a
+grammar holds well-formed: ``experts/engine/tool_calls.py``, ``experts/vllm/tools.py``) pass tools to their model,
+the others (``echo``) answer in text;
 ``response_format`` is followed by ``litellm`` experts and enforced by ``local`` ones. When recruited experts
 answer with tool calls, the pool votes (``aggregator``'s ``vote_on_calls``): first whether to call or to answer in
 text, weighted by each expert's competence, then, if calling won, on the calls themselves, made canonical so that
