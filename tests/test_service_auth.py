@@ -59,6 +59,16 @@ def test_keys_are_random_and_only_their_sha256_is_kept() -> None:
     assert record.hash == hash_key(first) and record.models == ["*"]
 
 
+@pytest.mark.parametrize(
+    ("text", "mode"), [("on", "on"), ("off", "off"), ("yes", "on"), ("false", "off"), ('"on"', "on")]
+)
+def test_auth_mode_takes_yamls_on_and_off_as_written(tmp_path: Path, text: str, mode: str) -> None:
+    """Unquoted, YAML reads ``on``/``off`` as booleans; the mode is what they spell."""
+    config = tmp_path / "service.yaml"
+    config.write_text(f"auth:\n  mode: {text}\n", encoding="utf-8")
+    assert load_service_config(config).auth.mode == mode
+
+
 def test_principal_models_are_patterns() -> None:
     principal = Principal("team", models=("moesaic", "expert/*"))
     assert principal.allows("moesaic") and principal.allows("expert/math")

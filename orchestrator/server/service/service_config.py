@@ -142,6 +142,15 @@ class AuthSection(_Section):
         2.0, description="how long the Redis keys are reused before being read again (revocation delay)"
     )
 
+    @field_validator("mode", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, mode: Any) -> Any:
+        """YAML reads an unquoted ``on``/``off`` (and ``yes``/``no``, ``true``/``false``) as a boolean: take it as
+        the mode it spells."""
+        if isinstance(mode, bool):
+            return "on" if mode else "off"
+        return mode
+
     @field_validator("keys")
     @classmethod
     def _unique(cls, keys: list[KeyRecord]) -> list[KeyRecord]:
