@@ -84,8 +84,12 @@ def test_yaml_syntax_error_gives_line(tmp_path: Path) -> None:
 def test_empty_file_and_missing_file(tmp_path: Path) -> None:
     with pytest.raises(PoolFileError, match="top level must be a mapping"):
         load_pool(write(tmp_path, ""))
-    with pytest.raises(PoolFileError, match="no such pool file"):
+    with pytest.raises(PoolFileError, match="no file .*absent.yaml, and no pool of that name") as missing:
         load_pool(tmp_path / "absent.yaml")
+    assert "pools by name: default, examples/litellm, examples/moe" in str(missing.value)  # what exists
+    with pytest.raises(PoolFileError, match="'.*': a folder, not a file"):
+        load_pool(tmp_path)
+    assert load_pool("examples/moe").name  # a pool in a folder of deploy/pools, by name
 
 
 def test_bad_expert_name(tmp_path: Path) -> None:

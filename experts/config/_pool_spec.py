@@ -372,12 +372,25 @@ class PoolSpec(_Strict):
 def resolve_pool_path(pool: str | Path) -> Path:
     """A pool argument is a path, or the name of a file in ``deploy/pools`` (``default``)."""
     candidate = Path(pool)
-    if candidate.exists():
+    if candidate.is_file():
         return candidate
     named = POOLS_DIR / f"{pool}.yaml"
-    if named.exists():
+    if named.is_file():
         return named
-    raise PoolFileError(f"{pool}: no such pool file (nor {named}); pass a path to a YAML pool file")
+    where = "a folder, not a file" if candidate.is_dir() else f"no file {candidate.resolve()}"
+    known = ", ".join(pool_names()) or "none"
+    raise PoolFileError(
+        f"pool {str(pool)!r}: {where}, and no pool of that name in {POOLS_DIR} (pools by name: {known}); "
+        "pass a path to a YAML pool file or one of those names"
+    )
+
+
+def pool_names() -> list[str]:
+    """The pools that can be named rather than given by path: ``deploy/pools``' files, ``examples/moe`` style for
+    those in its folders."""
+    if not POOLS_DIR.is_dir():
+        return []
+    return sorted(path.relative_to(POOLS_DIR).with_suffix("").as_posix() for path in POOLS_DIR.rglob("*.yaml"))
 
 
 def parse_pool(raw: Any, source: str) -> PoolSpec:
