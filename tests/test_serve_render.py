@@ -7,6 +7,7 @@ The real deployment (``ray start``, ``serve run``, the HTTP proxy) is tests/test
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -211,6 +212,23 @@ def _render_with_service(tmp_path: Path, service: dict[str, Any], *flags: str) -
     done = subprocess.run(command + list(flags), capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done
+
+
+def test_render_without_out_refuses_to_replace_the_checked_in_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "deploy").mkdir()
+    (tmp_path / "deploy" / "serve.yaml").write_text("checked in\n", encoding="utf-8")
+    (tmp_path / "pool.yaml").write_text(yaml.safe_dump(pool()), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)
+    command = [sys.executable, "-m", "orchestrator.cli", "deploy", "render", "--pool", "pool.yaml"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    refused = subprocess.run(command, capture_output=True, text=True, timeout=120, env=env)
+    assert refused.returncode == 2 and "--out DIR" in refused.stderr and "--force" in refused.stderr
+    assert (tmp_path / "deploy" / "serve.yaml").read_text() == "checked in\n"  # untouched
+    forced = subprocess.run(command + ["--force"], capture_output=True, text=True, timeout=120, env=env)
+    assert forced.returncode == 0, forced.stderr
+    assert "MoesaicIngress" in (tmp_path / "deploy" / "serve.yaml").read_text()
 
 
 def test_no_secret_in_any_rendered_file(tmp_path: Path) -> None:

@@ -49,6 +49,7 @@ app = typer.Typer(help="Deploy on a Ray cluster: render the Serve config and the
 
 RAY_VERSION = "2.60.0"
 DEFAULT_IMAGE = "moesaic:0.1.0"  # built from deploy/kuberay/Dockerfile
+DEFAULT_OUT = Path("deploy")  # where the default pool's rendering is checked in
 APP_NAME = "moesaic"
 IMPORT_PATH = "orchestrator.frameworks.serve_app:build"
 POD_HOST = "0.0.0.0"
@@ -440,7 +441,9 @@ def _secret_command(rendered: Rendered) -> str:
 @app.command("render")
 def render_command(
     pool: str = pool_option(),
-    out: Path = typer.Option(Path("deploy"), "--out", help="writes OUT/serve.yaml and OUT/kuberay/rayservice.yaml"),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="writes OUT/serve.yaml and OUT/kuberay/rayservice.yaml (default: deploy, see --force)"
+    ),
     image: str = typer.Option(DEFAULT_IMAGE, "--image", help="container image with Moesaic installed"),
     secret: str = typer.Option(
         DEFAULT_SECRET, "--secret", help="Kubernetes Secret holding Ray's token, the API keys and the Redis URL"
@@ -448,6 +451,9 @@ def render_command(
     service: Optional[Path] = typer.Option(None, "--service-config", help="service config (Redis, auth, limits)"),
     ray_client: bool = typer.Option(
         False, "--ray-client", help="also declare the head's Ray Client port (10001; token authentication applies)"
+    ),
+    force: bool = typer.Option(
+        False, "--force", help="without --out: overwrite deploy/serve.yaml and deploy/kuberay/rayservice.yaml"
     ),
     engine_python: Optional[str] = typer.Option(
         None,
@@ -459,6 +465,16 @@ def render_command(
     """Render the pool as a Ray Serve config and a KubeRay RayService manifest (no secret in either)."""
     from orchestrator.server.service.service_config import ServiceConfigError
 
+    if out is None:
+        out = DEFAULT_OUT
+        existing = [path for path in (out / "serve.yaml", out / "kuberay" / "rayservice.yaml") if path.exists()]
+        if existing and not force:
+            typer.echo(
+                f"error: {', '.join(map(str, existing))} already exist(s) (the checked-in rendering of the default "
+                "pool); pass --out DIR to write this pool's files elsewhere, or --force to overwrite them",
+                err=True,
+            )
+            raise typer.Exit(2)
     try:
         rendered = render(pool, out, image, secret, service, ray_client, engine_python)
     except (PoolFileError, ServiceConfigError) as error:
