@@ -146,3 +146,13 @@ def test_profile_of_a_multi_benchmark_table_writes_one_file_each(tmp_path: Path)
     result = CliRunner().invoke(app, ["profile", "--outcomes", str(path), "--out", str(tmp_path / "p.json")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "p.gsm8k.json").exists() and (tmp_path / "p.mmlu.json").exists()
+
+
+def test_plot_without_matplotlib_stops_before_the_evaluation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(__import__("sys").modules, "matplotlib", None)  # as if the plot extra were not installed
+    missing_table = tmp_path / "absent.csv"  # the evaluation would fail on this; the plot check comes first
+    result = CliRunner().invoke(
+        app, ["eval-router", "--outcomes", str(missing_table), "--plot", str(tmp_path / "c.png")]
+    )
+    assert result.exit_code != 0 and "pip install 'moesaic[plot]'" in result.output
+    assert "absent.csv" not in result.output

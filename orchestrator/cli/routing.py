@@ -166,6 +166,8 @@ def eval_router(
         fail(f"--vote {vote!r} is not one of weighted, majority")
     if (outcomes is None) == (train is None or test is None):
         fail("give either --outcomes FILE (with --split) or both --train FILE and --test FILE")
+    if plot is not None:
+        _pyplot()  # before the evaluation: a missing matplotlib stops here, not after minutes of work
     try:
         if outcomes is not None:
             pairs = split_tables(load_outcomes(outcomes, pool), split, seed)
