@@ -134,6 +134,13 @@ def test_keys_create_prints_the_key_once_and_the_record_for_the_config(tmp_path:
     assert loaded.requests_per_minute == 30 and key not in config.read_text()
     listed = CliRunner().invoke(cli, ["keys", "list", "--config", str(config)])
     assert listed.exit_code == 0 and "ci" in listed.output and key not in listed.output
+    # Redis down (nothing listens on port 1): the file's keys are still listed, with a warning saying why
+    down = "redis://:secret-pw@127.0.0.1:1/0"
+    listed = CliRunner().invoke(cli, ["keys", "list", "--config", str(config), "--redis", down])
+    assert listed.exit_code == 0 and "ci" in listed.output and "cannot reach Redis" in listed.output
+    assert "secret-pw" not in listed.output  # the URL is shown without its password
+    alone = CliRunner().invoke(cli, ["keys", "list", "--redis", down])  # nothing else to list: an error
+    assert alone.exit_code == 2 and "cannot reach Redis" in alone.output
     refused = CliRunner().invoke(cli, ["keys", "revoke", "ci", "--config", str(config)])
     assert refused.exit_code == 2 and "delete its entry under auth.keys" in refused.output
     bad = CliRunner().invoke(cli, ["keys", "create", "no spaces please"])

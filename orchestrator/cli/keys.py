@@ -14,6 +14,7 @@ from typing import Any, Optional
 import typer
 import yaml
 from pydantic import ValidationError
+from rich.markup import escape
 from rich.table import Table
 
 from orchestrator.cli.output import console, errors, fail
@@ -52,14 +53,24 @@ def _config_redis(service: ServiceConfig | None) -> str | None:
 
 
 def _redis(url: str) -> Any:
+    client, problem = _reach_redis(url)
+    if client is None:
+        fail(f"{problem}. Start redis-server there or fix --redis")
+    return client
+
+
+def _reach_redis(url: str) -> tuple[Any, str]:
+    """A client of the Redis at ``url`` that answered a ping, or None and why not (the URL without its password)."""
     import redis
+
+    from orchestrator.server.service.redis_link import redact
 
     client = redis.Redis.from_url(url, decode_responses=True, socket_timeout=3, socket_connect_timeout=3)
     try:
         client.ping()
     except (redis.RedisError, OSError) as error:
-        fail(f"cannot reach Redis at {url}: {error}. Start redis-server there or fix --redis")
-    return client
+        return None, f"cannot reach Redis at {redact(url)}: {error}"
+    return client, ""
 
 
 def _redis_records(client: Any, hash_name: str) -> list[KeyRecord]:
@@ -139,7 +150,13 @@ def list_keys(redis_url: Optional[str] = RedisOption, config: Optional[str] = Co
     ]
     if redis_url:
         hash_name = service.auth.redis_hash if service else "moesaic:keys"
-        rows += [(f"redis {hash_name}", record) for record in _redis_records(_redis(redis_url), hash_name)]
+        client, problem = _reach_redis(redis_url)
+        if client is None and service is None:
+            fail(f"{problem}. Start redis-server there or fix --redis")
+        if client is None:  # the file's keys are still worth seeing; say that Redis' are missing
+            errors.print(f"[yellow]warning:[/yellow] {escape(problem)}; listing {path}'s keys only", soft_wrap=True)
+        else:
+            rows += [(f"redis {hash_name}", record) for record in _redis_records(client, hash_name)]
     table = Table(title=f"{len(rows)} API key{'s' if len(rows) != 1 else ''}")
     for column in ("name", "source", "models", "rpm", "tpm", "max_tokens", "budget/day", "created", "hash"):
         table.add_column(column)
