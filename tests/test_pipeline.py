@@ -176,6 +176,11 @@ def test_cli_ask_explains_and_prints_json(ray_session: None, tmp_path) -> None: 
     assert result.exit_code == 0, result.output
     payload = json.loads(result.output.strip().splitlines()[-1])
     assert payload["answer"] == "solve 3 + 4" and payload["decision"]["experts"] == ["a"]
+    three = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "-k", "3", "--json"])
+    assert three.exit_code == 0, three.output
+    said = json.loads(three.output.strip().splitlines()[-1])["fewer_experts"]  # why not three, in the JSON too
+    assert said.startswith("answered by") and "of the 3 experts asked for (-k 3)" in said
+    assert "the pool has 2 routable expert(s) (a, b)" in said
     explained = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--explain"])
     assert explained.exit_code == 0 and "routing" in explained.output and "timings" in explained.output
     refused = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--policy", "cost"])

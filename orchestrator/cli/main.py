@@ -8,6 +8,7 @@ import sys
 from typing import Any, Optional
 
 import typer
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
@@ -178,10 +179,13 @@ def ask(
     if strategy is not None and strategy not in STRATEGIES:
         errors.print(f"[red]error:[/red] --strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
         raise typer.Exit(2)
-    result = asyncio.run(_ask(spec, question, k, policy, strategy, max_tokens, temperature, ray_address))
+    result, not_started = asyncio.run(_ask(spec, question, k, policy, strategy, max_tokens, temperature, ray_address))
+    fewer = _fewer_experts(k, result, spec, not_started)
     if as_json:
-        print(json.dumps({"answer": result.text, **result.metadata()}))
+        print(json.dumps({"answer": result.text, **result.metadata(), **({"fewer_experts": fewer} if fewer else {})}))
         return
+    if fewer:
+        errors.print(f"[yellow]note:[/yellow] {escape(fewer)}", soft_wrap=True)
     if explain:
         _explain(result)
     how = result.strategy + (", consensus short-cut" if result.verdict.shortcut else "")
@@ -207,12 +211,31 @@ async def _ask(spec: PoolSpec, question: str, k, policy, strategy, max_tokens, t
         generation = GenerationRequest([Message("user", question)], max_tokens=max_tokens, temperature=temperature)
         request = PipelineRequest(generation, k=k, policy=policy, strategy=strategy)
         with console.status("answering..."):
-            return await Orchestrator(pool).run(request)
+            return await Orchestrator(pool).run(request), list(failed)
     except Exception as error:
         errors.print(f"[red]error:[/red] {error}")
         raise typer.Exit(1) from None
     finally:
         await pool.shutdown()
+
+
+def _fewer_experts(k: int | None, result: Any, spec: PoolSpec, not_started: list[str]) -> str | None:
+    """Why the answer came from fewer experts than ``-k`` asked for; None when it did not."""
+    decision = result.decision
+    if k is None or len(decision.experts) >= k:
+        return None
+    routable = [expert.name for expert in spec.experts if expert.routable]
+    reasons = []
+    if len(routable) < k:
+        reasons.append(f"the pool has {len(routable)} routable expert(s) ({', '.join(routable)})")
+    down = [name for name in not_started if name in routable]
+    if down:
+        reasons.append(f"{', '.join(down)} did not start")
+    unchosen = [score for score in decision.scores if not score.chosen and score.name in routable]
+    reasons += [f"{score.name} was not chosen: {score.reason}" for score in unchosen if score.name not in down]
+    if not reasons:
+        reasons.append(f"the {decision.policy} router settled on k={decision.k}")
+    return f"answered by {len(decision.experts)} of the {k} experts asked for (-k {k}): " + "; ".join(reasons)
 
 
 def _explain(result) -> None:  # type: ignore[no-untyped-def]
