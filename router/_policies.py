@@ -56,6 +56,7 @@ class QueryView:
     ood: bool
     generalist: int
     plans: list[PlanEstimate] | None = None  # the cost optimiser's candidates, estimated (router/_plans.py)
+    category_names: tuple[str, ...] = ()  # (C,) the categories' names, for the reasons a decision gives
 
 
 @dataclass
@@ -83,7 +84,8 @@ def select(policy: str, view: QueryView, settings: PolicySettings, rng: np.rando
         category = int(np.argmax(view.category_probs))
         best = int(view.category_best[category])
         chosen = Selection([best], view.competence)
-        chosen.reasons[best] = f"chosen: best measured expert for predicted category #{category}"
+        name = view.category_names[category] if category < len(view.category_names) else f"#{category}"
+        chosen.reasons[best] = f"chosen: best measured expert for predicted category {name!r}"
         return _explain_rest(chosen, "not chosen: not the predicted category's best expert")
     if policy == "cost":
         if settings.mix is not None and view.plans is not None:

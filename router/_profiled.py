@@ -190,6 +190,7 @@ class ProfiledRouter:
             ood=bool(est.ood[0]),
             generalist=usable.index(generalist),
             plans=self._plans(policy, competence, expected_cost, usable, settings),
+            category_names=tuple(self.profiles.categories),
         )
         selection = select(policy, view, settings, self._rng)
         chosen = [usable[i] for i in selection.experts]

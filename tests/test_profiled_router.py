@@ -112,7 +112,9 @@ def test_every_policy_runs_and_explains(profiled_router: ProfiledRouter) -> None
         decision = profiled_router.recruit(estimate, policy=policy)
         assert decision.policy == policy and decision.experts
         assert all(score.reason for score in decision.scores)
-    assert profiled_router.recruit(estimate, policy="category").experts == ["numbers"]
+    category = profiled_router.recruit(estimate, policy="category")
+    assert category.experts == ["numbers"]
+    assert category.scores[0].reason == "chosen: best measured expert for predicted category 'math'"  # its name
     assert profiled_router.recruit(estimate, healthy={"wordsmith"}).experts == ["wordsmith"]
 
 

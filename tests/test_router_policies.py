@@ -55,6 +55,8 @@ def test_skills_global_weight_and_sampling() -> None:
 def test_category_policy_uses_the_predicted_categorys_best() -> None:
     assert select("category", view(), PolicySettings(), RNG).experts == [2]
     assert select("category", view(category_probs=np.array([0.1, 0.9])), PolicySettings(), RNG).experts == [0]
+    named = select("category", view(category_names=("math", "writing")), PolicySettings(), RNG)
+    assert named.reasons[2] == "chosen: best measured expert for predicted category 'math'"  # by name, not index
 
 
 def test_cost_policy_without_plan_estimates_weighs_single_experts() -> None:
