@@ -12,8 +12,10 @@ checked by its ``ast_checker`` (function names, required and allowed parameters,
 Configurations, on the same test questions:
 
 - ``expert/<name>`` for each routable expert of the default pool: one model call per question;
-- ``vote k=3``: ``model: moesaic`` with ``moesaic.k: 3``: three experts' calls, voted on (competence-weighted,
-  calls canonicalised) by the pipeline;
+- ``vote k=3``: ``model: moesaic`` with ``moesaic.experts`` naming the three experts most accurate on the train half
+  (the default pool's lexical router finds no skill evidence in most of these questions and would send them to
+  one or two experts, whatever ``k`` says): their three calls, voted on by the pipeline (competence-weighted, calls
+  canonicalised);
 - ``escalate``: ``model: moesaic/escalate`` on a second server whose pool carries the profiles measured on the
   train half (the two most competent of the cheaper half first; more experts when they disagree on the calls).
 
@@ -229,6 +231,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     train, test = load_questions(kit, args.per_category, args.seed)
     experts = [expert.name for expert in load_pool("default").experts if expert.routable]
     tallies: dict[str, Tally] = {}
+    trio: list[str] = []
     folder = Path(tempfile.mkdtemp(prefix="moesaic-bfcl-"))
     started = time.monotonic()
     server = Server(ROOT / "deploy" / "pools" / "default.yaml", folder / "serve.log")
@@ -239,8 +242,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             print(f"expert/{expert} ...", file=sys.stderr, flush=True)
             _, train_outcomes[expert] = asyncio.run(run(server.url, kit, train, f"expert/{expert}", {}, args))
             tallies[f"expert/{expert}"], _ = asyncio.run(run(server.url, kit, test, f"expert/{expert}", {}, args))
-        print("vote k=3 ...", file=sys.stderr, flush=True)
-        tallies["vote k=3"], _ = asyncio.run(run(server.url, kit, test, "moesaic", {"moesaic": {"k": 3}}, args))
+        trio = sorted(experts, key=lambda name: -sum(train_outcomes[name].values()))[:3]  # chosen on train
+        print(f"vote k=3 ({', '.join(trio)}) ...", file=sys.stderr, flush=True)
+        vote = {"moesaic": {"experts": trio}}
+        tallies["vote k=3"], _ = asyncio.run(run(server.url, kit, test, "moesaic", vote, args))
     finally:
         server.stop()
     profiles = profiles_file(train, train_outcomes, folder)
@@ -269,6 +274,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             for name, tally in tallies.items()
         },
         "best_single": best_name,
+        "vote_experts": trio,
         "vote_gain": round(tallies["vote k=3"].accuracy - best, 4),
         "escalate_gain": round(tallies["escalate"].accuracy - best, 4),
         "target_met": tallies["vote k=3"].accuracy >= best,
