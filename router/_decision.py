@@ -46,7 +46,7 @@ class Escalation(BaseModel):
 class RoutingDecision(BaseModel):
     """The router's answer for one query."""
 
-    policy: str = "lexical"
+    policy: str = "skills"  # the declared-skills router (no profiles) decides by the skills policy
     skills: dict[str, float] = Field(default_factory=dict, description="skill -> estimated need (sums to 1)")
     evidence: dict[str, list[str]] = Field(default_factory=dict, description="skill -> words that suggested it")
     k: int

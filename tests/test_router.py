@@ -1,4 +1,4 @@
-"""Router v1: lexical skills, top-k recruiting, fallback, explanations."""
+"""The skills policy over declared skills (no profiles): skill scores, top-k recruiting, fallback, explanations."""
 
 from __future__ import annotations
 

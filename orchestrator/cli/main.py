@@ -164,7 +164,9 @@ def ask(
     question: str = typer.Argument(..., help="the question"),
     pool: str = PoolOption,
     k: Optional[int] = typer.Option(None, "-k", help="how many experts answer (default: the pool's k)"),
-    policy: Optional[str] = typer.Option(None, "--policy", help="skills | category | cost | cascade (profiled pools)"),
+    policy: Optional[str] = typer.Option(
+        None, "--policy", help="skills | category | cost | cascade | escalate (all but skills need profiles)"
+    ),
     strategy: Optional[str] = typer.Option(None, "--strategy", help="passthrough | vote | synthesize | rank"),
     max_tokens: Optional[int] = typer.Option(None, help="token budget per model call"),
     temperature: Optional[float] = typer.Option(None, help="sampling temperature (0 = greedy)"),
