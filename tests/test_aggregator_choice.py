@@ -119,7 +119,7 @@ def test_bench_aggregators_measures_stores_and_the_router_uses_it(
     arguments += ["--candidates", "conductor,generalist", "--max-tokens", "24", "--redis", redis_url, "--json"]
     outcome = CliRunner().invoke(app, arguments)
     assert outcome.exit_code == 0, outcome.output
-    figures = json.loads(outcome.output.strip().splitlines()[-1])
+    figures = json.loads(outcome.stdout)
     assert figures["cases"] == 2 and set(figures["per_category"]) == {"biology", "math"}
     for name in ("conductor", "generalist"):
         assert sum(cell[1] for cell in figures["recovered"][name].values()) == 2  # every case, every aggregator

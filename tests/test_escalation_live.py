@@ -274,7 +274,7 @@ def test_cli_route_lists_the_plans_and_refuses_a_budget_without_a_plan_policy(po
     assert "plans weighed: lambda" in shown.output and "budget 0.5x" in shown.output
     assert "escalate" in shown.output and "vote" in shown.output and "single" in shown.output
     as_json = CliRunner().invoke(app, ["route", AGREE, "--pool", str(pool_file), "--json"])
-    decision = json.loads(as_json.output.strip().splitlines()[-1])
+    decision = json.loads(as_json.stdout)
     assert decision["policy"] == "escalate" and decision["escalation"]["then"] == ["strong"]
     refused = CliRunner().invoke(app, ["route", AGREE, "--pool", str(pool_file), "--policy", "skills", "--budget", "1"])
     assert refused.exit_code == 2 and "budget applies to the cost and escalate policies" in refused.output

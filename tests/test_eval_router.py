@@ -29,7 +29,7 @@ def shared_slice(tmp_path: Path, name: str, rows: int) -> Path:
 def run_json(*args: str) -> dict[str, object]:
     result = CliRunner().invoke(app, [*args, "--json"])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output.strip().splitlines()[-1])
+    return json.loads(result.stdout)
 
 
 def test_mmlu_pro_slice_is_deterministic_and_complete(tmp_path: Path) -> None:

@@ -174,11 +174,11 @@ def test_cli_ask_explains_and_prints_json(ray_session: None, tmp_path) -> None: 
     path.write_text(yaml.safe_dump(pool))
     result = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--json"])
     assert result.exit_code == 0, result.output
-    payload = json.loads(result.output.strip().splitlines()[-1])
+    payload = json.loads(result.stdout)
     assert payload["answer"] == "solve 3 + 4" and payload["decision"]["experts"] == ["a"]
     three = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "-k", "3", "--json"])
     assert three.exit_code == 0, three.output
-    said = json.loads(three.output.strip().splitlines()[-1])["fewer_experts"]  # why not three, in the JSON too
+    said = json.loads(three.stdout)["fewer_experts"]  # why not three, in the JSON too
     assert said.startswith("answered by") and "of the 3 experts asked for (-k 3)" in said
     assert "the pool has 2 routable expert(s) (a, b)" in said
     explained = CliRunner().invoke(app, ["ask", "solve 3 + 4", "--pool", str(path), "--explain"])

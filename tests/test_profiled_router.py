@@ -156,7 +156,7 @@ def test_cli_route(profiled_pool_file: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
-    decision = json.loads(result.output.strip().splitlines()[-1])
+    decision = json.loads(result.stdout)
     assert decision["policy"] == "category" and decision["experts"] == ["numbers"]
 
 

@@ -67,7 +67,7 @@ def evaluate(server: ServerThread, **body: object) -> httpx.Response:
 def cli_figures(path: Path, *args: str) -> dict[str, object]:
     result = CliRunner().invoke(cli, ["eval-router", "--outcomes", str(path), "--frontier", "--json", *args])
     assert result.exit_code == 0, result.output
-    return json.loads(result.output.strip().splitlines()[-1])
+    return json.loads(result.stdout)
 
 
 def test_the_answer_is_eval_routers_for_the_same_table(server: ServerThread, table: Path) -> None:

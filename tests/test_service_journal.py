@@ -146,12 +146,12 @@ def test_tail_command(redis_url: str) -> None:
     table = runner.invoke(app, ["tail", "--redis", redis_url, "--stream", stream], env={"COLUMNS": "200"})
     assert table.exit_code == 0, table.output
     assert "req-1" in table.output and "answer 1" in table.output and "rate limited" in table.output
-    lines = runner.invoke(app, ["tail", "--redis", redis_url, "--stream", stream, "--json", "-n", "1"])
-    assert lines.exit_code == 0, lines.output
-    [only] = [json.loads(line) for line in lines.output.splitlines()]
+    latest = runner.invoke(app, ["tail", "--redis", redis_url, "--stream", stream, "--json", "-n", "1"])
+    assert latest.exit_code == 0, latest.output
+    [only] = json.loads(latest.stdout)  # stdout is one JSON document: the entries
     assert only["id"] == ids[1] and only["status"] == 429 and only["error"] == "rate limited"
     since = runner.invoke(app, ["tail", "--redis", redis_url, "--stream", stream, "--since", ids[0], "--json"])
-    assert [json.loads(line)["request_id"] for line in since.output.splitlines()] == ["req-2"]
+    assert [entry["request_id"] for entry in json.loads(since.stdout)] == ["req-2"]
     wrong = runner.invoke(app, ["tail", "--redis", redis_url, "--stream", stream, "--since", "yesterday"])
     assert wrong.exit_code == 2 and "is not a journal entry id" in wrong.output
 
@@ -208,8 +208,8 @@ def test_replay_against_a_running_server(redis_url: str, echo_server: ServerThre
         env={"COLUMNS": "200"},
     )
     assert result.exit_code == 0, result.output
-    assert "req-0" in result.output and "same answer" in result.output
-    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert "req-0" in result.stderr and "same answer" in result.stderr  # the table, for people: on stderr
+    summary = json.loads(result.stdout)  # stdout is the JSON document alone
     assert summary["replayed"] == 3 and summary["same_status"] == 3 and summary["errors"] == 0
     assert (summary["same_answer"], summary["different_answer"], summary["not_compared"]) == (1, 1, 1)
     assert [row["same_answer"] for row in summary["rows"]] == [True, False, None]

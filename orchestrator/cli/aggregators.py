@@ -13,7 +13,7 @@ from aggregator import AggregatorChoice, SyntheticCase
 from experts import is_ready
 from experts.config import PoolSpec
 from orchestrator.cli.options import pool_option, ray_address_option
-from orchestrator.cli.output import console, fail
+from orchestrator.cli.output import console, fail, json_output
 
 
 def bench_aggregators(
@@ -30,7 +30,7 @@ def bench_aggregators(
     name: Optional[str] = typer.Option(None, "--name", help="key space in the store (default: the pool's name)"),
     out: Optional[Path] = typer.Option(None, "--out", help="also write the choice as JSON here"),
     ray_address: Optional[str] = ray_address_option(),
-    as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object (tables to stderr)"),
 ) -> None:
     """Score candidate aggregators on synthetic cases (one right + two wrong answers) and keep the best."""
     import asyncio
@@ -51,10 +51,11 @@ def bench_aggregators(
     cases = build_cases(questions, graded, per_category, seed)
     if not cases:
         fail(f"{results}: no question has one right and two different wrong answers; profile more questions or experts")
-    console.print(f"{len(cases)} synthetic cases x {len(names)} aggregators ({', '.join(names)})")
-    choice = asyncio.run(_measure(spec, cases, names, max_tokens, ray_address))
-    _print_table(choice, names)
-    _store(choice, name or spec.name, redis_url, out)
+    with json_output(as_json):  # what it prints for people: on stderr with --json
+        console.print(f"{len(cases)} synthetic cases x {len(names)} aggregators ({', '.join(names)})")
+        choice = asyncio.run(_measure(spec, cases, names, max_tokens, ray_address))
+        _print_table(choice, names)
+        _store(choice, name or spec.name, redis_url, out)
     if as_json:
         figures = {
             "cases": len(cases),

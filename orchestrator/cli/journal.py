@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from orchestrator.cli.output import console, fail
+from orchestrator.cli.output import console, fail, json_output
 from orchestrator.server.service.journal import JournalEntry, RequestJournal
 from orchestrator.server.service.redis_link import RedisUnavailable, connect_redis
 
@@ -76,13 +76,12 @@ def tail(
     since: Optional[str] = typer.Option(None, "--since", help="entries after this entry id instead of the latest"),
     redis_url: Optional[str] = RedisOption,
     stream: str = StreamOption,
-    as_json: bool = typer.Option(False, "--json", help="one JSON object per entry instead of the table"),
+    as_json: bool = typer.Option(False, "--json", help="the entries as one JSON array instead of the table"),
 ) -> None:
     """Show the latest journal entries: who asked what, the status, how long it took, cache hits."""
     entries = _load(redis_url, stream, count, since)
-    if as_json:
-        for entry in entries:
-            print(json.dumps({"id": entry.entry_id, **json.loads(entry.to_json())}, ensure_ascii=False))
+    if as_json:  # one JSON document: the entries, oldest first
+        print(json.dumps([{"id": e.entry_id, **json.loads(e.to_json())} for e in entries], ensure_ascii=False))
         return
     table = Table(title=f"journal {stream!r}: {len(entries)} entries")
     for column in ("id", "time", "request id", "key", "model", "status", "ms", "cache", "answer / error"):
@@ -151,7 +150,7 @@ def replay(
     stream: str = StreamOption,
     timeout: float = typer.Option(120.0, "--timeout", help="seconds per request"),
     use_cache: bool = typer.Option(False, "--use-cache", help="let the server answer from its cache"),
-    as_json: bool = typer.Option(False, "--json", help="print a summary JSON object as the last line"),
+    as_json: bool = typer.Option(False, "--json", help="print a summary JSON object (the table to stderr)"),
 ) -> None:
     """Re-send journaled requests and compare the status codes and answers with the recorded ones."""
     entries = _load(redis_url, stream, count, since)
@@ -166,7 +165,8 @@ def replay(
         same = {True: "yes", False: "[red]no[/red]", None: "-"}[row["same_answer"]]
         replayed = str(row["replay_status"]) if row["replay_status"] is not None else f"[red]{row['error']}[/red]"
         table.add_row(row["entry_id"] or "", row["request_id"], str(row["status"]), replayed, same)
-    console.print(table)
+    with json_output(as_json):  # the table for people: on stderr with --json
+        console.print(table)
     if as_json:
         summary = {
             "replayed": len(rows),

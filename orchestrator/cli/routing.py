@@ -12,7 +12,7 @@ from rich.table import Table
 
 from experts import is_ready
 from orchestrator.cli.options import pool_option
-from orchestrator.cli.output import console, fail
+from orchestrator.cli.output import console, fail, json_output
 
 
 def profile(
@@ -154,7 +154,7 @@ def eval_router(
         False, "--frontier", help="the policy at several budgets against the random-mix hull of single models"
     ),
     budgets: str = typer.Option("0.25,0.5,0.75,1.0", "--budgets", help="--frontier: budgets, x the best single's cost"),
-    as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object on the last line"),
+    as_json: bool = typer.Option(False, "--json", help="print the figures as one JSON object (tables to stderr)"),
 ) -> None:
     """Route a labelled test table with profiles from a training table; no model is called."""
     from router import POLICIES, PolicySettings
@@ -189,18 +189,19 @@ def eval_router(
         escalate_threshold=escalate_threshold,
     )
     options = EvalOptions(policy=policy, settings=settings, budget_factor=budget, vote=vote, seed=seed)
-    try:
-        with console.status("profiling and routing..."):
-            reports = evaluate_pairs(pairs, options, budget_list)
-    except ValueError as error:
-        fail(str(error))
-    for name, report in reports.items():
-        _print_report(name, report)
-        if frontier:
-            _print_frontier(name, report)
-    if plot is not None:
-        (_plot_frontier if frontier else _plot)(reports, plot)
-        console.print(f"wrote {plot}")
+    with json_output(as_json):  # the tables for people: on stderr with --json
+        try:
+            with console.status("profiling and routing..."):
+                reports = evaluate_pairs(pairs, options, budget_list)
+        except ValueError as error:
+            fail(str(error))
+        for name, report in reports.items():
+            _print_report(name, report)
+            if frontier:
+                _print_frontier(name, report)
+        if plot is not None:
+            (_plot_frontier if frontier else _plot)(reports, plot)
+            console.print(f"wrote {plot}")
     if as_json:
         payload = next(iter(reports.values())) if len(reports) == 1 else {"benchmarks": reports}
         print(json.dumps(json_figures(payload)))
