@@ -14,6 +14,7 @@ from typing import Any
 
 import anyio
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 KEEPALIVE_S = 15.0  # below the common proxy idle timeouts (nginx 60 s, AWS ALB 60 s)
 KEEPALIVE = ": keep-alive\n\n"
@@ -127,6 +128,22 @@ class StreamedAnswer:
             "usage": self.usage,
             "moesaic": self.metadata,
         }
+
+
+class ClosingStream(StreamingResponse):
+    """A stream whose iterators (``closing``) are closed however it ends, finished or left by the client, so that
+    the work behind them stops and what records them runs."""
+
+    def closing(self) -> list[Any]:
+        return [self.body_iterator]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for iterator in self.closing():
+                    await close_iterator(iterator)
 
 
 async def close_iterator(iterator: Any) -> None:

@@ -25,12 +25,11 @@ from typing import Any, TypeVar
 import anyio
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
 from experts import Price
 from experts.config import PoolSpec
 from orchestrator.pipeline.ledger import Bill, CallLedger
-from orchestrator.server.api.answers import AnswerResponse, AnswerStream, close_iterator
+from orchestrator.server.api.answers import AnswerResponse, AnswerStream, ClosingStream, close_iterator
 from orchestrator.server.api.body import parse_json_object
 from orchestrator.server.api.disconnect import CLIENT_CLOSED, ClientDisconnected, unless_disconnected
 from orchestrator.server.api.estimate import default_max_tokens, estimate_chat, price_lookup, prompt_tokens
@@ -215,20 +214,13 @@ def admission_for(http_request: Request, surface: Surface) -> Admission:
     return Admission(service, principal_of(http_request), surface, request_id)
 
 
-class GatedStream(StreamingResponse):
+class GatedStream(ClosingStream):
     """The route's stream, recorded, and closed however it ends, so the work behind it stops."""
 
     def __init__(self, original: StreamingResponse, body: AsyncIterator[Any], cache_state: str) -> None:
         super().__init__(body, status_code=original.status_code, background=original.background)
         self.raw_headers = list(original.raw_headers)
         self.headers[CACHE_HEADER] = cache_state
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await close_iterator(self.body_iterator)
 
 
 def _experts_of(body: dict[str, Any]) -> list[str]:

@@ -17,11 +17,9 @@ import json
 from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.types import Receive, Scope, Send
 
-from orchestrator.server.api.answers import AnswerResponse, close_iterator
+from orchestrator.server.api.answers import AnswerResponse, ClosingStream
 
 
 def answer_of(response: JSONResponse) -> dict[str, Any]:
@@ -44,7 +42,7 @@ async def chunks_of(events: AsyncIterator[Any]) -> AsyncIterator[dict[str, Any]]
             yield json.loads(payload)
 
 
-class TranslatedStream(StreamingResponse):
+class TranslatedStream(ClosingStream):
     """Events another API family renders from the gate's chat stream; the chat stream is closed however this ends
     (its recording settles the bill and journals the request, its close stops the work behind it)."""
 
@@ -52,13 +50,8 @@ class TranslatedStream(StreamingResponse):
         super().__init__(events, media_type="text/event-stream", headers=headers)
         self.chat_stream = chat_stream
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            await super().__call__(scope, receive, send)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await close_iterator(self.body_iterator)
-                await close_iterator(self.chat_stream.body_iterator)
+    def closing(self) -> list[Any]:
+        return [self.body_iterator, self.chat_stream.body_iterator]
 
 
 def passed_headers(response: StreamingResponse | JSONResponse) -> dict[str, str]:
