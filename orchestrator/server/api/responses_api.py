@@ -9,12 +9,15 @@ budgets, cache, journal and ``moesaic`` metadata. ``responses_render.py`` render
 ``previous_response_id`` continues a conversation: every stored answer (``store``, default true) keeps the
 conversation up to it (``service/response_store.py``: Redis when configured, else in process, for
 ``responses.ttl_s``), and the new input is appended to it; ``instructions`` are the request's own, as OpenAI's are.
+A stored answer belongs to the API key that made it (another key cannot continue it, whatever the id), and a
+conversation is bounded like a body: past ``limits.max_body_bytes`` it is refused, and a new one must start.
 
 Runs in: the API server. May import: litellm (lazily: its import takes seconds), the chat route.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import AsyncIterator
@@ -33,6 +36,8 @@ from orchestrator.server.errors import APIError, from_validation_error
 from orchestrator.server.service.response_store import ResponseStore
 
 router = APIRouter()
+
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024  # limits.max_body_bytes' default, for an app without a service
 
 # Fields of the translated chat body that our chat API takes
 CHAT_FIELDS = frozenset(
@@ -80,10 +85,11 @@ class ResponsesRequest(BaseModel):
 async def create_response(http_request: Request) -> Response:
     gate = Gate.open(http_request)
     store = response_store(http_request)
+    owner = gate.principal.key_name  # a stored answer is continued by the key that made it, only
     try:
         data = await gate.read_body()
         request = _validated(data)
-        items = await _conversation(request, store)
+        items = await _conversation(request, store, owner, _max_bytes(http_request))
         chat = _chat_body(request, items)
     except BaseException as error:
         await gate.failed(error)
@@ -91,12 +97,22 @@ async def create_response(http_request: Request) -> Response:
     answer = await run_chat(http_request, gate, chat)
     frame = ResponseFrame(new_id("resp"), int(time.time()), _echo(request))
     if isinstance(answer, StreamingResponse):
-        events = _stored_events(render_events(frame, chunks_of(answer.body_iterator)), request, items, store)
+        events = _stored_events(render_events(frame, chunks_of(answer.body_iterator)), request, items, store, owner)
         return TranslatedStream(answer, sse(events), passed_headers(answer))
     response = render_response(frame, answer_of(answer))
     if request.store:
-        await store.put(frame.response_id, items + _as_input(response["output"]))
+        await store.put(_stored_id(owner, frame.response_id), items + _as_input(response["output"]))
     return JSONResponse(response, headers=passed_headers(answer))
+
+
+def _stored_id(owner: str, response_id: str) -> str:
+    return f"{owner}:{response_id}"
+
+
+def _max_bytes(http_request: Request) -> int:
+    """The most a conversation may hold: the service's body limit (the default one without a service)."""
+    service = getattr(http_request.app.state, "service", None)
+    return service.config.limits.max_body_bytes if service is not None else DEFAULT_MAX_BYTES
 
 
 def response_store(http_request: Request) -> ResponseStore:
@@ -117,8 +133,10 @@ def _validated(data: dict[str, Any]) -> ResponsesRequest:
         raise from_validation_error(error) from None
 
 
-async def _conversation(request: ResponsesRequest, store: ResponseStore) -> list[dict[str, Any]]:
-    """The input items of this turn: the stored conversation it continues, then its own input."""
+async def _conversation(
+    request: ResponsesRequest, store: ResponseStore, owner: str, max_bytes: int
+) -> list[dict[str, Any]]:
+    """The input items of this turn: the stored conversation it continues (``owner``'s), then its own input."""
     own = (
         [{"type": "message", "role": "user", "content": request.input}]
         if isinstance(request.input, str)
@@ -126,16 +144,27 @@ async def _conversation(request: ResponsesRequest, store: ResponseStore) -> list
     )
     if request.previous_response_id is None:
         return list(own)
-    earlier = await store.get(request.previous_response_id)
+    earlier = await store.get(_stored_id(owner, request.previous_response_id))
     if earlier is None:
         raise APIError(
             400,
             f"previous response {request.previous_response_id!r} was not found: it was not stored (store: false), "
-            "or it expired (responses.ttl_s), or another server without shared Redis answered it",
+            "or it expired (responses.ttl_s), or another API key made it, or another server without shared Redis "
+            "answered it",
             param="previous_response_id",
             code="previous_response_not_found",
         )
-    return earlier + list(own)
+    items = earlier + list(own)
+    size = len(json.dumps(items, ensure_ascii=False).encode())
+    if size > max_bytes:
+        raise APIError(
+            400,
+            f"the conversation continued from {request.previous_response_id!r} is {size} bytes, over the "
+            f"{max_bytes} a request may hold (limits.max_body_bytes); start a new one without previous_response_id",
+            param="previous_response_id",
+            code="conversation_too_long",
+        )
+    return items
 
 
 def _chat_body(request: ResponsesRequest, items: list[dict[str, Any]]) -> dict[str, Any]:
@@ -201,11 +230,15 @@ def _as_input(output: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 async def _stored_events(
-    events: AsyncIterator[dict[str, Any]], request: ResponsesRequest, items: list[dict[str, Any]], store: ResponseStore
+    events: AsyncIterator[dict[str, Any]],
+    request: ResponsesRequest,
+    items: list[dict[str, Any]],
+    store: ResponseStore,
+    owner: str,
 ) -> AsyncIterator[dict[str, Any]]:
     """The events, storing the conversation once the response completed (``store``)."""
     async for event in events:
         if event["type"] == "response.completed" and request.store:
             response = event["response"]
-            await store.put(response["id"], items + _as_input(response["output"]))
+            await store.put(_stored_id(owner, response["id"]), items + _as_input(response["output"]))
         yield event
