@@ -314,3 +314,31 @@ async def test_an_app_whose_lifespan_did_not_run_fails_closed() -> None:
     async with httpx.AsyncClient(transport=transport, base_url="http://moesaic") as client:
         response = await client.post("/v1/chat/completions", json={"model": "moesaic", "messages": HELLO})
     assert response.status_code == 503 and response.json()["error"]["code"] == "service_not_started"
+
+
+def test_the_agent_apis_pass_the_same_admission(guarded_server: ServerThread, keys: Keys) -> None:
+    """/v1/messages takes the key as Anthropic's clients send it (x-api-key); both agent APIs apply the key's model
+    list and max_tokens cap as the chat API does."""
+    import anthropic
+
+    def claude(key: str) -> anthropic.Anthropic:
+        return anthropic.Anthropic(base_url=guarded_server.url, api_key=key, max_retries=0, timeout=30)
+
+    message = claude(keys.full).messages.create(
+        model="moesaic", max_tokens=8, messages=[{"role": "user", "content": "hi there"}]
+    )
+    assert message.content[0].text == "hi there"  # the echo pool, reached with the key in x-api-key
+    with pytest.raises(anthropic.AuthenticationError):
+        claude("msk-not-a-key").messages.create(
+            model="moesaic", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    with pytest.raises(anthropic.PermissionDeniedError):  # experts-only may not use the pipeline
+        claude(keys.experts_only).messages.create(
+            model="moesaic", max_tokens=8, messages=[{"role": "user", "content": "hi"}]
+        )
+    responses = client_for(guarded_server, keys.experts_only).responses
+    with pytest.raises(openai.PermissionDeniedError):
+        responses.create(model="moesaic", input="hi", max_output_tokens=8)
+    with pytest.raises(openai.BadRequestError) as capped:  # its max_tokens cap is 16
+        responses.create(model="expert/a", input="hi", max_output_tokens=64)
+    assert "max_tokens" in str(capped.value)
